@@ -1,0 +1,149 @@
+"""Typed run configuration: YAML in `configs/`, validated before any work starts, with
+command-line overrides (`--set corpus.max_sentences=500`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import PipelineError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CorpusConfig(_Section):
+    source: Literal["wikitext_raw", "text", "jsonl", "parquet", "hub"] = "wikitext_raw"
+    path: str | None = Field(None, description="Local file (wikitext_raw, text, jsonl, parquet).")
+    hub_name: str | None = Field(None, description="Dataset id on the hub, e.g. wikimedia/wikipedia.")
+    hub_config: str | None = None
+    split: str = "train"
+    text_field: str = "text"
+    shuffle_buffer: int = Field(10_000, ge=1, description="Streaming shuffle buffer for hub sources.")
+    max_documents: int | None = Field(None, ge=1, description="Sample this many documents (seeded).")
+    max_sentences: int | None = Field(None, ge=1, description="Sample this many sentences (seeded).")
+    min_words: int = Field(4, ge=1)
+    min_pieces: int = Field(4, ge=2)
+    max_pieces: int = Field(128, ge=2)
+    min_alpha_ratio: float = Field(0.5, ge=0.0, le=1.0, description="Letters / non-space chars.")
+    require_terminal_punctuation: bool = True
+    spacy_model: str = "en_core_web_sm"
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.source == "hub" and not self.hub_name:
+            raise ValueError("corpus.hub_name is required when corpus.source is 'hub'")
+        if self.source != "hub" and not self.path:
+            raise ValueError(f"corpus.path is required when corpus.source is '{self.source}'")
+        if self.min_pieces > self.max_pieces:
+            raise ValueError("corpus.min_pieces must not exceed corpus.max_pieces")
+        return self
+
+
+class AnnotateConfig(_Section):
+    n_process: int = Field(1, ge=1, description="spaCy worker processes.")
+    batch_size: int = Field(256, ge=1, description="spaCy nlp.pipe batch size.")
+
+
+class ModelConfig(_Section):
+    name: str = Field("gpt2", description="Hub id, local directory, GGUF file, or pkg:PACKAGE/FILE.")
+    tokenizer: str | None = Field(None, description="Tokenizer source if not the model's own.")
+    gguf_file: str | None = None
+    revision: str | None = None
+    prepend_bos: bool = False
+    too_long: Literal["truncate", "drop"] = "drop"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class AttendConfig(_Section):
+    token_budget: int = Field(4096, ge=16, description="Max padded tokens per forward batch.")
+    shard_sentences: int = Field(2000, ge=1, description="Sentences per resumable shard of sums.")
+    variability_positions: int = Field(10, ge=0, description="N of footnote 3; 0 disables.")
+    entropy_null_threshold: float = Field(0.9, gt=0.0, le=1.0, description="Footnote 4.")
+    exemplars_per_head: int = Field(5, ge=1, le=100)
+    dependency_distances: int = Field(30, ge=1, description="d = 1..this in corpus statistics.")
+
+
+class ReportConfig(_Section):
+    exemplar_heads: list[tuple[int, int]] | None = Field(
+        None, description="[[layer, head], ...]; default: max/min variability and max distance."
+    )
+    formats: list[Literal["png", "svg"]] = ["png", "svg"]
+
+
+class Config(_Section):
+    run_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: int = 0
+    data_dir: str = "data"
+    reports_dir: str = "reports"
+    corpus: CorpusConfig
+    annotate: AnnotateConfig = AnnotateConfig()
+    model: ModelConfig = ModelConfig()
+    attend: AttendConfig = AttendConfig()
+    report: ReportConfig = ReportConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.data_dir) / "runs" / self.run_name
+
+
+def _describe(error: dict, model: type[BaseModel]) -> str:
+    key = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden":
+        parent = model
+        for part in error["loc"][:-1]:
+            field = parent.model_fields.get(str(part)) if isinstance(parent, type) else None
+            ann = field.annotation if field else None
+            parent = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            if parent is None:
+                break
+        allowed = ", ".join(parent.model_fields) if parent else "?"
+        return f"{key}: unknown key (allowed: {allowed})"
+    return f"{key or 'config'}: {error['msg']}"
+
+
+def set_override(data: dict, assignment: str) -> None:
+    """Apply `a.b.c=value` to nested dict `data`; the value is parsed as YAML (so 500, null, [1,2])."""
+    if "=" not in assignment:
+        raise PipelineError(f"--set expects KEY=VALUE, got {assignment!r}")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise PipelineError(f"--set {key}: {part} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), data: dict | None = None) -> Config:
+    if data is None:
+        path = Path(path)
+        if not path.is_file():
+            raise PipelineError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise PipelineError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise PipelineError(f"{path}: the top level must be a mapping")
+    for assignment in overrides:
+        set_override(data, assignment)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        lines = [_describe(err, Config) for err in e.errors()]
+        raise PipelineError("invalid config: " + "; ".join(lines)) from None
+
+
+def fingerprint(obj: Any) -> str:
+    """Stable short hash of JSON-able data: decides whether a stage's outputs are current."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

