@@ -83,7 +83,7 @@ class BatchReducer:
         self.pos_onehot = torch.nn.functional.one_hot(batch.pos, n_pos).to(torch.float32) * receivable[..., None]
         self.dep_onehot = torch.nn.functional.one_hot(batch.dep, n_dep).to(torch.float32) * receivable[..., None]
         self.attending_f = self.attending.to(torch.float32)
-        self.n_window = min(window, T)
+        self.window, self.n_window = window, min(window, T)
         if self.n_window:
             N = self.n_window
             wi, wj = idx[:N, None], idx[None, :N]
@@ -122,7 +122,8 @@ class BatchReducer:
         if self.n_window:
             N = self.n_window
             win = att[:, :, :N, :N] * self.window_mask[:, None]
-            out["window_sum"] = win.double().sum(0)                              # [H, N, N]
+            out["window_sum"] = torch.zeros(H, self.window, self.window, dtype=torch.float64, device=att.device)
+            out["window_sum"][:, :N, :N] = win.double().sum(0)                   # [H, window, window]
             if self.window_mean is not None:
                 mean = self.window_mean[index, :, :N, :N].float()
                 out["var_abs_dev"] = ((win - mean[None]).abs() * self.window_mask[:, None]).double().sum((0, 2, 3))

@@ -3,6 +3,7 @@ command-line overrides (`--set corpus.max_sentences=500`)."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -134,6 +135,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), data:
             raise PipelineError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
     if not isinstance(data, dict):
         raise PipelineError(f"{path}: the top level must be a mapping")
+    data = copy.deepcopy(data)
     for assignment in overrides:
         set_override(data, assignment)
     try:

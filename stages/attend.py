@@ -127,6 +127,20 @@ def window_mean_pass(model, arrays: TokenArrays, cfg, device, n_pos: int, n_dep:
                      where=rows[None, None, :, None] > 0)
 
 
+def shard_sums(model, arrays: TokenArrays, rows_in_shard: np.ndarray, a, window_mean, device, bar=None) -> dict:
+    """One shard (rows in ascending length order) → its additive sums as numpy arrays."""
+    acc = Accumulator(a.exemplars_per_head)
+    n_pos, n_dep = len(arrays.pos_vocab), len(arrays.dep_vocab)
+    window = a.variability_positions if window_mean is not None else 0
+    for rows in plan_batches(arrays.lengths[rows_in_shard], a.token_budget):
+        batch = arrays.batch(rows_in_shard[rows], device)
+        reducer = BatchReducer(batch, n_pos, n_dep, window, a.entropy_null_threshold, window_mean)
+        acc.add(reduce_batch(forward_attentions(model, batch), reducer), batch.sentence_ids)
+        if bar is not None:
+            bar.update(len(rows))
+    return acc.to_numpy()
+
+
 def shard_path(ctx, k: int):
     return ctx.path(f"attend/shard-{k:05d}.npz")
 
@@ -188,15 +202,8 @@ def run(ctx) -> dict:
     bar = tqdm(total=int(len(order)), initial=int(sum(len(shards[k]) for k in done)), desc="attend: forward + reduce", unit="sent")
     tokens_done, forward_started = 0, time.perf_counter()
     for k in todo:
-        acc = Accumulator(a.exemplars_per_head)
-        rows_in_shard = shards[k]
-        for rows in plan_batches(arrays.lengths[rows_in_shard], a.token_budget):
-            batch = arrays.batch(rows_in_shard[rows], device)
-            reducer = BatchReducer(batch, n_pos, n_dep, a.variability_positions, a.entropy_null_threshold, window_mean)
-            acc.add(reduce_batch(forward_attentions(model, batch), reducer), batch.sentence_ids)
-            tokens_done += int(batch.lengths.sum())
-            bar.update(len(rows))
-        write_shard(ctx, k, acc.to_numpy())
+        write_shard(ctx, k, shard_sums(model, arrays, shards[k], a, window_mean, device, bar))
+        tokens_done += int(arrays.lengths[shards[k]].sum())
     bar.close()
     seconds = time.perf_counter() - forward_started
     sentences_done = int(sum(len(shards[k]) for k in todo))

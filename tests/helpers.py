@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+import polars as pl
+
+from pipeline.runner import run_pipeline
+
+ANALYSIS = ["corpus", "annotate", "attend", "aggregate"]
+
+
+def run(cfg, stages=ANALYSIS, **kwargs):
+    return run_pipeline(cfg, stages, echo=lambda *a: None, **kwargs)
+
+
+def table(cfg, name: str) -> pl.DataFrame:
+    return pl.read_parquet(cfg.run_dir / f"{name}.parquet")

@@ -1,0 +1,93 @@
+"""A deliberately slow, independent reference: one sentence at a time, no padding, plain Python
+loops over i and j written straight from the paper's equations (3)-(7) and footnotes 3-4."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+import polars as pl
+import torch
+from transformers import AutoModel
+
+
+def attention_maps(model_dir, tokens: pl.DataFrame) -> dict[int, np.ndarray]:
+    model = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+    maps = {}
+    for (sid,), group in tokens.sort("position").group_by("sentence_id", maintain_order=True):
+        ids = torch.tensor([group["token_id"].to_list()])
+        with torch.no_grad():
+            att = model(input_ids=ids, output_attentions=True).attentions
+        maps[sid] = np.stack([a[0].double().numpy() for a in att])  # [L, H, n, n]
+    return maps
+
+
+def reference_tables(model_dir, tokens: pl.DataFrame, window: int = 10, threshold: float = 0.9, k: int = 3):
+    maps = attention_maps(model_dir, tokens)
+    feats = {sid: g.sort("position") for (sid,), g in tokens.group_by("sentence_id")}
+    L, H = next(iter(maps.values())).shape[:2]
+    heads, pos_rows, dep_rows, exemplars = [], [], [], []
+    for l in range(L):
+        for h in range(H):
+            s = defaultdict(float)
+            pos_to, pos_from, dep_to = defaultdict(float), defaultdict(float), defaultdict(float)
+            best = []
+            for sid, A in maps.items():
+                a = A[l, h]
+                n = a.shape[0]
+                f = feats[sid]
+                word, head = f["word_index"].to_list(), f["head_word_index"].to_list()
+                pos, dep = f["pos"].to_list(), f["dep"].to_list()
+                top = (-1.0, -1, -1)
+                for i in range(1, n):
+                    for j in range(0, i + 1):
+                        w = a[i, j]
+                        s["mass_all"] += w
+                        if j == 0:
+                            s["mass_null"] += w
+                            continue
+                        s["mass"] += w
+                        s["distance"] += w * (i - j)
+                        different = word[i] >= 0 and word[j] >= 0 and word[i] != word[j]
+                        if different and head[j] == word[i]:
+                            s["dep_attending_parent"] += w
+                        if different and head[i] == word[j]:
+                            s["dep_receiving_parent"] += w
+                        pos_to[pos[j]] += w
+                        pos_from[pos[i]] += w
+                        dep_to[dep[j]] += w
+                        if w > top[0]:
+                            top = (w, i, j)
+                    if a[i, 0] > threshold:
+                        continue
+                    rest = sum(a[i, j] for j in range(1, i + 1))
+                    entropy = -sum((a[i, j] / rest) * math.log(a[i, j] / rest) for j in range(1, i + 1) if a[i, j] > 0)
+                    s["entropy_sum"] += entropy
+                    s["entropy_rows"] += 1
+                best.append((-top[0], sid, top[1], top[2]))
+            # Variability (Eq. 5): first `window` positions, ᾱ over the sentences that reach row i.
+            num = den = 0.0
+            for i in range(1, window):
+                reach = [A[l, h] for A in maps.values() if A.shape[2] > i]
+                for j in range(1, i + 1):
+                    mean = sum(a[i, j] for a in reach) / len(reach)
+                    num += sum(abs(a[i, j] - mean) for a in reach)
+                    den += sum(a[i, j] for a in reach)
+            row = {"layer": l, "head": h, "null_share": s["mass_null"] / s["mass_all"],
+                   "dep_align_attending_parent": s["dep_attending_parent"] / s["mass"],
+                   "dep_align_receiving_parent": s["dep_receiving_parent"] / s["mass"],
+                   "dep_align_either": (s["dep_attending_parent"] + s["dep_receiving_parent"]) / s["mass"],
+                   "variability": num / (2 * den), "mean_distance": s["distance"] / s["mass"],
+                   "mean_entropy": s["entropy_sum"] / s["entropy_rows"]}
+            heads.append(row)
+            pos_rows += [(l, h, "to", t, v / s["mass"]) for t, v in pos_to.items()]
+            pos_rows += [(l, h, "from", t, v / s["mass"]) for t, v in pos_from.items()]
+            dep_rows += [(l, h, t, v / s["mass"]) for t, v in dep_to.items()]
+            for rank, (neg, sid, i, j) in enumerate(sorted(best)[:k]):
+                exemplars.append((l, h, rank, sid, -neg, i, j))
+    return (pl.DataFrame(heads),
+            pl.DataFrame(pos_rows, schema=["layer", "head", "direction", "tag", "share"], orient="row"),
+            pl.DataFrame(dep_rows, schema=["layer", "head", "label", "share"], orient="row"),
+            pl.DataFrame(exemplars, schema=["layer", "head", "rank", "sentence_id", "weight", "attending_position",
+                                            "receiving_position"], orient="row"))

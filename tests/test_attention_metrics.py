@@ -1,0 +1,178 @@
+"""The attend + aggregate stages against an independent slow reference, closed forms, and invariants."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+
+from helpers import run, table
+from reference import reference_tables
+
+METRICS = ["null_share", "dep_align_attending_parent", "dep_align_receiving_parent", "dep_align_either",
+           "variability", "mean_distance", "mean_entropy"]
+
+
+def assert_frames_close(a: pl.DataFrame, b: pl.DataFrame, keys: list[str], values: list[str], atol=1e-5):
+    joined = a.join(b, on=keys, how="full", suffix="_b", coalesce=True)
+    assert joined.height == a.height == b.height, (a.height, b.height, joined.height)
+    for v in values:
+        x, y = joined[v].to_numpy(), joined[f"{v}_b"].to_numpy()
+        assert np.allclose(x, y, atol=atol, rtol=1e-6, equal_nan=True), (v, np.nanmax(np.abs(x - y)))
+
+
+@pytest.fixture()
+def tiny_run(tiny_gpt2, config_factory):
+    cfg = config_factory(tiny_gpt2)
+    run(cfg)
+    return cfg
+
+
+def test_pipeline_matches_slow_reference(tiny_run, tiny_gpt2):
+    cfg = tiny_run
+    tokens = table(cfg, "tokens")
+    ref_heads, ref_pos, ref_dep, ref_ex = reference_tables(tiny_gpt2, tokens, window=10, k=3)
+    heads = table(cfg, "head_metrics")
+    assert_frames_close(heads.select("layer", "head", *METRICS), ref_heads.cast({"layer": pl.Int32, "head": pl.Int32}),
+                        ["layer", "head"], METRICS)
+    pos = table(cfg, "pos_share").filter(pl.col("share") > 0)
+    assert_frames_close(pos.select("layer", "head", "direction", "tag", "share"),
+                        ref_pos.cast({"layer": pl.Int32, "head": pl.Int32}).filter(pl.col("share") > 0),
+                        ["layer", "head", "direction", "tag"], ["share"])
+    dep = table(cfg, "dep_share").filter(pl.col("share") > 0)
+    assert_frames_close(dep, ref_dep.cast({"layer": pl.Int32, "head": pl.Int32}).filter(pl.col("share") > 0),
+                        ["layer", "head", "label"], ["share"])
+    ex = table(cfg, "exemplars").select(ref_ex.columns)
+    assert ex.sort("layer", "head", "rank")["sentence_id"].to_list() == ref_ex.sort("layer", "head", "rank")["sentence_id"].to_list()
+    assert_frames_close(ex, ref_ex.cast({"layer": pl.Int32, "head": pl.Int32, "rank": pl.Int32}),
+                        ["layer", "head", "rank"], ["weight", "attending_position", "receiving_position"])
+
+
+def test_layer_metrics_are_ratios_of_summed_sums(tiny_run):
+    heads, layers = table(tiny_run, "head_metrics"), table(tiny_run, "layer_metrics")
+    by_layer = heads.group_by("layer").agg(
+        null=pl.col("mass_null").sum() / pl.col("mass_all").sum(),
+        entropy=(pl.col("mean_entropy") * pl.col("entropy_rows")).sum() / pl.col("entropy_rows").sum(),
+        distance=(pl.col("mean_distance") * pl.col("mass")).sum() / pl.col("mass").sum(),
+    ).sort("layer")
+    assert np.allclose(by_layer["null"], layers["null_share"])
+    assert np.allclose(by_layer["entropy"], layers["mean_entropy"])
+    assert np.allclose(by_layer["distance"], layers["mean_distance"])
+    baseline = layers["baseline_dep_pair_share"]
+    assert baseline.n_unique() == 1 and 0 < baseline[0] < 1
+
+
+def test_uniform_attention_closed_forms(uniform_gpt2, config_factory):
+    """Zero query/key weights: α_ij = 1/(i+1) for j ≤ i, in every layer and head."""
+    cfg = config_factory(uniform_gpt2)
+    run(cfg)
+    lengths = table(cfg, "tokens").group_by("sentence_id").len()["len"].to_list()
+    rows = [(i, n) for n in lengths for i in range(1, n)]
+    mass = sum(i / (i + 1) for i, _ in rows)
+    expected = {
+        "null_share": sum(1 / (i + 1) for i, _ in rows) / len(rows),
+        "mean_distance": sum(i * (i - 1) / 2 / (i + 1) for i, _ in rows) / mass,
+        "mean_entropy": sum(math.log(i) for i, _ in rows) / len(rows),  # i equal weights after renormalising
+        "variability": 0.0,  # identical attention in every sentence: ᾱ = α
+    }
+    heads = table(cfg, "head_metrics")
+    assert heads.height == 2 * 3
+    for metric, value in expected.items():
+        assert np.allclose(heads[metric].to_numpy(), value, atol=1e-6), (metric, heads[metric].to_list(), value)
+    # Share of attention to a tag: each piece j ≥ 1 receives Σ_{i ≥ j} 1/(i+1) from its sentence.
+    tokens = table(cfg, "tokens")
+    received = tokens.filter(pl.col("position") >= 1).join(
+        pl.DataFrame({"sentence_id": tokens["sentence_id"].unique().to_list()}), on="sentence_id")
+    lengths_by_id = dict(tokens.group_by("sentence_id").len().iter_rows())
+    weight = [sum(1 / (i + 1) for i in range(j, lengths_by_id[s])) for s, j in zip(received["sentence_id"], received["position"])]
+    noun_share = sum(w for w, p in zip(weight, received["pos"]) if p == "NOUN") / mass
+    got = table(cfg, "pos_share").filter((pl.col("direction") == "to") & (pl.col("tag") == "NOUN"))["share"]
+    assert np.allclose(got.to_numpy(), noun_share, atol=1e-6)
+
+
+def test_shares_sum_to_one_and_variability_in_unit_interval(tiny_run):
+    pos = table(tiny_run, "pos_share").group_by("layer", "head", "direction").agg(pl.col("share").sum())
+    assert np.allclose(pos["share"], 1.0)
+    dep = table(tiny_run, "dep_share").group_by("layer", "head").agg(pl.col("share").sum())
+    assert np.allclose(dep["share"], 1.0)
+    assert np.allclose(table(tiny_run, "dep_share_by_layer").group_by("layer").agg(pl.col("share").sum())["share"], 1.0)
+    variability = table(tiny_run, "head_metrics")["variability"]
+    assert ((variability >= 0) & (variability <= 1)).all() and variability.max() > 0
+    freq = table(tiny_run, "pos_share").filter((pl.col("layer") == 0) & (pl.col("head") == 0) & (pl.col("direction") == "to"))
+    assert np.isclose(freq["tag_frequency"].sum(), 1.0)
+
+
+@pytest.mark.parametrize("overrides", [("attend.token_budget=16", "attend.shard_sentences=1000"),  # batch size 1, one shard
+                                       ("attend.token_budget=4096", "attend.shard_sentences=3")])  # ≤64 per batch, 7 shards
+def test_batch_size_and_sharding_do_not_change_results(tiny_gpt2, config_factory, tiny_run, overrides):
+    cfg = config_factory(tiny_gpt2, *overrides, run_name="variant")
+    run(cfg)
+    n_sentences = table(cfg, "sentences").height
+    shards = run(cfg, stages=["attend"], force=True).state["stages"]["attend"]["counts"]["shards"]
+    assert shards == (1 if "attend.shard_sentences=1000" in overrides else math.ceil(n_sentences / 3))
+    run(cfg, stages=["aggregate"])
+    for name, keys in (("head_metrics", ["layer", "head"]), ("pos_share", ["layer", "head", "direction", "tag"])):
+        a, b = table(tiny_run, name), table(cfg, name)
+        values = [c for c in a.columns if c not in keys and a[c].dtype.is_float()]
+        assert_frames_close(a, b, keys, values, atol=1e-6)
+    assert table(tiny_run, "exemplars")["sentence_id"].to_list() == table(cfg, "exemplars")["sentence_id"].to_list()
+
+
+def test_sentence_order_does_not_change_results(tiny_gpt2, tiny_run):
+    """Renumbering sentences (a different corpus order) gives the same per-head sums."""
+    import torch
+
+    from pipeline.attention_sums import merge_sums
+    from pipeline.modeling import load_model
+    from stages.attend import TokenArrays, shard_sums
+
+    tokens = table(tiny_run, "tokens")
+    ids = tokens["sentence_id"].unique().sort().to_numpy()
+    perm = dict(zip(ids.tolist(), np.random.default_rng(3).permutation(ids).tolist()))
+    shuffled = tokens.with_columns(pl.col("sentence_id").replace_strict(perm)).sample(fraction=1.0, shuffle=True, seed=1)
+    model = load_model(tiny_run.model, torch.device("cpu"))
+    results = []
+    for frame in (tokens, shuffled):
+        arrays = TokenArrays.from_frame(frame)
+        order = np.lexsort((arrays.sentence_ids, arrays.lengths))
+        results.append(merge_sums([shard_sums(model, arrays, order, tiny_run.attend, None, torch.device("cpu"))], 3))
+    for key in ("mass", "mass_null", "distance", "entropy_sum", "dep_attending_parent", "pos_to", "dep_to"):
+        assert np.allclose(results[0][key], results[1][key], rtol=1e-6, atol=1e-9), key
+
+
+def test_resume_after_interrupted_attend_matches_uninterrupted(tiny_gpt2, config_factory, tiny_run, monkeypatch):
+    import stages.attend as attend
+
+    cfg = config_factory(tiny_gpt2, run_name="interrupted")
+    real_write, calls = attend.write_shard, []
+
+    def failing_write(ctx, k, arrays):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated kill")
+        calls.append(k)
+        real_write(ctx, k, arrays)
+
+    monkeypatch.setattr(attend, "write_shard", failing_write)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    assert sorted(p.name for p in (cfg.run_dir / "attend").glob("shard-*.npz")) == ["shard-00000.npz", "shard-00001.npz"]
+    assert not list((cfg.run_dir / "attend").glob(".*tmp"))
+    monkeypatch.setattr(attend, "write_shard", real_write)
+    state = run(cfg).state
+    assert state["stages"]["attend"]["counts"]["shards_resumed"] == 2
+    assert state["stages"]["corpus"]["status"] == "done"
+    a, b = table(tiny_run, "head_metrics"), table(cfg, "head_metrics")
+    assert_frames_close(a, b, ["layer", "head"], METRICS, atol=1e-9)
+
+
+def test_findings_correlations_match_scipy_on_head_table(tiny_run):
+    from scipy.stats import pearsonr
+
+    heads = table(tiny_run, "head_metrics")
+    findings = dict(zip(table(tiny_run, "findings")["statistic"], table(tiny_run, "findings")["value"]))
+    r, _ = pearsonr(heads["mean_distance"], heads["mean_entropy"])
+    assert np.isclose(findings["r_distance_entropy"], r)
+    assert np.isclose(findings["sd_mean_distance"], heads["mean_distance"].std())
+    assert np.isclose(findings["null_share_max"], heads["null_share"].max())
