@@ -1,9 +1,12 @@
 """Aligning model pieces to spaCy words by character offsets.
 
 The rule (one rule for every case):
-  A piece belongs to the spaCy word that contains the piece's first non-whitespace character.
+  A piece belongs to the spaCy word that contains the first non-whitespace character at or after
+  the piece's start.
 - Leading spaces in a piece's offsets (GPT-2's `ĠThe` covers " The") are skipped by that rule.
-- A whitespace-only piece belongs to no word: word_index = -1 (counted as `whitespace_pieces`).
+- A whitespace-only piece belongs to the word that follows it, as byte-level BPE attaches a space
+  to the next word (SmolLM2 splits " 1905" into `Ġ` + digits; the `Ġ` is part of the number).
+  Only trailing whitespace belongs to no word: word_index = -1. Counted as `whitespace_pieces`.
 - A piece whose non-whitespace characters reach into a second word takes the first word's
   features (counted as `pieces_spanning_words`).
 - Byte-level pieces that split one multi-byte character share that character's word (counted as
@@ -46,7 +49,7 @@ def align_pieces(text: str, offsets: np.ndarray, word_starts: np.ndarray, word_e
         inside = (w >= 0) & (chars < word_ends[np.clip(w, 0, None)] if len(word_ends) else False)
         return np.where(inside, w, -1)
 
-    word = np.where(has_text, word_of(first) if len(word_starts) else -1, -1)
+    word = np.where(first < n_chars, word_of(np.clip(first, 0, max(n_chars - 1, 0))) if len(word_starts) else -1, -1)
     last_word = np.where(has_text, word_of(np.clip(last, 0, None)) if len(word_starts) else -1, -1)
     overlaps_previous = np.zeros(len(offsets), dtype=bool)
     overlaps_previous[1:] = starts[1:] < ends[:-1]
@@ -54,6 +57,6 @@ def align_pieces(text: str, offsets: np.ndarray, word_starts: np.ndarray, word_e
         "whitespace_pieces": int((~has_text).sum()),
         "pieces_spanning_words": int((has_text & (last_word != word)).sum()),
         "pieces_splitting_a_character": int(overlaps_previous.sum()),
-        "pieces_outside_any_word": int((has_text & (word < 0)).sum()),
+        "pieces_without_word": int((word < 0).sum()),
     }
     return word.astype(np.int64), counts

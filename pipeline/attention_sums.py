@@ -57,10 +57,10 @@ class BatchReducer:
     """Holds what every layer of one batch shares (masks, pair features, one-hot tags)."""
 
     def __init__(self, batch: Batch, n_pos: int, n_dep: int, window: int, entropy_threshold: float,
-                 window_mean: torch.Tensor | None = None):
+                 window_mean: torch.Tensor | None = None, row_width: int = 0):
         B, T = batch.shape
         dev = batch.input_ids.device
-        self.T, self.threshold = T, entropy_threshold
+        self.T, self.threshold, self.row_width = T, entropy_threshold, row_width
         idx = torch.arange(T, device=dev)
         i, j = idx[:, None], idx[None, :]
         in_sentence = idx[None, :] < batch.lengths[:, None]                     # [B, T]
@@ -129,7 +129,11 @@ class BatchReducer:
                 out["var_abs_dev"] = ((win - mean[None]).abs() * self.window_mask[:, None]).double().sum((0, 2, 3))
                 out["var_mass"] = out["window_sum"].sum((1, 2))
         best, where = nonnull.reshape(B, H, -1).max(-1)                          # exemplar candidates
-        out["ex_value"], out["ex_i"], out["ex_j"] = best, where // (T - 1) if T > 1 else where, where % max(T - 1, 1) + 1
+        i = where // max(T - 1, 1)
+        out["ex_value"], out["ex_i"], out["ex_j"] = best, i, where % max(T - 1, 1) + 1
+        if self.row_width:  # the attending piece's whole row, so reports can draw the pattern without the model
+            row = torch.gather(att, 2, i[:, :, None, None].expand(B, H, 1, T))[:, :, 0]
+            out["ex_row"] = torch.nn.functional.pad(row, (0, self.row_width - T))
         return out
 
 
@@ -165,6 +169,8 @@ class Accumulator:
                 "i": batch_sums["ex_i"].cpu().numpy().transpose(0, 2, 1),
                 "j": batch_sums["ex_j"].cpu().numpy().transpose(0, 2, 1),
             }
+            if "ex_row" in batch_sums:                                            # [L, B, H, R] → [L, H, B, R]
+                candidates["row"] = batch_sums["ex_row"].double().cpu().numpy().transpose(0, 2, 1, 3)
             self.exemplars = merge_exemplars(self.exemplars, candidates, self.k)
 
     def to_numpy(self) -> dict[str, np.ndarray]:
@@ -177,9 +183,13 @@ class Accumulator:
 def merge_exemplars(a: dict | None, b: dict, k: int) -> dict:
     """Top-k by value (ties: smaller sentence_id first) along the last axis; order-independent."""
     if a is not None:
-        b = {name: np.concatenate([a[name], b[name]], axis=-1) for name in b}
+        b = {name: np.concatenate([a[name], b[name]], axis=-2 if np.ndim(b[name]) > np.ndim(b["value"]) else -1) for name in b}
     order = np.lexsort((b["sentence_id"], -b["value"]), axis=-1)[..., :k]
-    return {name: np.take_along_axis(np.asarray(v), order, axis=-1) for name, v in b.items()}
+    out = {}
+    for name, v in b.items():  # "row" has a trailing width axis; the rest are [L, H, n]
+        v = np.asarray(v)
+        out[name] = np.take_along_axis(v, order[..., None], axis=-2) if v.ndim == order.ndim + 1 else np.take_along_axis(v, order, axis=-1)
+    return out
 
 
 def merge_sums(parts: list[dict[str, np.ndarray]], k: int) -> dict[str, np.ndarray]:
@@ -192,7 +202,7 @@ def merge_sums(parts: list[dict[str, np.ndarray]], k: int) -> dict[str, np.ndarr
                 continue
             total[key] = total[key] + value if key in total else value.copy()
         if "ex_value" in part:
-            ex = {name: part[f"ex_{name}"] for name in ("value", "sentence_id", "i", "j")}
+            ex = {name[3:]: value for name, value in part.items() if name.startswith("ex_")}
             exemplars = merge_exemplars(exemplars, ex, k)
     if exemplars is not None:
         total.update({f"ex_{k}": v for k, v in exemplars.items()})

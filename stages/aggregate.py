@@ -8,8 +8,9 @@ Outputs (one row per layer × head unless said):
   baseline_dep_pair_share (Fig. 8's baseline: share of piece pairs i ≥ 1, 1 ≤ j ≤ i in a relation).
 - pos_share.parquet: layer, head, direction ('to' | 'from'), tag, share, tag_frequency.
 - dep_share.parquet: layer, head, label, share; dep_share_by_layer.parquet: layer, label, share.
-- exemplars.parquet: layer, head, rank, sentence_id, weight, attending/receiving position, piece and
-  char span, text.
+- exemplars.parquet: layer, head, rank, sentence_id, weight (the sentence's largest α_ij, j ≥ 1),
+  attending/receiving position, piece and char span, attention_row (the attending piece's weights
+  over positions 0..n-1), text, n_pieces.
 - findings.parquet: statistic, value, p_value, n, paper_value (the numbers section 5.3 quotes)."""
 
 from __future__ import annotations
@@ -97,13 +98,21 @@ def exemplar_table(s: dict, tokens: pl.DataFrame, sentences: pl.DataFrame) -> pl
     df = pl.DataFrame({"layer": layer.ravel().astype(np.int32), "head": head.ravel().astype(np.int32),
                        "rank": rank.ravel().astype(np.int32), "sentence_id": s["ex_sentence_id"].ravel().astype(np.int64),
                        "weight": s["ex_value"].ravel(), "attending_position": s["ex_i"].ravel().astype(np.int64),
-                       "receiving_position": s["ex_j"].ravel().astype(np.int64)}).filter(pl.col("weight") > -np.inf)
+                       "receiving_position": s["ex_j"].ravel().astype(np.int64),
+                       "attention_row": pl.Series(s["ex_row"].reshape(L * H * k, -1).tolist(), dtype=pl.List(pl.Float64))
+                       if "ex_row" in s else None}
+                      ).filter(pl.col("weight") > -np.inf)
     pieces = tokens.select("sentence_id", "position", "piece", "char_start", "char_end")
     for role in ("attending", "receiving"):
         df = df.join(pieces.rename({"position": f"{role}_position", "piece": f"{role}_piece",
                                     "char_start": f"{role}_char_start", "char_end": f"{role}_char_end"}),
                      on=["sentence_id", f"{role}_position"], how="left", maintain_order="left")
-    return df.join(sentences.select("sentence_id", "text"), on="sentence_id", how="left", maintain_order="left")
+    df = df.join(sentences.select("sentence_id", "text"), on="sentence_id", how="left", maintain_order="left")
+    lengths = tokens.group_by("sentence_id").agg(n_pieces=pl.len())
+    df = df.join(lengths, on="sentence_id", how="left", maintain_order="left")
+    if "attention_row" in df.columns and df["attention_row"].dtype != pl.Null:  # trim the padding to the sentence
+        df = df.with_columns(attention_row=pl.col("attention_row").list.head(pl.col("n_pieces")))
+    return df
 
 
 PAPER_FINDINGS = {"null_share_mean": 0.57, "null_share_max": 0.97, "sd_mean_distance": 3.6,

@@ -6,8 +6,8 @@ are given to the model's pieces by character offsets (rule: pipeline/alignment.p
 
 Output `tokens.parquet`, one row per model piece: sentence_id, position, token_id, piece,
 char_start, char_end, word_index (-1: no word), pos (Universal POS, spaCy pos_), tag, dep,
-head_word_index. Whitespace-only pieces get pos SPACE, tag _SP, dep "_"; a prepended BOS piece at
-position 0 gets pos/tag BOS, dep "_"."""
+head_word_index. A piece with no word (trailing whitespace) gets pos SPACE, tag _SP, dep "_"; a
+prepended BOS piece at position 0 gets pos/tag BOS, dep "_"."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ WORD_SCHEMA = {"sentence_id": pl.Int64, "word_index": pl.Int64, "word": pl.Strin
 def fingerprint(cfg) -> dict:
     return {"spacy": cfg.corpus.spacy_model, "tokenizer": tokenizer_source(cfg.model).__dict__,
             "prepend_bos": cfg.model.prepend_bos, "too_long": cfg.model.too_long, "model": cfg.model.name,
-            "distances": cfg.attend.dependency_distances}
+            "distances": cfg.attend.dependency_distances, "alignment_rule": 2}
 
 
 
@@ -88,7 +88,7 @@ def align_corpus(sentences: pl.DataFrame, words: pl.DataFrame, tok) -> tuple[pl.
     spans = words.group_by("sentence_id", maintain_order=True).agg("char_start", "char_end")
     spans = dict(zip(spans["sentence_id"].to_list(), zip(spans["char_start"].to_list(), spans["char_end"].to_list())))
     counts = {"whitespace_pieces": 0, "pieces_spanning_words": 0, "pieces_splitting_a_character": 0,
-              "pieces_outside_any_word": 0}
+              "pieces_without_word": 0}
     word_columns, ids_columns, offsets_columns, sid_columns = [], [], [], []
     for sid, text, ids, offsets in zip(sentences["sentence_id"].to_list(), texts, encoded["input_ids"],
                                        encoded["offset_mapping"]):
@@ -170,7 +170,7 @@ def run(ctx) -> dict:
 
 def summary(counts: dict) -> str:
     return (f"{counts['pieces']} pieces in {counts['sentences']} sentences "
-            f"(parse cache {'hit' if counts['parse_cache_hit'] else 'miss'}; whitespace-only pieces "
+            f"(parse cache {'hit' if counts['parse_cache_hit'] else 'miss'}; whitespace-only pieces given to the next word "
             f"{counts['whitespace_pieces']}, spanning two words {counts['pieces_spanning_words']}, "
             f"splitting a character {counts['pieces_splitting_a_character']}); "
             f"{counts['sentences_per_second']} sentences/s\n" + counts["comparison"])

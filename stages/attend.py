@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 def fingerprint(cfg) -> dict:
     a = cfg.attend
     return {"model": cfg.model.model_dump(), "window": a.variability_positions, "k": a.exemplars_per_head,
-            "entropy_threshold": a.entropy_null_threshold}
+            "entropy_threshold": a.entropy_null_threshold, "exemplar_rows": True}
 
 
 @dataclass
@@ -134,7 +134,8 @@ def shard_sums(model, arrays: TokenArrays, rows_in_shard: np.ndarray, a, window_
     window = a.variability_positions if window_mean is not None else 0
     for rows in plan_batches(arrays.lengths[rows_in_shard], a.token_budget):
         batch = arrays.batch(rows_in_shard[rows], device)
-        reducer = BatchReducer(batch, n_pos, n_dep, window, a.entropy_null_threshold, window_mean)
+        reducer = BatchReducer(batch, n_pos, n_dep, window, a.entropy_null_threshold, window_mean,
+                               row_width=int(arrays.lengths.max()))
         acc.add(reduce_batch(forward_attentions(model, batch), reducer), batch.sentence_ids)
         if bar is not None:
             bar.update(len(rows))

@@ -65,7 +65,7 @@ def reference_tables(model_dir, tokens: pl.DataFrame, window: int = 10, threshol
                     entropy = -sum((a[i, j] / rest) * math.log(a[i, j] / rest) for j in range(1, i + 1) if a[i, j] > 0)
                     s["entropy_sum"] += entropy
                     s["entropy_rows"] += 1
-                best.append((-top[0], sid, top[1], top[2]))
+                best.append((-top[0], sid, top[1], top[2], list(a[top[1]])))
             # Variability (Eq. 5): first `window` positions, ᾱ over the sentences that reach row i.
             num = den = 0.0
             for i in range(1, window):
@@ -84,10 +84,10 @@ def reference_tables(model_dir, tokens: pl.DataFrame, window: int = 10, threshol
             pos_rows += [(l, h, "to", t, v / s["mass"]) for t, v in pos_to.items()]
             pos_rows += [(l, h, "from", t, v / s["mass"]) for t, v in pos_from.items()]
             dep_rows += [(l, h, t, v / s["mass"]) for t, v in dep_to.items()]
-            for rank, (neg, sid, i, j) in enumerate(sorted(best)[:k]):
-                exemplars.append((l, h, rank, sid, -neg, i, j))
+            for rank, (neg, sid, i, j, row) in enumerate(sorted(best, key=lambda b: b[:2])[:k]):
+                exemplars.append((l, h, rank, sid, -neg, i, j, row))
     return (pl.DataFrame(heads),
             pl.DataFrame(pos_rows, schema=["layer", "head", "direction", "tag", "share"], orient="row"),
             pl.DataFrame(dep_rows, schema=["layer", "head", "label", "share"], orient="row"),
             pl.DataFrame(exemplars, schema=["layer", "head", "rank", "sentence_id", "weight", "attending_position",
-                                            "receiving_position"], orient="row"))
+                                            "receiving_position", "attention_row"], orient="row"))

