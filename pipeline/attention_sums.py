@@ -6,7 +6,7 @@ are float64, shaped [L, H, ...], and add across batches and shards; the maps the
 kept. Conventions (α_ij: attention from piece i to piece j ≤ i, positions 0-based):
 - Position 0 is the null token (the first word, or BOS when prepended). Unless a sum says so,
   pairs with j = 0 are excluded, and so are attending rows i = 0 (they can only attend to j = 0).
-- Rows i ≥ length (right padding) contribute nothing; NaNs there are zeroed first.
+- Rows i ≥ length (right padding) contribute nothing: they are zeroed first.
 
 Sum keys (all [L, H] unless noted):
   mass            Σ α_ij over i ≥ 1, 1 ≤ j ≤ i                       (denominator of Eqs. 3-6)
@@ -92,10 +92,16 @@ class BatchReducer:
             self.window_rows[:N] = in_sentence[:, :N].sum(0).double()
         self.window_mean = window_mean
 
+    def window_sum(self, att: torch.Tensor) -> torch.Tensor:
+        """Σ over the batch of α_ij for i < N, 1 ≤ j ≤ i: [H, N, N] (the first pass needs only this)."""
+        N = self.n_window
+        out = torch.zeros(att.shape[1], self.window, self.window, dtype=torch.float64, device=att.device)
+        out[:, :N, :N] = (att[:, :, :N, :N].float() * self.window_mask[:, None]).double().sum(0)
+        return out
+
     def layer(self, att: torch.Tensor, index: int = 0) -> dict[str, torch.Tensor]:
         """att: layer `index`'s attention [B, H, T, T] → sums [H, ...] (float64) + exemplar candidates."""
         att = att.float().masked_fill(self.padding_rows[:, None, :, None], 0.0)
-        att = torch.nan_to_num(att, nan=0.0) if not torch.isfinite(att).all() else att
         B, H, T, _ = att.shape
         out = {}
         pair = torch.bmm(att.reshape(B, H, T * T), self.pair_features)           # [B, H, K]
@@ -119,15 +125,12 @@ class BatchReducer:
         out["dep_to"] = torch.einsum("bhj,bjd->bhd", received, self.dep_onehot).double().sum(0)
         sent = row_mass * self.attending_f[:, None, :]
         out["pos_from"] = torch.einsum("bhi,bip->bhp", sent, self.pos_onehot).double().sum(0)
-        if self.n_window:
+        if self.n_window and self.window_mean is not None:
             N = self.n_window
             win = att[:, :, :N, :N] * self.window_mask[:, None]
-            out["window_sum"] = torch.zeros(H, self.window, self.window, dtype=torch.float64, device=att.device)
-            out["window_sum"][:, :N, :N] = win.double().sum(0)                   # [H, window, window]
-            if self.window_mean is not None:
-                mean = self.window_mean[index, :, :N, :N].float()
-                out["var_abs_dev"] = ((win - mean[None]).abs() * self.window_mask[:, None]).double().sum((0, 2, 3))
-                out["var_mass"] = out["window_sum"].sum((1, 2))
+            mean = self.window_mean[index, :, :N, :N].float()
+            out["var_abs_dev"] = ((win - mean[None]).abs() * self.window_mask[:, None]).double().sum((0, 2, 3))
+            out["var_mass"] = win.double().sum((0, 2, 3))
         best, where = nonnull.reshape(B, H, -1).max(-1)                          # exemplar candidates
         i = where // max(T - 1, 1)
         out["ex_value"], out["ex_i"], out["ex_j"] = best, i, where % max(T - 1, 1) + 1
@@ -142,8 +145,6 @@ def reduce_batch(attentions, reducer: BatchReducer) -> dict[str, torch.Tensor]:
     per_layer = [reducer.layer(a, index) for index, a in enumerate(attentions)]
     out = {k: torch.stack([p[k] for p in per_layer]) for k in per_layer[0]}
     out["pairs"], out["pairs_related"] = reducer.pairs, reducer.pairs_related
-    if reducer.n_window:
-        out["window_rows"] = reducer.window_rows
     return out
 
 

@@ -78,9 +78,10 @@ def tag_small_multiples(pos: pl.DataFrame, direction: str, min_frequency: float 
 def dependency_alignment(layers: pl.DataFrame) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(max(5, 0.25 * layers.height + 3), 3.8), layout="constrained")
     x = layers["layer"].to_numpy()
-    for column, label in (("dep_align_either", "either is parent"), ("dep_align_attending_parent", "attending piece is parent"),
-                          ("dep_align_receiving_parent", "receiving piece is parent")):
-        ax.plot(x, layers[column], marker="o", ms=3, label=label)
+    for column, label, color in (("dep_align_either", "either is parent", "tab:blue"),
+                                 ("dep_align_attending_parent", "attending piece is parent", "tab:green"),
+                                 ("dep_align_receiving_parent", "receiving piece is parent", "tab:purple")):
+        ax.plot(x, layers[column], marker="o", ms=3, label=label, color=color)
     ax.axhline(layers["baseline_dep_pair_share"][0], color="tab:orange", ls="--", label="baseline: pairs in a relation")
     ax.set_xlabel("layer")
     ax.set_ylabel("dependency alignment")
@@ -115,8 +116,8 @@ def distance_by_layer_and_head(heads: pl.DataFrame, layers: pl.DataFrame) -> plt
     w, h = _size(*values.shape)
     fig, (left, right) = plt.subplots(1, 2, figsize=(w + 4, h), layout="constrained", width_ratios=[max(values.shape[1], 4), 4])
     draw_heatmap(left, values, "by layer and head", label="mean distance (pieces)")
-    right.barh(layers["layer"], layers["mean_distance"], color="tab:blue")
-    right.invert_yaxis()
+    right.barh(layers["layer"], layers["mean_distance"], color="tab:blue", height=0.8)
+    right.set_ylim(layers.height - 0.5, -0.5)  # rows line up with the heatmap's
     right.set_yticks(_ticks(layers.height))
     right.set_xlabel("mean distance (pieces)")
     right.set_ylabel("layer")
@@ -126,7 +127,7 @@ def distance_by_layer_and_head(heads: pl.DataFrame, layers: pl.DataFrame) -> plt
 
 
 def _piece_labels(tokens: pl.DataFrame, text: str) -> list[str]:
-    return [(text[s:e].strip() or p) for p, s, e in zip(tokens["piece"], tokens["char_start"], tokens["char_end"])]
+    return [(text[s:e].strip() or "␣") for s, e in zip(tokens["char_start"], tokens["char_end"])]
 
 
 def head_cards(cards: list[dict], tokens: pl.DataFrame) -> plt.Figure:

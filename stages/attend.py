@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 def fingerprint(cfg) -> dict:
     a = cfg.attend
     return {"model": cfg.model.model_dump(), "window": a.variability_positions, "k": a.exemplars_per_head,
-            "entropy_threshold": a.entropy_null_threshold, "exemplar_rows": True}
+            "entropy_threshold": a.entropy_null_threshold, "exemplar_rows": True,
+            "shard_sentences": a.shard_sentences}  # shard layout: resuming must not mix two layouts
 
 
 @dataclass
@@ -119,7 +120,7 @@ def window_mean_pass(model, arrays: TokenArrays, cfg, device, n_pos: int, n_dep:
         batch = arrays.batch(order[rows], device, max_len=N)
         reducer = BatchReducer(batch, n_pos, n_dep, N, cfg.attend.entropy_null_threshold)
         att = forward_attentions(model, batch)
-        sums = [reducer.layer(a)["window_sum"] for a in att]
+        sums = [reducer.window_sum(a) for a in att]
         acc.add({"window_sum": torch.stack(sums), "window_rows": reducer.window_rows}, batch.sentence_ids)
     total = acc.to_numpy()
     rows = total["window_rows"]
@@ -139,7 +140,12 @@ def shard_sums(model, arrays: TokenArrays, rows_in_shard: np.ndarray, a, window_
         acc.add(reduce_batch(forward_attentions(model, batch), reducer), batch.sentence_ids)
         if bar is not None:
             bar.update(len(rows))
-    return acc.to_numpy()
+    sums = acc.to_numpy()
+    bad = [k for k, v in sums.items() if not np.isfinite(v).all()]
+    if bad:
+        raise PipelineError(f"non-finite attention sums ({', '.join(bad)}): the model produced NaN/inf attention "
+                            "(model.dtype float16 overflow?); try model.dtype=float32 or bfloat16")
+    return sums
 
 
 def shard_path(ctx, k: int):
@@ -161,10 +167,10 @@ def run(ctx) -> dict:
     a = cfg.attend
     out_dir = ctx.path("attend")
     stage_hash = ctx.state["stages"][NAME]["config_hash"]
-    meta_path = out_dir / "meta.json"
-    previous = io.read_json(meta_path) if meta_path.is_file() else io.read_json(out_dir / "plan.json") if (out_dir / "plan.json").is_file() else None
-    if getattr(ctx, "force", False) or (previous and previous.get("config_hash") != stage_hash):
-        shutil.rmtree(out_dir, ignore_errors=True)
+    meta_path, plan_path = out_dir / "meta.json", out_dir / "plan.json"
+    previous = io.read_json(plan_path) if plan_path.is_file() else None
+    if ctx.force or (previous and previous.get("config_hash") != stage_hash):
+        shutil.rmtree(out_dir, ignore_errors=True)  # shards of another config must not be resumed
     out_dir.mkdir(parents=True, exist_ok=True)
     if meta_path.is_file():
         meta_path.unlink()  # rewritten when all shards are done
@@ -187,7 +193,7 @@ def run(ctx) -> dict:
             "pos_vocab": arrays.pos_vocab, "dep_vocab": arrays.dep_vocab,
             "num_layers": identity["num_layers"], "num_heads": identity["num_heads"],
             "variability_positions": a.variability_positions, "exemplars_per_head": a.exemplars_per_head}
-    io.write_json(plan, out_dir / "plan.json")
+    io.write_json(plan, plan_path)
 
     started = time.perf_counter()
     window_mean = None
