@@ -92,12 +92,16 @@ def length_order(arrays: TokenArrays) -> np.ndarray:
 
 
 def plan_batches(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
-    """Consecutive runs of an ascending-length order whose padded size (count × longest) fits the budget."""
-    batches, start = [], 0
-    for k in range(1, len(lengths) + 1):
-        if k == len(lengths) or (k + 1 - start) * lengths[k] > budget:
+    """Consecutive runs whose padded size (count × longest) fits the budget; a longer sentence goes alone.
+    With lengths in ascending order (as attend sorts them) padding is minimal."""
+    batches, start, longest = [], 0, 0
+    for k, n in enumerate(lengths):
+        if k > start and (k + 1 - start) * max(longest, n) > budget:
             batches.append(np.arange(start, k))
-            start = k
+            start, longest = k, 0
+        longest = max(longest, int(n))
+    if len(lengths):
+        batches.append(np.arange(start, len(lengths)))
     return batches
 
 

@@ -179,3 +179,17 @@ def test_findings_correlations_match_scipy_on_head_table(tiny_run):
     assert np.isclose(findings["r_distance_entropy"], r)
     assert np.isclose(findings["sd_mean_distance"], heads["mean_distance"].std())
     assert np.isclose(findings["null_share_max"], heads["null_share"].max())
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_batches_cover_every_sentence_once_within_the_token_budget(seed):
+    from stages.attend import plan_batches
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, 120, size=300)
+    for order in (np.sort(lengths), lengths):
+        batches = plan_batches(order, 256)
+        assert np.array_equal(np.concatenate(batches), np.arange(len(order)))
+        for b in batches:
+            assert len(b) == 1 or len(b) * order[b].max() <= 256
+    assert plan_batches(np.array([], dtype=int), 64) == []
