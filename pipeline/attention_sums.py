@@ -2,8 +2,9 @@
 
 Every statistic of the paper (sections 5.1-5.2) is a ratio of corpus-wide sums. For a batch the
 model's attention [B, H, T, T] of each layer is reduced *on the device* to the sums below, which
-are float64, shaped [L, H, ...], and add across batches and shards; the maps themselves are never
-kept. Conventions (α_ij: attention from piece i to piece j ≤ i, positions 0-based):
+are float64 (float32 on Apple MPS, which has no float64), shaped [L, H, ...], and add across
+batches and shards; the maps themselves are never kept. Conventions (α_ij: attention from piece i
+to piece j ≤ i, positions 0-based):
 - Position 0 is the null token (the first word, or BOS when prepended). Unless a sum says so,
   pairs with j = 0 are excluded, and so are attending rows i = 0 (they can only attend to j = 0).
 - Rows i ≥ length (right padding) contribute nothing: they are zeroed first.
@@ -61,6 +62,7 @@ class BatchReducer:
         B, T = batch.shape
         dev = batch.input_ids.device
         self.T, self.threshold, self.row_width = T, entropy_threshold, row_width
+        self.sum_dtype = torch.float32 if dev.type == "mps" else torch.float64  # MPS has no float64
         idx = torch.arange(T, device=dev)
         i, j = idx[:, None], idx[None, :]
         in_sentence = idx[None, :] < batch.lengths[:, None]                     # [B, T]
@@ -77,8 +79,8 @@ class BatchReducer:
         distance = (i - j).to(torch.float32)[None] * nonnull
         feats = [nonnull, rows & causal, rows & (j == 0)[None], attending_parent, receiving_parent]
         self.pair_features = torch.stack([f.to(torch.float32) for f in feats] + [distance], dim=-1).reshape(B, T * T, -1)
-        self.pairs = nonnull.sum().double().reshape(1)
-        self.pairs_related = (attending_parent | receiving_parent).sum().double().reshape(1)
+        self.pairs = nonnull.sum().to(self.sum_dtype).reshape(1)
+        self.pairs_related = (attending_parent | receiving_parent).sum().to(self.sum_dtype).reshape(1)
         receivable = in_sentence & (idx[None, :] >= 1)
         self.pos_onehot = torch.nn.functional.one_hot(batch.pos, n_pos).to(torch.float32) * receivable[..., None]
         self.dep_onehot = torch.nn.functional.one_hot(batch.dep, n_dep).to(torch.float32) * receivable[..., None]
@@ -88,15 +90,15 @@ class BatchReducer:
             N = self.n_window
             wi, wj = idx[:N, None], idx[None, :N]
             self.window_mask = (in_sentence[:, :N, None] & (wj >= 1) & (wj <= wi)).to(torch.float32)  # [B, N, N]
-            self.window_rows = torch.zeros(window, dtype=torch.float64, device=dev)
-            self.window_rows[:N] = in_sentence[:, :N].sum(0).double()
+            self.window_rows = torch.zeros(window, dtype=self.sum_dtype, device=dev)
+            self.window_rows[:N] = in_sentence[:, :N].sum(0).to(self.sum_dtype)
         self.window_mean = window_mean
 
     def window_sum(self, att: torch.Tensor) -> torch.Tensor:
         """Σ over the batch of α_ij for i < N, 1 ≤ j ≤ i: [H, N, N] (the first pass needs only this)."""
         N = self.n_window
-        out = torch.zeros(att.shape[1], self.window, self.window, dtype=torch.float64, device=att.device)
-        out[:, :N, :N] = (att[:, :, :N, :N].float() * self.window_mask[:, None]).double().sum(0)
+        out = torch.zeros(att.shape[1], self.window, self.window, dtype=self.sum_dtype, device=att.device)
+        out[:, :N, :N] = (att[:, :, :N, :N].float() * self.window_mask[:, None]).to(self.sum_dtype).sum(0)
         return out
 
     def layer(self, att: torch.Tensor, index: int = 0) -> dict[str, torch.Tensor]:
@@ -105,7 +107,7 @@ class BatchReducer:
         B, H, T, _ = att.shape
         out = {}
         pair = torch.bmm(att.reshape(B, H, T * T), self.pair_features)           # [B, H, K]
-        pair = pair.double().sum(0)
+        pair = pair.to(self.sum_dtype).sum(0)
         for k, name in enumerate(PAIR_FEATURES):
             out[name] = pair[:, k]
         nonnull = att[..., 1:]
@@ -117,20 +119,20 @@ class BatchReducer:
         rows = self.attending[:, None, :]
         skipped = rows & (null > self.threshold)
         counted = rows & ~skipped & (row_mass > 0)
-        out["entropy_sum"] = torch.where(counted, entropy, 0.0).double().sum((0, 2))
-        out["entropy_rows"] = counted.double().sum((0, 2))
-        out["entropy_skipped"] = skipped.double().sum((0, 2))
+        out["entropy_sum"] = torch.where(counted, entropy, 0.0).to(self.sum_dtype).sum((0, 2))
+        out["entropy_rows"] = counted.to(self.sum_dtype).sum((0, 2))
+        out["entropy_skipped"] = skipped.to(self.sum_dtype).sum((0, 2))
         received = torch.einsum("bhij,bi->bhj", att, self.attending_f)            # [B, H, T]
-        out["pos_to"] = torch.einsum("bhj,bjp->bhp", received, self.pos_onehot).double().sum(0)
-        out["dep_to"] = torch.einsum("bhj,bjd->bhd", received, self.dep_onehot).double().sum(0)
+        out["pos_to"] = torch.einsum("bhj,bjp->bhp", received, self.pos_onehot).to(self.sum_dtype).sum(0)
+        out["dep_to"] = torch.einsum("bhj,bjd->bhd", received, self.dep_onehot).to(self.sum_dtype).sum(0)
         sent = row_mass * self.attending_f[:, None, :]
-        out["pos_from"] = torch.einsum("bhi,bip->bhp", sent, self.pos_onehot).double().sum(0)
+        out["pos_from"] = torch.einsum("bhi,bip->bhp", sent, self.pos_onehot).to(self.sum_dtype).sum(0)
         if self.n_window and self.window_mean is not None:
             N = self.n_window
             win = att[:, :, :N, :N] * self.window_mask[:, None]
             mean = self.window_mean[index, :, :N, :N].float()
-            out["var_abs_dev"] = ((win - mean[None]).abs() * self.window_mask[:, None]).double().sum((0, 2, 3))
-            out["var_mass"] = win.double().sum((0, 2, 3))
+            out["var_abs_dev"] = ((win - mean[None]).abs() * self.window_mask[:, None]).to(self.sum_dtype).sum((0, 2, 3))
+            out["var_mass"] = win.to(self.sum_dtype).sum((0, 2, 3))
         best, where = nonnull.reshape(B, H, -1).max(-1)                          # exemplar candidates
         i = where // max(T - 1, 1)
         out["ex_value"], out["ex_i"], out["ex_j"] = best, i, where % max(T - 1, 1) + 1
@@ -162,7 +164,7 @@ class Accumulator:
                 continue
             self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
         if "ex_value" in batch_sums:
-            value = batch_sums["ex_value"].double().cpu().numpy()               # [L, B, H]
+            value = batch_sums["ex_value"].cpu().double().numpy()               # [L, B, H]
             L, B, H = value.shape
             candidates = {
                 "value": value.transpose(0, 2, 1),
@@ -171,11 +173,11 @@ class Accumulator:
                 "j": batch_sums["ex_j"].cpu().numpy().transpose(0, 2, 1),
             }
             if "ex_row" in batch_sums:                                            # [L, B, H, R] → [L, H, B, R]
-                candidates["row"] = batch_sums["ex_row"].double().cpu().numpy().transpose(0, 2, 1, 3)
+                candidates["row"] = batch_sums["ex_row"].cpu().double().numpy().transpose(0, 2, 1, 3)
             self.exemplars = merge_exemplars(self.exemplars, candidates, self.k)
 
     def to_numpy(self) -> dict[str, np.ndarray]:
-        arrays = {k: v.double().cpu().numpy() for k, v in self.sums.items()}
+        arrays = {k: v.cpu().double().numpy() for k, v in self.sums.items()}
         if self.exemplars is not None:
             arrays.update({f"ex_{k}": v for k, v in self.exemplars.items()})
         return arrays

@@ -205,7 +205,7 @@ def run(ctx) -> dict:
         mean_path = out_dir / "window_mean.npz"
         if not mean_path.is_file():
             io.write_npz({"window_mean": window_mean_pass(model, arrays, cfg, device, n_pos, n_dep)}, mean_path)
-        window_mean = torch.from_numpy(io.read_npz(mean_path)["window_mean"]).to(device)
+        window_mean = torch.from_numpy(io.read_npz(mean_path)["window_mean"]).to(device=device, dtype=torch.float32)
     first_pass_seconds = time.perf_counter() - started
 
     done = [k for k in range(len(shards)) if shard_path(ctx, k).is_file()]
