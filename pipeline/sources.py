@@ -42,6 +42,7 @@ _DETOK_RULES = [
     (re.compile(r" @([-,.])@ "), r"\1"),                     # 1 @,@ 000 -> 1,000 ; well @-@ known
     (re.compile(r" (['’](?:s|re|ve|ll|d|m|t)\b)"), r"\1"),  # John 's -> John's
     (re.compile(r" (n't)\b"), r"\1"),
+    (re.compile(r"(?<=s) '(?= )"), "'"),                     # the soldiers ' sleep -> soldiers' sleep
     (re.compile(r" ([,.;:!?%)\]}])"), r"\1"),                # space before closing punctuation
     (re.compile(r"([(\[{]) "), r"\1"),                       # space after opening brackets
     (re.compile(r"\" ([^\"]*?) \""), r'"\1"'),               # " quoted " -> "quoted"

@@ -209,7 +209,7 @@ def run(ctx) -> dict:
     first_pass_seconds = time.perf_counter() - started
 
     done = [k for k in range(len(shards)) if shard_path(ctx, k).is_file()]
-    todo = [k for k in range(len(shards)) if k not in set(done)]
+    todo = sorted(set(range(len(shards))) - set(done))
     bar = tqdm(total=int(len(order)), initial=int(sum(len(shards[k]) for k in done)), desc="attend: forward + reduce", unit="sent")
     tokens_done, forward_started = 0, time.perf_counter()
     for k in todo:

@@ -118,17 +118,28 @@ def render_exemplar(row: dict) -> str:
     return "".join(out)
 
 
+VERDICT = {True: "✔ holds", False: "✘ does not hold", None: "not applicable"}
+
+
+def _cell(column: str, v, floats: int) -> str:
+    if column == "holds":
+        return VERDICT[v]
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.{floats}g}" if abs(v) < 1e-3 and v else f"{v:.{floats}f}"
+    return str(v)
+
+
 def _table(df: pl.DataFrame, floats: int = 3) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
     body = []
     for row in df.iter_rows():
         cells = []
-        for v in row:
-            if isinstance(v, float):
-                v = f"{v:.{floats}g}" if abs(v) < 1e-3 and v else f"{v:.{floats}f}"
-            elif isinstance(v, bool) or v is None:
-                v = {True: "✔ holds", False: "✘ does not hold", None: "not applicable"}[v]
-            cells.append(f"<td>{html.escape(str(v))}</td>")
+        for column, v in zip(df.columns, row):
+            cells.append(f"<td>{html.escape(_cell(column, v, floats))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -163,8 +174,10 @@ def build_index(tables, state: dict, drawn: dict, claims: pl.DataFrame, exemplar
                   str(counts.get("device")), str(stages.get("annotate", {}).get("counts", {}).get("sentences")),
                   str(stages.get("annotate", {}).get("counts", {}).get("pieces")), str(state.get("git", {}).get("commit"))]})
     parts.append(_table(overview))
-    timing = pl.DataFrame({"stage": list(stages), "seconds": [float(s.get("seconds") or 0) for s in stages.values()],
-                           "config hash": [s.get("config_hash") for s in stages.values()]})
+    timing = pl.DataFrame({"stage": list(stages), "seconds": [s.get("seconds") for s in stages.values()],
+                           "status": [s.get("status") for s in stages.values()],
+                           "config hash": [s.get("config_hash") for s in stages.values()]},
+                          schema={"stage": pl.String, "seconds": pl.Float64, "status": pl.String, "config hash": pl.String})
     parts.append("<h3>Stage timings</h3>" + _table(timing, 1))
     parts.append("<details><summary>Resolved config and package versions</summary><pre>"
                  + html.escape(yaml.safe_dump({"config": state.get("config"), "versions": state.get("versions")}, sort_keys=False))

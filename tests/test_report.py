@@ -145,6 +145,7 @@ def test_build_report_and_compare(tmp_path):
         assert (tmp_path / "reports" / "a" / "figures" / f"{stem}.svg").is_file() and title in html
     assert "Layer 2, head 3" in html and "no such head" in html and "<b> mat.</b>" in html
     assert "http://" not in html and "https://" not in html  # self-contained: no CDN
+    assert "<td>yes</td><td>✔ holds</td>" in html and "<td>no</td><td>not applicable</td>" not in html
     assert pl.read_parquet(tmp_path / "data" / "runs" / "a" / "claims.parquet").height >= 14
     out = compare_runs("a", "b", data_dir=str(tmp_path / "data"), reports_dir=str(tmp_path / "reports"))
     page = open(out).read()

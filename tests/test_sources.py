@@ -16,6 +16,7 @@ from pipeline.sources import detokenize_wikitext, read_documents
     (" The film 's success , which was a real @-@ life story . ", "The film's success, which was a real-life story."),
     (" It cost $ 3 @.@ 5 million ( about 1 @,@ 000 pounds ) ; he did n't care . ", "It cost $3.5 million (about 1,000 pounds); he didn't care."),
     (' He said " New York Fatty " to them : yes ! ', 'He said "New York Fatty" to them: yes!'),
+    (" the enemy soldiers ' sleep and the ' quoted ' word ", "the enemy soldiers' sleep and the ' quoted ' word"),
 ])
 def test_detokenize_wikitext(raw, clean):
     assert detokenize_wikitext(raw) == clean
