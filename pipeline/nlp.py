@@ -8,7 +8,6 @@ from pipeline.errors import PipelineError
 
 # Components the parse needs: POS (tagger + attribute_ruler) and dependencies (parser).
 PARSE_EXCLUDE = ("ner", "lemmatizer")
-SENTENCE_PIPES = ("tok2vec", "senter")
 
 
 def load_spacy(name: str, purpose: str = "parse"):

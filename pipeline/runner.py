@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
+import os
 import platform
 import subprocess
 import sys
@@ -114,7 +115,7 @@ def run_pipeline(cfg: Config, stages: list[str] | None = None, force: bool = Fal
         "overrides": list(overrides),
         "versions": package_versions(),
         "git": git_commit(),
-        "platform": {"machine": platform.machine(), "system": platform.system(), "cpus": __import__("os").cpu_count()},
+        "platform": {"machine": platform.machine(), "system": platform.system(), "cpus": os.cpu_count()},
     })
     state.setdefault("stages", {})
     ctx = RunContext(cfg, run_dir, state, force)
