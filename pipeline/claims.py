@@ -91,10 +91,8 @@ def evaluate(tables: dict[str, pl.DataFrame], model: dict) -> pl.DataFrame:
             "(0.07 at distance 5, 0.02 at 10).", "decreasing: p(1) > p(5) > p(10)", 0.42, p1,
             None not in (p1, p5, p10) and p1 > p5 > p10)
     gpt2 = is_gpt2_small(model)
-    h = heads.with_columns(key=pl.struct("layer", "head"))
-
     def head_of(metric, descending=True):
-        row = h.sort(metric, descending=descending, nulls_last=True).row(0, named=True)
+        row = heads.sort(metric, descending=descending, nulls_last=True).row(0, named=True)
         return row["layer"], row["head"], row[metric]
 
     l, hd, v = head_of("dep_align_either")
