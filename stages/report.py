@@ -71,14 +71,23 @@ def draw_all(tables: dict[str, pl.DataFrame], out: Path, formats) -> dict[str, d
     return {name: figures.save(fig, out / "figures", name, formats) for name, fig in drawn.items()}
 
 
+def extreme_head(heads: pl.DataFrame, metric: str, highest: bool) -> dict | None:
+    """The head with the highest (or lowest) value of `metric`; None when it is undefined for every head
+    (variability with attend.variability_positions = 0)."""
+    defined = heads.drop_nans(metric).drop_nulls(metric)
+    return defined.sort(metric, descending=highest).row(0, named=True) if defined.height else None
+
+
 def head_card_specs(tables) -> list[dict]:
-    heads, ex = tables["head_metrics"].drop_nans(), tables["exemplars"]
+    heads, ex = tables["head_metrics"], tables["exemplars"]
     picks = [("most position-focused (lowest variability)", "variability", False),
              ("most diffuse (highest entropy)", "mean_entropy", True),
              ("largest mean distance", "mean_distance", True)]
     cards = []
-    for why, metric, descending in picks:
-        row = heads.sort(metric, descending=descending).row(0, named=True)
+    for why, metric, highest in picks:
+        row = extreme_head(heads, metric, highest)
+        if row is None:
+            continue
         top = ex.filter((pl.col("layer") == row["layer"]) & (pl.col("head") == row["head"])).sort("rank")
         if top.height:
             cards.append({**row, "why": why, "exemplar": top.row(0, named=True)})
@@ -86,12 +95,11 @@ def head_card_specs(tables) -> list[dict]:
 
 
 def default_exemplar_heads(heads: pl.DataFrame) -> list[tuple[int, int]]:
-    h = heads.drop_nans()
-    picks = [h.sort("variability", descending=True), h.sort("variability"), h.sort("mean_distance", descending=True)]
     out = []
-    for frame in picks:
-        key = (int(frame["layer"][0]), int(frame["head"][0]))
-        if key not in out:
+    for metric, highest in (("variability", True), ("variability", False), ("mean_distance", True)):
+        row = extreme_head(heads, metric, highest)
+        key = None if row is None else (int(row["layer"]), int(row["head"]))
+        if key is not None and key not in out:
             out.append(key)
     return out
 
@@ -249,15 +257,15 @@ def compare_runs(run_a: str, run_b: str, out: str | None = None, data_dir: str =
             raise PipelineError(f"no figures for run {n!r} in {f}: run its report stage first")
     tables = [load(d) for d in dirs]
     parts = [f"<h1>{html.escape(names[0])} vs {html.escape(names[1])}</h1>"]
-    findings = tables[0]["findings"].select("statistic", pl.col("value").alias(names[0])).join(
-        tables[1]["findings"].select("statistic", pl.col("value").alias(names[1] if names[1] != names[0] else names[1] + " (B)")),
-        on="statistic", how="full", coalesce=True, maintain_order="left")
-    parts.append("<h2>Findings</h2>" + _table(findings))
+    columns = [names[0], names[1] if names[1] != names[0] else names[1] + " (B)"]
+
+    def side_by_side(table: str, key: str, value: str) -> pl.DataFrame:
+        a, b = (t[table].select(key, pl.col(value).alias(c)) for t, c in zip(tables, columns))
+        return a.join(b, on=key, how="full", coalesce=True, maintain_order="left")
+
+    parts.append("<h2>Findings</h2>" + _table(side_by_side("findings", "statistic", "value")))
     if all("claims" in t for t in tables):
-        claims = tables[0]["claims"].select("claim", pl.col("holds").alias(names[0])).join(
-            tables[1]["claims"].select("claim", pl.col("holds").alias(names[1] + (" (B)" if names[1] == names[0] else ""))),
-            on="claim", how="full", coalesce=True, maintain_order="left")
-        parts.append("<h2>Claims</h2>" + _table(claims))
+        parts.append("<h2>Claims (holds)</h2>" + _table(side_by_side("claims", "claim", "holds")))
     for name, title, caption in FIGURES:
         cells = []
         for run_name, f in zip(names, figs):

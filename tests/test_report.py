@@ -150,3 +150,15 @@ def test_build_report_and_compare(tmp_path):
     out = compare_runs("a", "b", data_dir=str(tmp_path / "data"), reports_dir=str(tmp_path / "reports"))
     page = open(out).read()
     assert page.count("<img") == 2 * len(FIGURES) and "a vs b" in page
+
+
+def test_report_without_variability(tmp_path):
+    """attend.variability_positions = 0 leaves variability undefined: the report still builds."""
+    from stages.report import build_report
+
+    t = tables()
+    t["head_metrics"] = t["head_metrics"].with_columns(variability=pl.lit(float("nan")))
+    run_dir = write_run(tmp_path / "data" / "runs" / "novar", t)
+    counts = build_report(run_dir, tmp_path / "reports" / "novar", ReportConfig())
+    html = (tmp_path / "reports" / "novar" / "index.html").read_text()
+    assert counts["figures"] == 9 and "largest mean distance" in html
