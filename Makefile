@@ -1,4 +1,4 @@
-# Data flow: Makefile → pipeline/ (config, runner, I/O) → stages/ (one module per stage)
+# Data flow: Makefile → pipeline/ (config, runner, engine, metrics, models) → stages/ (one module per stage)
 #            → data/runs/<run_name>/ (Parquet tables) → reports/<run_name>/ (figures, index.html)
 # `make all` reproduces the paper (needs the internet); `make all CONFIG=configs/offline.yaml` runs here.
 
@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 RUN    := $(PY) -m pipeline run --config $(CONFIG) $(ARGS)
-STAGES := corpus annotate attend aggregate report
+STAGES := $(shell $(PYTHON) -m stages)   # the one list of stages: stages/__init__.py
 
 .PHONY: setup all test bench browser compare clean-runs $(STAGES)
 

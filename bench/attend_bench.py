@@ -37,15 +37,16 @@ def measure(approach: str, config: str, run_dir: Path, limit: int | None, overri
     import torch
 
     from pipeline.config import load_config
-    from pipeline.modeling import load_model, resolve_device
-    from stages.attend import TokenArrays, length_order, plan_batches, shard_sums, window_mean_pass
+    from pipeline.engine import Reduction, TokenArrays, first_passes, plan_batches, reduce_sentences
+    from pipeline.models import load_adapter, resolve_device
 
     cfg = load_config(config, overrides)
     device = resolve_device(cfg.model.device)
-    model = load_model(cfg.model, device)
+    adapter = load_adapter(cfg.model, device)
+    model = adapter.model
     tokens = pl.read_parquet(run_dir / "tokens.parquet")
     arrays = TokenArrays.from_frame(tokens)
-    order = length_order(arrays)
+    order = arrays.length_order()
     if limit:  # an evenly spaced subset keeps the slice's length distribution
         order = order[np.linspace(0, len(order) - 1, limit).round().astype(int)]
     n_tokens = int(arrays.lengths[order].sum())
@@ -63,19 +64,23 @@ def measure(approach: str, config: str, run_dir: Path, limit: int | None, overri
                 model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
     elif approach == "pipeline":
         t0 = time.perf_counter()
-        mean = torch.from_numpy(window_mean_pass(model, arrays, cfg, device, len(arrays.pos_vocab), len(arrays.dep_vocab))).to(device) \
-            if cfg.attend.variability_positions else None
+        first = {k: torch.from_numpy(v).to(device=device, dtype=torch.float32)
+                 for k, v in first_passes(adapter, arrays, cfg.attend).items()}
         sync()
         extra["first_pass_seconds"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        sums = shard_sums(model, arrays, order, cfg.attend, mean, device)
+        reduction = Reduction(cfg.attend, len(arrays.pos_vocab), len(arrays.dep_vocab), first_pass=first,
+                              row_width=int(arrays.lengths.max()))
+        sums = reduce_sentences(adapter, arrays, order, reduction, cfg.attend.token_budget)
         sync()
         extra["main_pass_seconds"] = time.perf_counter() - t1
         with tempfile.TemporaryDirectory() as tmp:
-            np.savez(Path(tmp) / "shard.npz", **sums)
+            sums.save(Path(tmp) / "shard.npz", lambda arrays, path: np.savez(path, **arrays))
             written = (Path(tmp) / "shard.npz").stat().st_size
-    elif approach == "pipeline_main_only":
-        sums = shard_sums(model, arrays, order, cfg.attend, None, device)
+    elif approach == "pipeline_main_only":  # every statistic but variability (which needs the first pass)
+        attend = cfg.attend.model_copy(update={"variability_positions": 0})
+        reduction = Reduction(attend, len(arrays.pos_vocab), len(arrays.dep_vocab), row_width=int(arrays.lengths.max()))
+        reduce_sentences(adapter, arrays, order, reduction, attend.token_budget)
     elif approach == "naive":
         written = naive(model, arrays, order, device, cfg.attend.variability_positions)
     sync()

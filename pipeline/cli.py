@@ -9,6 +9,7 @@ import os
 import sys
 
 from pipeline.errors import PipelineError
+from stages import STAGE_NAMES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -16,7 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pipeline's stages for a config")
     run.add_argument("--config", required=True, help="YAML file in configs/")
-    run.add_argument("--stages", default=None, help="comma-separated: corpus,annotate,attend,aggregate,report")
+    run.add_argument("--stages", default=None, help=f"comma-separated, of: {','.join(STAGE_NAMES)}")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config field, e.g. corpus.max_sentences=500 (repeatable)")
     run.add_argument("--force", action="store_true", help="redo the selected stages even if up to date")
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(yaml.safe_dump(load_config(args.config, args.overrides).model_dump(mode="json"), sort_keys=False))
         elif args.command == "compare":
-            from stages.report import compare_runs
+            from pipeline.report.compare import compare_runs
 
             print(compare_runs(args.run_a, args.run_b, args.out))
     except PipelineError as e:

@@ -35,6 +35,8 @@ class CorpusConfig(_Section):
     min_alpha_ratio: float = Field(0.5, ge=0.0, le=1.0, description="Letters / non-space chars.")
     require_terminal_punctuation: bool = True
     spacy_model: str = "en_core_web_sm"
+    batch_size: int = Field(256, ge=1, description="spaCy nlp.pipe batch size for sentence splitting.")
+    n_process: int = Field(1, ge=1, description="spaCy worker processes for sentence splitting.")
 
     @model_validator(mode="after")
     def _check(self):
@@ -50,6 +52,7 @@ class CorpusConfig(_Section):
 class AnnotateConfig(_Section):
     n_process: int = Field(1, ge=1, description="spaCy worker processes.")
     batch_size: int = Field(256, ge=1, description="spaCy nlp.pipe batch size.")
+    dependency_distances: int = Field(30, ge=1, description="d = 1..this in corpus statistics.")
 
 
 class ModelConfig(_Section):
@@ -69,7 +72,6 @@ class AttendConfig(_Section):
     variability_positions: int = Field(10, ge=0, description="N of footnote 3; 0 disables.")
     entropy_null_threshold: float = Field(0.9, gt=0.0, le=1.0, description="Footnote 4.")
     exemplars_per_head: int = Field(5, ge=1, le=100)
-    dependency_distances: int = Field(30, ge=1, description="d = 1..this in corpus statistics.")
 
 
 class ReportConfig(_Section):

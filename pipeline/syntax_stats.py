@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+STATS_SCHEMA = {"statistic": pl.String, "key": pl.String, "value": pl.Float64, "paper_value": pl.Float64}
 PAPER = {  # Vig & Belinkov (2019), GPT-2 tokenizer on their Wikipedia sample
     ("dependency_probability_at_distance", "1"): 0.42,
     ("dependency_probability_at_distance", "5"): 0.07,

@@ -20,22 +20,23 @@ from tqdm.auto import tqdm
 from pipeline import io
 from pipeline.alignment import align_pieces
 from pipeline.config import fingerprint as content_hash
-from pipeline.modeling import bos_token_id, load_tokenizer, max_positions, tokenizer_source
+from pipeline.models.loading import bos_token_id, load_tokenizer, max_positions
 from pipeline.nlp import load_spacy, spacy_identity
-from pipeline.syntax_stats import corpus_statistics, format_comparison
+from pipeline.stage import Output
+from pipeline.syntax_stats import STATS_SCHEMA, corpus_statistics, format_comparison
 
 NAME = "annotate"
-OUTPUTS = ("tokens.parquet", "corpus_stats.parquet")
+VERSION = 1
+INPUTS = ("sentences.parquet",)
+TOKENS_SCHEMA = {"sentence_id": pl.Int64, "position": pl.Int64, "token_id": pl.Int64, "piece": pl.String,
+                 "char_start": pl.Int64, "char_end": pl.Int64, "word_index": pl.Int64, "pos": pl.String,
+                 "tag": pl.String, "dep": pl.String, "head_word_index": pl.Int64}
+OUTPUTS = (Output("tokens.parquet", TOKENS_SCHEMA), Output("corpus_stats.parquet", STATS_SCHEMA))
+CONFIG = ("corpus.spacy_model", "annotate", "model.name", "model.gguf_file", "model.tokenizer", "model.revision",
+          "model.prepend_bos", "model.too_long")
 WORD_SCHEMA = {"sentence_id": pl.Int64, "word_index": pl.Int64, "word": pl.String, "char_start": pl.Int64,
                "char_end": pl.Int64, "pos": pl.String, "tag": pl.String, "dep": pl.String,
                "head_word_index": pl.Int64}
-
-
-def fingerprint(cfg) -> dict:
-    return {"spacy": cfg.corpus.spacy_model, "tokenizer": tokenizer_source(cfg.model).__dict__,
-            "prepend_bos": cfg.model.prepend_bos, "too_long": cfg.model.too_long, "model": cfg.model.name,
-            "distances": cfg.attend.dependency_distances, "alignment_rule": 2}
-
 
 
 def parse_words(sentences: pl.DataFrame, nlp, batch_size: int, n_process: int) -> pl.DataFrame:
@@ -74,7 +75,7 @@ def cached_parse(ctx, sentences: pl.DataFrame) -> tuple[pl.DataFrame, bool]:
     ctx.record("spacy", identity)
     key = content_hash({"spacy": identity, "pipes": nlp.pipe_names,
                        "sentences": sentences.select("sentence_id", "text").hash_rows(seed=0).to_list()})
-    path = ctx.run_dir.parent.parent / "cache" / "spacy" / f"{key}.parquet"
+    path = ctx.cache_dir / "spacy" / f"{key}.parquet"
     if path.is_file():
         return pl.read_parquet(path), True
     words = parse_words(sentences, nlp, cfg.annotate.batch_size, cfg.annotate.n_process)
@@ -153,7 +154,7 @@ def run(ctx) -> dict:
     pieces = pieces.sort("sentence_id", "position")
     ctx.write_parquet(pieces, "tokens.parquet")
     real = pieces.filter(pl.col("pos") != "BOS")
-    stats = corpus_statistics(real, cfg.attend.dependency_distances)
+    stats = corpus_statistics(real, cfg.annotate.dependency_distances)
     ctx.write_parquet(stats, "corpus_stats.parquet")
     return {
         "sentences": int(pieces["sentence_id"].n_unique()),

@@ -13,17 +13,20 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from pipeline.errors import PipelineError
-from pipeline.modeling import load_tokenizer, tokenizer_source
+from pipeline.models.loading import load_tokenizer
 from pipeline.nlp import load_spacy, spacy_identity
 from pipeline.sources import read_documents
+from pipeline.stage import Output
 
 NAME = "corpus"
-OUTPUTS = ("sentences.parquet",)
+VERSION = 1
+INPUTS = ()
+SCHEMA = {"sentence_id": pl.Int64, "doc_id": pl.Int64, "doc_title": pl.String, "sentence_index": pl.Int64,
+          "text": pl.String, "n_chars": pl.UInt32, "n_words": pl.Int64, "n_pieces": pl.Int64}
+OUTPUTS = (Output("sentences.parquet", SCHEMA),)
+# The model's tokenizer counts pieces for the length filters.
+CONFIG = ("seed", "corpus", "model.name", "model.gguf_file", "model.tokenizer", "model.revision")
 TERMINAL = (".", "!", "?", '."', '!"', '?"', ".'", ".)", ".”")
-
-
-def fingerprint(cfg) -> dict:
-    return {"corpus": cfg.corpus.model_dump(), "seed": cfg.seed, "tokenizer": tokenizer_source(cfg.model).__dict__}
 
 
 def is_prose(text: str, n_words: int, cfg) -> bool:
@@ -59,7 +62,7 @@ def run(ctx) -> dict:
     docs, source_counts = read_documents(cfg.corpus, cfg.seed)
     nlp = load_spacy(cfg.corpus.spacy_model, purpose="sentences")
     ctx.record("spacy_sentences", spacy_identity(nlp))
-    sentences = split_sentences(docs, nlp, cfg.annotate.batch_size, cfg.annotate.n_process)
+    sentences = split_sentences(docs, nlp, cfg.corpus.batch_size, cfg.corpus.n_process)
     n_split = sentences.height
 
     prose = np.array([is_prose(t, n, cfg.corpus) for t, n in zip(sentences["text"], sentences["n_words"])], dtype=bool)

@@ -55,9 +55,10 @@ def tables(L: int = 12, H: int = 12, seed: int = 0) -> dict[str, pl.DataFrame]:
             "dep_share": pl.DataFrame({"layer": [0], "head": [0], "label": ["det"], "share": [1.0]})}
 
 
-def write_run(run_dir, t: dict[str, pl.DataFrame], model: dict | None = None):
+def write_run(run_dir, t: dict[str, pl.DataFrame], model: dict | None = None, metrics: dict | None = None):
     for name, df in t.items():
         io.write_parquet(df, run_dir / f"{name}.parquet")
     io.write_json({"run_name": run_dir.name, "model": model or {"name": "synthetic", "model_type": "gpt2", "num_layers": 12,
-                                                                 "num_heads": 12}, "stages": {}}, run_dir / "run.json")
+                                                                 "num_heads": 12}, "stages": {}, "metrics": metrics or {}},
+                  run_dir / "run.json")
     return run_dir

@@ -127,20 +127,20 @@ def test_sentence_order_does_not_change_results(tiny_gpt2, tiny_run):
     """Renumbering sentences (a different corpus order) gives the same per-head sums."""
     import torch
 
-    from pipeline.attention_sums import merge_sums
-    from pipeline.modeling import load_model
-    from stages.attend import TokenArrays, shard_sums
+    from pipeline.engine import Reduction, TokenArrays, reduce_sentences
+    from pipeline.models import load_adapter
 
     tokens = table(tiny_run, "tokens")
     ids = tokens["sentence_id"].unique().sort().to_numpy()
     perm = dict(zip(ids.tolist(), np.random.default_rng(3).permutation(ids).tolist()))
     shuffled = tokens.with_columns(pl.col("sentence_id").replace_strict(perm)).sample(fraction=1.0, shuffle=True, seed=1)
-    model = load_model(tiny_run.model, torch.device("cpu"))
+    adapter = load_adapter(tiny_run.model, torch.device("cpu"))
+    attend = tiny_run.attend.model_copy(update={"variability_positions": 0})  # no first pass needed here
     results = []
     for frame in (tokens, shuffled):
         arrays = TokenArrays.from_frame(frame)
-        order = np.lexsort((arrays.sentence_ids, arrays.lengths))
-        results.append(merge_sums([shard_sums(model, arrays, order, tiny_run.attend, None, torch.device("cpu"))], 3))
+        reduction = Reduction(attend, len(arrays.pos_vocab), len(arrays.dep_vocab))
+        results.append(reduce_sentences(adapter, arrays, arrays.length_order(), reduction, attend.token_budget))
     for key in ("mass", "mass_null", "distance", "entropy_sum", "dep_attending_parent", "pos_to", "dep_to"):
         assert np.allclose(results[0][key], results[1][key], rtol=1e-6, atol=1e-9), key
 
@@ -151,11 +151,11 @@ def test_resume_after_interrupted_attend_matches_uninterrupted(tiny_gpt2, config
     cfg = config_factory(tiny_gpt2, run_name="interrupted")
     real_write, calls = attend.write_shard, []
 
-    def failing_write(ctx, k, arrays):
+    def failing_write(ctx, unit, sums):
         if len(calls) == 2:
             raise KeyboardInterrupt("simulated kill")
-        calls.append(k)
-        real_write(ctx, k, arrays)
+        calls.append(unit.index)
+        real_write(ctx, unit, sums)
 
     monkeypatch.setattr(attend, "write_shard", failing_write)
     with pytest.raises(KeyboardInterrupt):
@@ -183,7 +183,7 @@ def test_findings_correlations_match_scipy_on_head_table(tiny_run):
 
 @pytest.mark.parametrize("seed", range(5))
 def test_batches_cover_every_sentence_once_within_the_token_budget(seed):
-    from stages.attend import plan_batches
+    from pipeline.engine import plan_batches
 
     rng = np.random.default_rng(seed)
     lengths = rng.integers(3, 120, size=300)

@@ -46,16 +46,16 @@ def test_padding_does_not_leak_with_rotary_positions(smollm_run):
     """Batch of one (no padding) vs one padded batch of all sentences: same sums."""
     import torch
 
-    from pipeline.attention_sums import merge_sums
-    from pipeline.modeling import load_model
-    from stages.attend import TokenArrays, length_order, shard_sums
+    from pipeline.engine import Reduction, TokenArrays, reduce_sentences
+    from pipeline.models import load_adapter
 
-    model = load_model(smollm_run.model, torch.device("cpu"))
+    adapter = load_adapter(smollm_run.model, torch.device("cpu"))
     arrays = TokenArrays.from_frame(table(smollm_run, "tokens"))
-    order = length_order(arrays)[::-1].copy()  # longest first: every other sentence is padded
+    order = arrays.length_order()[::-1].copy()  # longest first: every other sentence is padded
+    attend = smollm_run.attend.model_copy(update={"variability_positions": 0})
     results = []
     for budget in (16, 4096):
-        a = smollm_run.attend.model_copy(update={"token_budget": budget})
-        results.append(merge_sums([shard_sums(model, arrays, order, a, None, torch.device("cpu"))], 3))
+        reduction = Reduction(attend, len(arrays.pos_vocab), len(arrays.dep_vocab))
+        results.append(reduce_sentences(adapter, arrays, order, reduction, budget))
     for key in ("mass", "mass_null", "distance", "entropy_sum", "pos_to", "dep_attending_parent"):
         assert np.allclose(results[0][key], results[1][key], rtol=1e-4, atol=1e-6), key

@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import claims, figures
+from pipeline.report import claims, figures
 from pipeline.config import ReportConfig
 from synthetic import tables, write_run
 
@@ -124,7 +124,7 @@ def test_adjacent_dependency_probability_claim():
 
 
 def test_exemplar_rendering_marks_attending_and_receiving():
-    from stages.report import render_exemplar
+    from pipeline.report.html import render_exemplar
 
     row = {"text": "The cat <sat> on the mat.", "attending_char_start": 16, "attending_char_end": 20,
            "receiving_char_start": 3, "receiving_char_end": 7}
@@ -134,7 +134,11 @@ def test_exemplar_rendering_marks_attending_and_receiving():
 
 
 def test_build_report_and_compare(tmp_path):
-    from stages.report import FIGURES, build_report, compare_runs
+    from pipeline.report import figure_specs
+    from pipeline.report.compare import compare_runs
+    from stages.report import build_report
+
+    FIGURES = [(f.stem, f.title, f.caption) for f in figure_specs()]
 
     for name, seed in (("a", 0), ("b", 1)):
         write_run(tmp_path / "data" / "runs" / name, tables(seed=seed))
@@ -158,7 +162,10 @@ def test_report_without_variability(tmp_path):
 
     t = tables()
     t["head_metrics"] = t["head_metrics"].with_columns(variability=pl.lit(float("nan")))
-    run_dir = write_run(tmp_path / "data" / "runs" / "novar", t)
+    run_dir = write_run(tmp_path / "data" / "runs" / "novar", t,
+                        metrics={"variability": "disabled: attend.variability_positions is 0"})
     counts = build_report(run_dir, tmp_path / "reports" / "novar", ReportConfig())
     html = (tmp_path / "reports" / "novar" / "index.html").read_text()
-    assert counts["figures"] == 9 and "largest mean distance" in html
+    assert counts["figures"] == 8 and "largest mean distance" in html
+    assert "variability was not computed (disabled: attend.variability_positions is 0)" in html
+    assert not (tmp_path / "reports" / "novar" / "figures" / "fig10_variability.png").exists()

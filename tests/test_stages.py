@@ -126,12 +126,12 @@ def test_encoder_models_are_rejected(tmp_path):
     from transformers import BertConfig, BertModel
 
     from pipeline.config import ModelConfig
-    from pipeline.modeling import load_model
+    from pipeline.models import load_adapter
 
     BertModel(BertConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=16,
                          vocab_size=100)).save_pretrained(tmp_path / "bert")
     with pytest.raises(PipelineError, match="bidirectional"):
-        load_model(ModelConfig(name=str(tmp_path / "bert")), torch.device("cpu"))
+        load_adapter(ModelConfig(name=str(tmp_path / "bert")), torch.device("cpu"))
 
 
 def test_cli_prints_one_line_errors(tmp_path, capsys):

@@ -1,5 +1,5 @@
-"""Loading tokenizers and causal LMs through transformers: hub ids, local directories, GGUF files,
-and GGUF files that a Python package ships (`pkg:PACKAGE/FILE`), always with eager attention."""
+"""Where models and tokenizers come from: hub ids, local directories, GGUF files, and GGUF files
+that a Python package ships (`pkg:PACKAGE/FILE`); devices, dtypes, and the identity of loaded weights."""
 
 from __future__ import annotations
 
@@ -15,11 +15,6 @@ from pipeline.config import ModelConfig
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
-
-# Model types whose self-attention is bidirectional: rejected early with a clear message.
-ENCODER_TYPES = {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2",
-                 "xlm-roberta", "camembert", "mpnet", "ernie", "modernbert"}
-
 
 @dataclass(frozen=True)
 class Source:
@@ -64,7 +59,7 @@ def resolve_source(name: str, gguf_file: str | None = None) -> Source:
     return Source(name)
 
 
-def _load(loader, source: Source, what: str, **kwargs):
+def load_with(loader, source: Source, what: str, **kwargs):
     if source.gguf_file:
         kwargs["gguf_file"] = source.gguf_file
     try:
@@ -86,7 +81,7 @@ def load_tokenizer(cfg: ModelConfig):
 
     source = tokenizer_source(cfg)
     kwargs = {"revision": cfg.revision} if cfg.revision and not cfg.tokenizer else {}
-    tok = _load(AutoTokenizer.from_pretrained, source, "tokenizer", **kwargs)
+    tok = load_with(AutoTokenizer.from_pretrained, source, "tokenizer", **kwargs)
     if not getattr(tok, "is_fast", False):
         raise PipelineError(f"tokenizer from {source.path!r} is not a fast tokenizer: character offsets are needed")
     return tok
@@ -103,7 +98,7 @@ def max_positions(cfg: ModelConfig) -> int:
     """The model's context length from its config alone (no weights)."""
     from transformers import AutoConfig
 
-    config = _load(AutoConfig.from_pretrained, resolve_source(cfg.name, cfg.gguf_file), "model config")
+    config = load_with(AutoConfig.from_pretrained, resolve_source(cfg.name, cfg.gguf_file), "model config")
     for attr in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
@@ -133,37 +128,6 @@ def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
-def load_model(cfg: ModelConfig, device: torch.device):
-    """The base model (no LM head: attention needs only the trunk) with eager attention."""
-    from transformers import AutoConfig, AutoModel
-
-    source = resolve_source(cfg.name, cfg.gguf_file)
-    kwargs = {"revision": cfg.revision} if cfg.revision else {}
-    config = _load(AutoConfig.from_pretrained, source, "model config", **kwargs)
-    if config.model_type in ENCODER_TYPES or getattr(config, "is_encoder_decoder", False):
-        raise PipelineError(
-            f"{cfg.name!r} is a {config.model_type} model with bidirectional attention; only causal "
-            "(decoder-only) language models are supported for now"
-        )
-    model = _load(AutoModel.from_pretrained, source, "model", attn_implementation="eager",
-                  dtype=resolve_dtype(cfg.dtype, device), **kwargs)
-    model.eval().to(device)
-    check_causal(model, device)
-    return model
-
-
-@torch.inference_mode()
-def check_causal(model, device: torch.device) -> None:
-    """Refuse a model whose attention looks ahead: the statistics assume causal attention."""
-    ids = torch.arange(3, 9, device=device).unsqueeze(0) % max(getattr(model.config, "vocab_size", 9), 9)
-    out = model(input_ids=ids, output_attentions=True)
-    if not out.attentions:
-        raise PipelineError("the model returned no attention weights (needs attn_implementation='eager')")
-    upper = torch.triu(out.attentions[0][0].float(), diagonal=1).abs().max().item()
-    if upper > 1e-6:
-        raise PipelineError(f"{model.name_or_path!r} attends to later tokens (bidirectional); only causal LMs are supported")
-
-
 def weights_fingerprint(model) -> str:
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
@@ -173,6 +137,7 @@ def weights_fingerprint(model) -> str:
 
 
 def model_identity(model, cfg: ModelConfig) -> dict:
+    """Everything needed to say which weights produced a run (recorded in run.json)."""
     config = model.config
     source = resolve_source(cfg.name, cfg.gguf_file)
     return {

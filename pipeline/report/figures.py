@@ -130,9 +130,34 @@ def _piece_labels(tokens: pl.DataFrame, text: str) -> list[str]:
     return [(text[s:e].strip() or "␣") for s, e in zip(tokens["char_start"], tokens["char_end"])]
 
 
-def head_cards(cards: list[dict], tokens: pl.DataFrame) -> plt.Figure:
+HEAD_CARD_PICKS = [("most position-focused (lowest variability)", "variability", False),
+                   ("most diffuse (highest entropy)", "mean_entropy", True),
+                   ("largest mean distance", "mean_distance", True)]
+
+
+def extreme_head(heads: pl.DataFrame, metric: str, highest: bool) -> dict | None:
+    """The head with the highest (or lowest) value of `metric`; None when it is undefined for every head
+    (a disabled metric)."""
+    defined = heads.drop_nans(metric).drop_nulls(metric)
+    return defined.sort(metric, descending=highest).row(0, named=True) if defined.height else None
+
+
+def head_card_specs(heads: pl.DataFrame, exemplars: pl.DataFrame) -> list[dict]:
+    cards = []
+    for why, metric, highest in HEAD_CARD_PICKS:
+        row = extreme_head(heads, metric, highest)
+        if row is None:
+            continue
+        top = exemplars.filter((pl.col("layer") == row["layer"]) & (pl.col("head") == row["head"])).sort("rank")
+        if top.height:
+            cards.append({**row, "why": why, "exemplar": top.row(0, named=True)})
+    return cards
+
+
+def head_cards(heads: pl.DataFrame, exemplars: pl.DataFrame, tokens: pl.DataFrame) -> plt.Figure:
     """Fig. 4-style cards: a head's aggregate metrics and, on its top exemplar sentence, the attention
     from the attending piece to every piece before it."""
+    cards = head_card_specs(heads, exemplars)
     fig, axes = plt.subplots(len(cards), 1, figsize=(13, 2.9 * len(cards)), layout="constrained", squeeze=False)
     for ax, card in zip(axes[:, 0], cards):
         ex = card["exemplar"]

@@ -1,0 +1,304 @@
+"""The attention engine: token arrays → padded batches → forward passes → per-head sums.
+
+The corpus is held as flat arrays (`TokenArrays`); `plan_batches` cuts length-sorted sentences into
+batches that fit a padded-token budget; for each batch the model adapter hands over each layer's
+attention [B, H, T, T] as the layer produces it, and every enabled metric of the registry reduces
+it on the device into sums [H, ...] (pipeline/metrics/). Pair features of all metrics are stacked
+and reduced with one batched matmul. Nothing of the attention maps outlives its layer.
+
+Conventions (α_ij: attention from piece i to piece j ≤ i, positions 0-based): position 0 is the
+null token; unless a sum says so, pairs with j = 0 and attending rows i = 0 are left out; rows
+i ≥ length (right padding) are zeroed before any metric sees them. Sums are float64 (float32 on
+Apple MPS, which has no float64)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.metrics import enabled
+from pipeline.metrics.base import Metric
+from pipeline.sums import Sums
+
+
+@dataclass
+class TokenArrays:
+    """The corpus as flat numpy arrays (tokens sorted by sentence, position) plus per-sentence offsets."""
+
+    sentence_ids: np.ndarray  # [S]
+    starts: np.ndarray        # [S] index of each sentence's first piece
+    lengths: np.ndarray       # [S]
+    token_id: np.ndarray
+    pos: np.ndarray           # index into pos_vocab
+    dep: np.ndarray
+    word: np.ndarray
+    head: np.ndarray
+    pos_vocab: list[str]
+    dep_vocab: list[str]
+
+    @classmethod
+    def from_frame(cls, tokens: pl.DataFrame) -> "TokenArrays":
+        tokens = tokens.sort("sentence_id", "position")
+        pos_vocab = sorted(tokens["pos"].unique().to_list())
+        dep_vocab = sorted(tokens["dep"].unique().to_list())
+        per_sentence = tokens.group_by("sentence_id", maintain_order=True).len()
+        lengths = per_sentence["len"].to_numpy().astype(np.int64)
+        return cls(
+            sentence_ids=per_sentence["sentence_id"].to_numpy(),
+            starts=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
+            lengths=lengths,
+            token_id=tokens["token_id"].to_numpy(),
+            pos=tokens["pos"].replace_strict(pos_vocab, range(len(pos_vocab)), return_dtype=pl.Int64).to_numpy(),
+            dep=tokens["dep"].replace_strict(dep_vocab, range(len(dep_vocab)), return_dtype=pl.Int64).to_numpy(),
+            word=tokens["word_index"].to_numpy(), head=tokens["head_word_index"].to_numpy(),
+            pos_vocab=pos_vocab, dep_vocab=dep_vocab,
+        )
+
+    def length_order(self) -> np.ndarray:
+        """Sentences by (length, sentence_id): results do not depend on corpus order, and padding is minimal."""
+        return np.lexsort((self.sentence_ids, self.lengths))
+
+    def batch(self, rows: np.ndarray, device: torch.device, max_len: int | None = None) -> "Batch":
+        lengths = self.lengths[rows] if max_len is None else np.minimum(self.lengths[rows], max_len)
+        T = int(lengths.max())
+        offsets = np.arange(T)[None, :]
+        valid = offsets < lengths[:, None]
+        flat = np.where(valid, self.starts[rows][:, None] + offsets, 0)
+
+        def take(values, fill):
+            return torch.from_numpy(np.where(valid, values[flat], fill)).to(device)
+
+        return Batch(input_ids=take(self.token_id, 0), attention_mask=torch.from_numpy(valid.astype(np.int64)).to(device),
+                     lengths=torch.from_numpy(lengths).to(device), sentence_ids=torch.from_numpy(self.sentence_ids[rows]).to(device),
+                     pos=take(self.pos, 0), dep=take(self.dep, 0), word=take(self.word, -1), head=take(self.head, -1))
+
+
+@dataclass
+class Batch:
+    """A padded batch on the device. pos/dep index the run's tag vocabularies; word/head are -1 for none."""
+
+    input_ids: torch.Tensor       # [B, T]
+    attention_mask: torch.Tensor  # [B, T]
+    lengths: torch.Tensor         # [B]
+    sentence_ids: torch.Tensor    # [B]
+    pos: torch.Tensor             # [B, T]
+    dep: torch.Tensor             # [B, T]
+    word: torch.Tensor            # [B, T]
+    head: torch.Tensor            # [B, T]
+
+    @property
+    def shape(self):
+        return tuple(self.input_ids.shape)
+
+
+def plan_batches(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
+    """Consecutive runs whose padded size (count × longest) fits the budget; a longer sentence goes alone.
+    With lengths in ascending order padding is minimal."""
+    batches, start, longest = [], 0, 0
+    for k, n in enumerate(lengths):
+        if k > start and (k + 1 - start) * max(longest, n) > budget:
+            batches.append(np.arange(start, k))
+            start, longest = k, 0
+        longest = max(longest, int(n))
+    if len(lengths):
+        batches.append(np.arange(start, len(lengths)))
+    return batches
+
+
+class BatchContext:
+    """What every layer of one batch shares (masks, pair relations, one-hot tags), computed once
+    and only when a metric asks for it."""
+
+    def __init__(self, batch: Batch, n_pos: int, n_dep: int, attend_cfg, first_pass: dict | None = None,
+                 row_width: int = 0):
+        self.batch, self.n_pos, self.n_dep, self.cfg = batch, n_pos, n_dep, attend_cfg
+        self.first_pass = first_pass or {}
+        self.row_width = row_width
+        self.B, self.T = batch.shape
+        self.device = batch.input_ids.device
+        self.sum_dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        self.idx = torch.arange(self.T, device=self.device)
+
+    cached = functools.cached_property
+
+    @cached
+    def in_sentence(self) -> torch.Tensor:           # [B, T]
+        return self.idx[None, :] < self.batch.lengths[:, None]
+
+    @cached
+    def attending(self) -> torch.Tensor:             # [B, T] rows i ≥ 1 inside the sentence
+        return self.in_sentence & (self.idx[None, :] >= 1)
+
+    @cached
+    def attending_f(self) -> torch.Tensor:
+        return self.attending.to(torch.float32)
+
+    @cached
+    def causal_rows(self) -> torch.Tensor:           # [B, T, T] i ≥ 1, j ≤ i
+        i, j = self.idx[:, None], self.idx[None, :]
+        return self.attending[:, :, None] & (j <= i)[None]
+
+    @cached
+    def nonnull(self) -> torch.Tensor:               # [B, T, T] i ≥ 1, 1 ≤ j ≤ i
+        return self.causal_rows & (self.idx[None, :] >= 1)[None]
+
+    @cached
+    def different_words(self) -> torch.Tensor:       # [B, T, T] pieces of two different words
+        w_i, w_j = self.batch.word[:, :, None], self.batch.word[:, None, :]
+        return (w_i >= 0) & (w_j >= 0) & (w_i != w_j)
+
+    @cached
+    def attending_parent(self) -> torch.Tensor:      # x_i's word is the head of x_j's word
+        return self.nonnull & self.different_words & (self.batch.head[:, None, :] == self.batch.word[:, :, None])
+
+    @cached
+    def receiving_parent(self) -> torch.Tensor:      # x_j's word is the head of x_i's word
+        return self.nonnull & self.different_words & (self.batch.head[:, :, None] == self.batch.word[:, None, :])
+
+    def onehot(self, values: torch.Tensor, n: int) -> torch.Tensor:
+        """[B, T, n] one-hot of a per-piece feature, zero for pieces that cannot receive (j = 0, padding)."""
+        receivable = self.in_sentence & (self.idx[None, :] >= 1)
+        return torch.nn.functional.one_hot(values, n).to(torch.float32) * receivable[..., None]
+
+    @cached
+    def pos_onehot(self) -> torch.Tensor:
+        return self.onehot(self.batch.pos, self.n_pos)
+
+    @cached
+    def dep_onehot(self) -> torch.Tensor:
+        return self.onehot(self.batch.dep, self.n_dep)
+
+
+class LayerView:
+    """One layer's attention for one batch, padding rows zeroed, with the intermediates that
+    several metrics share."""
+
+    def __init__(self, batch: BatchContext, att: torch.Tensor, index: int, padding_masked: bool = True):
+        self.batch, self.index = batch, index
+        self.att = att.float().masked_fill(~batch.in_sentence[:, None, :, None], 0.0) if padding_masked else att
+        self.H = att.shape[1]
+
+    @property
+    def first_pass(self) -> dict:
+        return self.batch.first_pass
+
+    @functools.cached_property
+    def nonnull(self) -> torch.Tensor:  # [B, H, T, T-1]: α_ij for j ≥ 1
+        return self.att[..., 1:]
+
+    @functools.cached_property
+    def row_mass(self) -> torch.Tensor:  # [B, H, T]: Σ_{j ≥ 1} α_ij
+        return self.nonnull.sum(-1)
+
+    @functools.cached_property
+    def received(self) -> torch.Tensor:  # [B, H, T]: Σ_{i ≥ 1} α_ij, attention received by each piece
+        return torch.einsum("bhij,bi->bhj", self.att, self.batch.attending_f)
+
+
+class Reduction:
+    """The enabled metrics of a run and how they reduce one batch."""
+
+    def __init__(self, attend_cfg, n_pos: int, n_dep: int, metrics: tuple[Metric, ...] | None = None,
+                 first_pass: dict | None = None, row_width: int = 0):
+        self.cfg, self.n_pos, self.n_dep = attend_cfg, n_pos, n_dep
+        self.metrics = enabled(attend_cfg) if metrics is None else metrics
+        self.first_pass, self.row_width = first_pass, row_width
+
+    def context(self, batch: Batch) -> BatchContext:
+        return BatchContext(batch, self.n_pos, self.n_dep, self.cfg, self.first_pass, self.row_width)
+
+    def pair_matrix(self, ctx: BatchContext) -> tuple[list[str], torch.Tensor | None]:
+        names, feats = [], []
+        for m in self.metrics:
+            for name, f in m.pair_features(ctx).items():
+                names.append(name)
+                feats.append(f.to(torch.float32))
+        if not feats:
+            return names, None
+        return names, torch.stack(feats, dim=-1).reshape(ctx.B, ctx.T * ctx.T, -1)
+
+    def layer(self, ctx: BatchContext, att: torch.Tensor, index: int, names, pairs) -> dict[str, torch.Tensor]:
+        view = LayerView(ctx, att, index)
+        out = {}
+        if pairs is not None:
+            B, H, T, _ = view.att.shape
+            summed = torch.bmm(view.att.reshape(B, H, T * T), pairs).to(ctx.sum_dtype).sum(0)  # [H, K]
+            out.update({name: summed[:, k] for k, name in enumerate(names)})
+        for m in self.metrics:
+            out.update(m.reduce_layer(view))
+        return out
+
+    def batch(self, adapter, batch: Batch) -> Sums:
+        """One forward pass; each layer is reduced inside the model's forward, as it is produced."""
+        ctx = self.context(batch)
+        names, pairs = self.pair_matrix(ctx)
+        per_layer = adapter.map_attention(batch.input_ids, batch.attention_mask,
+                                          lambda index, att: self.layer(ctx, att, index, names, pairs))
+        stacked = {k: torch.stack([p[k] for p in per_layer]) for k in per_layer[0]}
+        additive = {k: v for k, v in stacked.items() if not k.startswith("ex_")}
+        for m in self.metrics:
+            additive.update(m.batch_sums(ctx))
+        return Sums(additive, exemplar_candidates(stacked, batch.sentence_ids), self.cfg.exemplars_per_head)
+
+
+def exemplar_candidates(stacked: dict, sentence_ids: torch.Tensor) -> dict | None:
+    """Per-batch candidates ([L, B, H] on the device) → the exemplar layout of Sums ([L, H, B] on the host)."""
+    if "ex_value" not in stacked:
+        return None
+    value = stacked["ex_value"].cpu().double().numpy()
+    L, B, H = value.shape
+    out = {"value": value.transpose(0, 2, 1),
+           "sentence_id": np.broadcast_to(sentence_ids.cpu().numpy()[None, None, :], (L, H, B)),
+           "i": stacked["ex_i"].cpu().numpy().transpose(0, 2, 1),
+           "j": stacked["ex_j"].cpu().numpy().transpose(0, 2, 1)}
+    if "ex_row" in stacked:  # [L, B, H, R] → [L, H, B, R]
+        out["row"] = stacked["ex_row"].cpu().double().numpy().transpose(0, 2, 1, 3)
+    return out
+
+
+def reduce_sentences(adapter, arrays: TokenArrays, rows: np.ndarray, reduction: Reduction, token_budget: int,
+                     on_batch=None) -> Sums:
+    """A set of sentences (a work unit: rows of `arrays` in ascending length) → their merged sums on the host."""
+    total = Sums()
+    device = adapter.device
+    for batch_rows in plan_batches(arrays.lengths[rows], token_budget):
+        total = total + reduction.batch(adapter, arrays.batch(rows[batch_rows], device))
+        if on_batch is not None:
+            on_batch(len(batch_rows))
+    total = total.to_numpy()
+    bad = total.non_finite_keys()
+    if bad:
+        raise PipelineError(f"non-finite attention sums ({', '.join(bad)}): the model produced NaN/inf attention "
+                            "(model.dtype float16 overflow?); try model.dtype=float32 or bfloat16")
+    return total
+
+
+def first_passes(adapter, arrays: TokenArrays, attend_cfg, progress=None) -> dict[str, np.ndarray]:
+    """Metrics that need corpus-wide quantities before the main pass (variability's ᾱ over the first N
+    positions) get a pass over the first N pieces of every sentence: causal attention there depends on
+    nothing later. Returns {array name: array} for the main pass."""
+    results = {}
+    order = arrays.length_order()
+    for metric in enabled(attend_cfg):
+        N = metric.first_pass_positions(attend_cfg)
+        if not N:
+            continue
+        reduction = Reduction(attend_cfg, len(arrays.pos_vocab), len(arrays.dep_vocab), metrics=())
+        total = Sums()
+        prefix = np.minimum(arrays.lengths[order], N)
+        batches = plan_batches(prefix, attend_cfg.token_budget)
+        for rows in (progress(batches, metric.name) if progress else batches):
+            batch = arrays.batch(order[rows], adapter.device, max_len=N)
+            ctx = reduction.context(batch)
+            per_layer = adapter.map_attention(
+                batch.input_ids, batch.attention_mask,
+                lambda index, att: metric.first_pass_layer(LayerView(ctx, att, index, padding_masked=False)))
+            stacked = {k: torch.stack([p[k] for p in per_layer]) for k in per_layer[0]}
+            total = total + Sums({**stacked, **metric.first_pass_batch(ctx)})
+        results.update(metric.first_pass_result(total.to_numpy()))
+    return results

@@ -1,0 +1,44 @@
+"""The metric registry: one module per metric in this package, each defining `METRIC`, an instance
+of `pipeline.metrics.base.Metric`. Modules are discovered, so adding a metric is adding a module
+(and its test); `registry()` orders them by `Metric.order`, which is the order of the columns of
+head_metrics and of the report's figures."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import pkgutil
+
+from pipeline.errors import PipelineError
+from pipeline.metrics.base import Metric
+
+
+@functools.cache
+def registry() -> tuple[Metric, ...]:
+    found = []
+    for info in pkgutil.iter_modules(__path__):
+        if info.name == "base" or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        metric = getattr(module, "METRIC", None)
+        if not isinstance(metric, Metric):
+            raise PipelineError(f"{module.__name__} defines no METRIC (an instance of pipeline.metrics.base.Metric)")
+        found.append(metric)
+    names = [m.name for m in found]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise PipelineError(f"two metrics share the name(s) {duplicated}")
+    return tuple(sorted(found, key=lambda m: (m.order, m.name)))
+
+
+def status(attend_cfg) -> dict[str, str]:
+    """{metric name: "enabled" | "disabled: <why>"} for a run's attend config."""
+    out = {}
+    for m in registry():
+        reason = m.disabled_reason(attend_cfg)
+        out[m.name] = "enabled" if reason is None else f"disabled: {reason}"
+    return out
+
+
+def enabled(attend_cfg) -> tuple[Metric, ...]:
+    return tuple(m for m in registry() if m.disabled_reason(attend_cfg) is None)

@@ -1,0 +1,19 @@
+"""The denominators every share is taken over: non-null attention (mass: i ≥ 1, 1 ≤ j ≤ i) and all
+attention of the attending rows (mass_all: i ≥ 1, 0 ≤ j ≤ i, equal to the number of attending pieces)."""
+
+from __future__ import annotations
+
+from pipeline.metrics.base import Metric
+
+
+class AttentionMass(Metric):
+    name = "attention_mass"
+    order = 0
+    description = "Σ α_ij over non-null pairs (the denominator of Eqs. 3-6) and over all pairs of attending rows."
+    raw_columns = ("mass", "mass_all")
+
+    def pair_features(self, batch) -> dict:
+        return {"mass": batch.nonnull, "mass_all": batch.causal_rows}
+
+
+METRIC = AttentionMass()

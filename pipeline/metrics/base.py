@@ -1,0 +1,161 @@
+"""What a metric is: one object that says, in one place, how its sums are reduced from a batch's
+attention on the device, how its ratios and tables are formed from the merged sums, which
+figures draw it, what the paper reports for it, and which of the paper's claims it checks.
+
+Every hook has a do-nothing default, so a metric implements only what it has. The engine calls
+the reduction hooks (`pair_features`, `reduce_layer`, `batch_sums`, and the optional first pass);
+the aggregate stage calls `ratios`, `layer_columns`, `tables` and `findings`; the report stage
+draws `figures` and evaluates `claims`. A metric that cannot be computed under the run's config
+(variability with N = 0) says why in `disabled_reason`: its columns are then NaN, its figures are
+replaced by that reason, and its claims are not applicable."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import polars as pl
+
+
+def ratio(num, den) -> np.ndarray:
+    """num / den where den > 0, NaN elsewhere (a head that never attends has no share)."""
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    return np.divide(num, den, out=np.full(np.broadcast(num, den).shape, np.nan), where=den > 0)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One number of the paper's section 5.3 (or ours), with the paper's value where it gives one."""
+
+    statistic: str
+    value: float
+    p_value: float | None = None
+    n: int | None = None
+    paper_value: float | None = None
+
+
+def pearson(heads: pl.DataFrame, x: str, y: str, statistic: str, paper_value: float | None = None) -> Finding:
+    from scipy import stats
+
+    d = heads.select(x, y).drop_nulls().drop_nans()
+    if d.height >= 3 and d[x].std() > 0 and d[y].std() > 0:
+        r, p = stats.pearsonr(d[x].to_numpy(), d[y].to_numpy())
+        return Finding(statistic, float(r), float(p), d.height, paper_value)
+    return Finding(statistic, float("nan"), float("nan"), d.height, paper_value)
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """A figure of the report: file stem, title, caption, and how to draw it from the run's tables.
+
+    `draw` names a function of the figure kit (pipeline/report/figures.py), called with the tables
+    named in `inputs` and then `options`; declaring it by name keeps drawing code out of the
+    metric's imports, so a change to a figure redoes only the report stage, not the forward passes.
+    A callable (tables → matplotlib Figure) also works, for a figure no kit function draws."""
+
+    stem: str
+    title: str
+    caption: str
+    draw: str | Callable
+    inputs: tuple[str, ...] = ("head_metrics",)
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A statement of the paper, the criterion that decides whether this run supports it, and the verdict."""
+
+    claim: str
+    statement: str
+    criterion: str
+    paper_value: object
+    run_value: object
+    holds: bool | None
+    applicable: bool = True
+
+
+@dataclass
+class ClaimContext:
+    """What claims read: the run's tables, findings by name, the model's identity and depth."""
+
+    tables: dict
+    model: dict
+
+    def __post_init__(self):
+        findings = self.tables["findings"]
+        self.f = dict(zip(findings["statistic"], findings["value"]))
+        self.p = dict(zip(findings["statistic"], findings["p_value"]))
+        self.L = self.tables["layer_metrics"].height
+
+    @property
+    def gpt2_small(self) -> bool:
+        return self.model.get("model_type") == "gpt2" and self.model.get("num_layers") == 12 and self.model.get("num_heads") == 12
+
+    def last(self, n: int) -> set[int]:
+        """The last n of 12 layers, scaled to this model's depth."""
+        return set(range(self.L - math.ceil(n * self.L / 12), self.L))
+
+    def first(self, n: int) -> set[int]:
+        return set(range(0, math.ceil(n * self.L / 12)))
+
+
+class Metric:
+    name: str = ""
+    order: int = 100              # position of its columns and figures (the paper's figure order)
+    description: str = ""
+    columns: tuple[str, ...] = ()        # ratio columns of head_metrics and layer_metrics
+    raw_columns: tuple[str, ...] = ()    # sums copied into head_metrics (for users who re-weight)
+    layer_extra_columns: tuple[str, ...] = ()  # further layer_metrics columns, from layer_columns()
+    table_schemas: dict[str, dict] = {}  # extra tables it writes: name → polars schema
+    figures: tuple[FigureSpec, ...] = ()
+
+    def disabled_reason(self, attend_cfg) -> str | None:
+        return None
+
+    # ---- reduction on the device (pipeline/engine.py) ----
+    def pair_features(self, batch) -> dict:
+        """{sum key: [B, T, T] weight per pair}: the engine adds Σ α_ij·w_ij per head in one matmul for all metrics."""
+        return {}
+
+    def reduce_layer(self, layer) -> dict:
+        """{sum key: [H, ...] tensor} from one layer's attention (an engine.LayerView)."""
+        return {}
+
+    def batch_sums(self, batch) -> dict:
+        """{sum key: tensor} that do not depend on attention (pair counts)."""
+        return {}
+
+    def first_pass_positions(self, attend_cfg) -> int:
+        """> 0: the metric needs a first pass over the first N pieces of every sentence."""
+        return 0
+
+    def first_pass_layer(self, layer) -> dict:
+        return {}
+
+    def first_pass_batch(self, batch) -> dict:
+        return {}
+
+    def first_pass_result(self, sums) -> dict:
+        """Merged first-pass sums → arrays the main pass reads as `layer.first_pass[name]`."""
+        return {}
+
+    # ---- tables (stages/aggregate.py) ----
+    def ratios(self, get) -> dict:
+        """{column: array}; get(key) gives a sum per head ([L, H]) or, for layer_metrics, summed over heads ([L])."""
+        return {}
+
+    def layer_columns(self, sums) -> dict:
+        """{column in layer_extra_columns: [L] array}."""
+        return {}
+
+    def tables(self, sums, inputs: dict) -> dict:
+        return {}
+
+    def findings(self, heads: pl.DataFrame, layers: pl.DataFrame, sums) -> list[Finding]:
+        return []
+
+    # ---- the paper's claims (stages/report.py) ----
+    def claims(self, c: ClaimContext) -> list[Claim]:
+        return []

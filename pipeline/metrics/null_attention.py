@@ -1,0 +1,42 @@
+"""Null attention (Fig. 5): the share of attention that goes to position 0, the first piece (or the
+BOS token when one is prepended), which the paper treats as a no-op and leaves out of every other metric."""
+
+from __future__ import annotations
+
+from pipeline.metrics.base import Claim, FigureSpec, Finding, Metric, ratio
+
+
+
+class NullAttention(Metric):
+    name = "null_attention"
+    order = 10
+    description = "Σ α_i0 / Σ_j α_ij over attending pieces i ≥ 1."
+    columns = ("null_share",)
+    raw_columns = ("mass_null",)
+    figures = (FigureSpec(
+        "fig05_null_attention", "Null attention (Fig. 5)",
+        "Share of each head's attention that goes to position 0 (the first piece; the BOS token when one is prepended): "
+        "Σα_i0 / Σ_j α_ij over attending pieces i ≥ 1 of every sentence.", "head_heatmap",
+        options={"metric": "null_share", "title": "Attention to the first token", "label": "null share", "vmin": 0, "vmax": 1}),)
+
+    def pair_features(self, batch) -> dict:
+        return {"mass_null": batch.attending[:, :, None] & (batch.idx == 0)[None, None, :]}
+
+    def ratios(self, get) -> dict:
+        return {"null_share": ratio(get("mass_null"), get("mass_all"))}
+
+    def findings(self, heads, layers, sums) -> list[Finding]:
+        n = heads.height
+        return [Finding("null_share_overall", float(ratio(sums["mass_null"].sum(), sums["mass_all"].sum())), n=n),
+                Finding("null_share_mean", float(heads["null_share"].mean()), n=n, paper_value=0.57),
+                Finding("null_share_max", float(heads["null_share"].max()), n=n, paper_value=0.97)]
+
+    def claims(self, c) -> list[Claim]:
+        mean, top = c.f.get("null_share_mean"), c.f.get("null_share_max")
+        return [Claim("null_attention_mean", "On average, 57% of attention goes to the first (null) token.",
+                      "mean over heads ≥ 0.3 (a large share)", 0.57, mean, (mean or 0) >= 0.3),
+                Claim("null_attention_max", "Some heads put over 97% of their attention on the first token.",
+                      "max over heads > 0.97", 0.97, top, (top or 0) > 0.97)]
+
+
+METRIC = NullAttention()

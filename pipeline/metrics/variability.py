@@ -1,0 +1,78 @@
+"""Attention variability (Eq. 5, footnote 3; Fig. 10): how much a head's attention over the first N
+positions deviates from its corpus mean ᾱ_ij, scaled to [0, 1]. Low: position-based heads; high:
+content-dependent heads. Exact in two passes: ᾱ (the mean over the sentences that reach row i) is
+computed in a first pass over the first N pieces of every sentence (causal attention there depends
+on nothing later); the main pass sums |α_ij − ᾱ_ij|. N = 0 disables the metric."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.metrics.base import FigureSpec, Finding, Metric, pearson, ratio
+
+
+
+def window_mask(batch, N: int) -> torch.Tensor:
+    """[B, N, N]: rows i < N inside the sentence, 1 ≤ j ≤ i."""
+    idx = batch.idx
+    wi, wj = idx[:N, None], idx[None, :N]
+    return (batch.in_sentence[:, :N, None] & (wj >= 1) & (wj <= wi)).to(torch.float32)
+
+
+class Variability(Metric):
+    name = "variability"
+    order = 50
+    description = "Σ |α_ij − ᾱ_ij| / (2 Σ α_ij) over rows i < N, 1 ≤ j ≤ i."
+    columns = ("variability",)
+    raw_columns = ("var_abs_dev", "var_mass")
+    figures = (FigureSpec(
+        "fig10_variability", "Attention variability (Fig. 10)",
+        "Eq. 5 over the first N positions of each sentence (footnote 3): mean absolute deviation of α_ij from its corpus "
+        "mean ᾱ_ij, scaled to [0, 1]. Low: position-based heads; high: content-dependent heads.", "head_heatmap",
+        options={"metric": "variability", "title": "Attention variability", "label": "variability"}),)
+
+    def disabled_reason(self, attend_cfg) -> str | None:
+        return None if attend_cfg.variability_positions else "attend.variability_positions is 0"
+
+    def first_pass_positions(self, attend_cfg) -> int:
+        return attend_cfg.variability_positions
+
+    def first_pass_layer(self, layer) -> dict:
+        ctx, window = layer.batch, layer.batch.cfg.variability_positions
+        N = min(window, ctx.T)
+        out = torch.zeros(layer.H, window, window, dtype=ctx.sum_dtype, device=ctx.device)
+        out[:, :N, :N] = (layer.att[:, :, :N, :N].float() * window_mask(ctx, N)[:, None]).to(ctx.sum_dtype).sum(0)
+        return {"window_sum": out}
+
+    def first_pass_batch(self, batch) -> dict:
+        window = batch.cfg.variability_positions
+        N = min(window, batch.T)
+        rows = torch.zeros(window, dtype=batch.sum_dtype, device=batch.device)
+        rows[:N] = batch.in_sentence[:, :N].sum(0).to(batch.sum_dtype)
+        return {"window_rows": rows}
+
+    def first_pass_result(self, sums) -> dict:
+        total, rows = sums["window_sum"], sums["window_rows"][None, None, :, None]
+        return {"window_mean": np.divide(total, rows, out=np.zeros_like(total), where=rows > 0)}
+
+    def reduce_layer(self, layer) -> dict:
+        ctx = layer.batch
+        if "window_mean" not in layer.first_pass:
+            raise PipelineError("variability needs its first pass (ᾱ) before the main pass")
+        N = min(ctx.cfg.variability_positions, ctx.T)
+        mask = window_mask(ctx, N)[:, None]
+        win = layer.att[:, :, :N, :N] * mask
+        mean = layer.first_pass["window_mean"][layer.index, :, :N, :N].float()
+        return {"var_abs_dev": ((win - mean[None]).abs() * mask).to(ctx.sum_dtype).sum((0, 2, 3)),
+                "var_mass": win.to(ctx.sum_dtype).sum((0, 2, 3))}
+
+    def ratios(self, get) -> dict:
+        return {"variability": ratio(get("var_abs_dev"), 2 * get("var_mass"))}
+
+    def findings(self, heads, layers, sums) -> list[Finding]:
+        return [pearson(heads, "variability", "dep_align_either", "r_variability_dep_align")]
+
+
+METRIC = Variability()

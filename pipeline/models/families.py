@@ -1,0 +1,64 @@
+"""Model families: where a family keeps its layers, their self-attention, the final norm and the
+embeddings, and whether its attention is causal. A family not listed is found by shape (a module
+list with one entry per layer, an attention child in each); bidirectional families are refused
+until the engine supports them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.errors import PipelineError
+
+# Model types whose self-attention is bidirectional: refused early with a clear message (for now).
+BIDIRECTIONAL_TYPES = {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2",
+                       "xlm-roberta", "camembert", "mpnet", "ernie", "modernbert"}
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_types: tuple[str, ...]
+    blocks: str              # attribute of the base model holding the list of layers
+    attention: str           # attribute of a layer holding its self-attention
+    final_norm: str          # attribute of the base model: the norm before the unembedding
+    causal: bool = True
+
+
+FAMILIES = (
+    Family("gpt2", ("gpt2",), blocks="h", attention="attn", final_norm="ln_f"),
+    Family("llama", ("llama", "mistral", "qwen2", "qwen3", "smollm3", "olmo", "olmo2", "granite"),
+           blocks="layers", attention="self_attn", final_norm="norm"),
+    Family("gpt_neox", ("gpt_neox",), blocks="layers", attention="attention", final_norm="final_layer_norm"),
+)
+
+
+def refuse_unsupported(config, name: str) -> None:
+    if config.model_type in BIDIRECTIONAL_TYPES or getattr(config, "is_encoder_decoder", False):
+        raise PipelineError(f"{name!r} is a {config.model_type} model with bidirectional attention; only causal "
+                            "(decoder-only) language models are supported for now")
+
+
+def family_of(model) -> Family:
+    model_type = model.config.model_type
+    refuse_unsupported(model.config, getattr(model, "name_or_path", model_type))
+    for family in FAMILIES:
+        if model_type in family.model_types:
+            return family
+    return _infer(model)
+
+
+def _infer(model) -> Family:
+    """Any causal model whose base holds one module list with a layer per hidden layer, each with a child
+    named like attention."""
+    import torch
+
+    n = model.config.num_hidden_layers
+    for name, child in model.named_children():
+        if isinstance(child, torch.nn.ModuleList) and len(child) == n:
+            attn = [c for c, _ in child[0].named_children() if "attn" in c.lower() or "attention" in c.lower()]
+            norms = [c for c, m in model.named_children() if "norm" in c.lower() or c.endswith("ln_f")]
+            if len(attn) == 1:
+                return Family(model.config.model_type, (model.config.model_type,), blocks=name, attention=attn[0],
+                              final_norm=norms[-1] if norms else "")
+    raise PipelineError(f"do not know where a {model.config.model_type} model keeps its attention layers; "
+                        "add its family to pipeline/models/families.py")

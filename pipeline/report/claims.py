@@ -1,0 +1,37 @@
+"""The quantitative statements of the paper's section 5.3, checked against a run's tables.
+
+Each metric declares the claims about it (pipeline/metrics/); each gives the paper's value, this
+run's value, the criterion for "holds" (written out in the table, so a reader can disagree with it),
+and whether it applies: claims naming a GPT-2 head (e.g. layer 4, head 11) apply only to GPT-2 small,
+and claims of a metric the run did not compute apply to nothing. Depth-relative claims ("the last
+three of 12 layers") are scaled to the model's depth: last ⌈3L/12⌉ layers."""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+
+from pipeline.metrics import registry
+from pipeline.metrics.base import ClaimContext
+
+SCHEMA = {"claim": pl.String, "statement": pl.String, "criterion": pl.String, "paper_value": pl.String,
+          "run_value": pl.String, "applicable": pl.Boolean, "holds": pl.Boolean}
+
+
+def _fmt(x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.3g}" if isinstance(x, float) else str(x)
+
+
+def evaluate(tables: dict[str, pl.DataFrame], model: dict, metric_status: dict | None = None) -> pl.DataFrame:
+    context = ClaimContext(tables, model)
+    rows = []
+    for metric in registry():
+        computed = metric_status is None or metric_status.get(metric.name, "enabled") == "enabled"
+        for c in metric.claims(context):
+            applicable = bool(c.applicable) and computed
+            rows.append((c.claim, c.statement, c.criterion, _fmt(c.paper_value), _fmt(c.run_value), applicable,
+                         bool(c.holds) if applicable and c.holds is not None else None))
+    return pl.DataFrame(rows, schema=SCHEMA, orient="row")

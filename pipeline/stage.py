@@ -1,0 +1,197 @@
+"""Stage contracts: what a stage is, what it may read and write, and its fingerprint.
+
+A stage is a module in `stages/` with
+  NAME      its name (the list of stages is `stages.STAGE_NAMES`, in running order)
+  VERSION   bumped when the meaning of its outputs changes without its code changing (e.g. data rules)
+  INPUTS    files it reads, each written by an earlier stage: the runner builds the dependency graph from them
+  OUTPUTS   `Output`s it writes (run directory, or report directory), with a polars schema checked on write
+  CONFIG    dotted config fields it reads; `ctx.cfg` exposes only these (plus run_name and paths)
+  run(ctx) -> counts, and optionally summary(counts) -> str.
+Its fingerprint hashes NAME, VERSION, the values of CONFIG, the source of every project module it
+imports (transitively), and the fingerprints of the stages whose outputs it reads: a change of
+config or code redoes the stage and what depends on it, and nothing upstream."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import polars as pl
+
+from pipeline import io
+from pipeline.config import fingerprint as content_hash
+from pipeline.errors import PipelineError
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT_PACKAGES = ("pipeline", "stages")
+ALWAYS_READABLE = ("run_name", "data_dir", "reports_dir")
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str                                  # path relative to the run (or report) directory
+    schema: dict | Callable | None = None      # polars schema (or a function returning one), checked on write
+    root: Literal["run", "report"] = "run"
+
+    def resolved_schema(self) -> dict | None:
+        return self.schema() if callable(self.schema) else self.schema
+
+
+def check_schema(df: pl.DataFrame, schema: dict, name: str) -> None:
+    got = dict(df.schema)
+    if list(got) != list(schema) or any(got[c] != t for c, t in schema.items()):
+        diff = [f"{c}: {got.get(c)} (expected {schema.get(c)})" for c in dict.fromkeys([*schema, *got])
+                if got.get(c) != schema.get(c)]
+        raise PipelineError(f"{name} does not match its declared schema: {'; '.join(diff) or 'column order differs'}")
+
+
+# ---- code fingerprints ----
+
+def _module_file(name: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError, AttributeError):  # a name inside a module, not a module
+        return None
+    origin = Path(spec.origin) if spec and spec.origin else None
+    return origin if origin and origin.suffix == ".py" and ROOT in origin.parents else None
+
+
+def _all_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names} | {
+        n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+
+
+def _imported_modules(path: Path, package: str) -> set[str]:
+    """Project modules named by the import statements of one file (anywhere in it: lazy imports count)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            if base.split(".")[0] not in PROJECT_PACKAGES:
+                continue
+            for alias in node.names:  # `from pkg import module` names the module; `from module import name`, the module
+                sub = f"{base}.{alias.name}"
+                names.add(sub if _module_file(sub) else base)
+    return {n for n in names if n.split(".")[0] in PROJECT_PACKAGES}
+
+
+@functools.cache
+def code_files(module: str) -> tuple[Path, ...]:
+    """The files of `module` and of every project module it imports, transitively (imports inside functions
+    count). Importing a package counts as importing what its __init__ imports, and all of its modules when
+    the __init__ discovers them with pkgutil (as the metric registry does)."""
+    seen: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        path = _module_file(name)
+        if path is None:
+            continue
+        seen[name] = path
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        imported = _imported_modules(path, package)
+        todo.extend(imported)
+        if path.name == "__init__.py" and "pkgutil" in _all_imports(path):  # it discovers its modules
+            todo.extend(f"{name}.{p.stem}" for p in path.parent.glob("*.py") if p.stem != "__init__")
+    return tuple(sorted(set(seen.values())))
+
+
+def code_hash(module: str) -> str:
+    h = hashlib.sha256()
+    for path in code_files(module):
+        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+# ---- config seen by a stage ----
+
+def config_value(cfg, path: str):
+    value = cfg
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+class ConfigView:
+    """The config as one stage may see it: the fields it declares in CONFIG, nothing else, so that its
+    fingerprint covers everything it reads."""
+
+    def __init__(self, cfg, allowed: tuple[str, ...], stage: str, prefix: str = ""):
+        self._cfg, self._allowed, self._stage, self._prefix = cfg, allowed, stage, prefix
+
+    def __getattr__(self, name: str):
+        path = f"{self._prefix}{name}"
+        value = getattr(self._cfg, name)
+        if path in self._allowed or (not self._prefix and name in ALWAYS_READABLE):
+            return value
+        if any(a.startswith(path + ".") for a in self._allowed):
+            return ConfigView(value, self._allowed, self._stage, path + ".")
+        raise PipelineError(f"stage {self._stage!r} reads config {path!r} without declaring it in its CONFIG")
+
+
+def stage_config(stage, cfg) -> dict:
+    return {path: _jsonable(config_value(cfg, path)) for path in stage.CONFIG}
+
+
+def _jsonable(value):
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
+# ---- what a stage sees while it runs ----
+
+@dataclass
+class StageContext:
+    stage: object
+    cfg: ConfigView
+    run_dir: Path
+    report_dir: Path
+    cache_dir: Path          # shared across runs (the spaCy parse cache)
+    fingerprint: str         # this stage's fingerprint for this config and code
+    force: bool = False
+    record: Callable = lambda key, value: None  # provenance into run.json
+    state: dict = field(default_factory=dict)   # run.json as it stands (read-only use)
+
+    def output_path(self, name: str) -> Path:
+        output = self._output(name)
+        return (self.report_dir if output.root == "report" else self.run_dir) / name
+
+    def _output(self, name: str) -> Output:
+        for o in self.stage.OUTPUTS:
+            if o.name == name or name.startswith(o.name.rstrip("/") + "/"):
+                return o
+        raise PipelineError(f"stage {self.stage.NAME!r} writes {name!r} without declaring it in its OUTPUTS")
+
+    def input_path(self, name: str) -> Path:
+        if not any(i == name or name.startswith(i.rstrip("/") + "/") for i in self.stage.INPUTS):
+            raise PipelineError(f"stage {self.stage.NAME!r} reads {name!r} without declaring it in its INPUTS")
+        return self.run_dir / name
+
+    def read_parquet(self, name: str) -> pl.DataFrame:
+        path = self.input_path(name)
+        if not path.is_file():
+            raise PipelineError(f"missing input {path}: run the stage that writes it first")
+        return pl.read_parquet(path)
+
+    def write_parquet(self, df: pl.DataFrame, name: str) -> Path:
+        schema = self._output(name).resolved_schema()
+        if schema is not None:
+            check_schema(df, schema, name)
+        return io.write_parquet(df, self.output_path(name))
+
+
+def stage_fingerprint(stage, cfg, upstream: list[str]) -> str:
+    return content_hash({"stage": stage.NAME, "version": stage.VERSION, "code": code_hash(stage.__name__),
+                         "config": stage_config(stage, cfg), "upstream": sorted(upstream)})

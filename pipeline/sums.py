@@ -1,0 +1,86 @@
+"""Sums: what a pass over some sentences leaves behind, as a value with one merge.
+
+Every statistic is a ratio of corpus-wide sums, so a pass over a batch, a shard, or a worker's
+share of the corpus reduces to `Sums`, and `a + b` (or `Sums.merge(parts)`) combines them:
+additive keys add; exemplar candidates re-rank (top k by weight, ties to the smaller sentence id),
+so the result depends neither on the order nor on the grouping of the parts. The batch accumulator,
+the shard merge and any executor all use this one merge. Values are torch tensors while a pass
+runs on the device and numpy arrays on disk; the merge works on either."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+EXEMPLAR_PREFIX = "ex_"  # exemplar fields in an .npz file: ex_value, ex_sentence_id, ex_i, ex_j, ex_row
+
+
+def merge_exemplars(a: dict | None, b: dict | None, k: int) -> dict | None:
+    """Top-k by value along the candidate axis ([L, H, n]; "row" has a trailing width axis)."""
+    if a is None or b is None:
+        b = b if a is None else a
+        if b is None:
+            return None
+    else:
+        b = {name: np.concatenate([a[name], b[name]], axis=-2 if np.ndim(b[name]) > np.ndim(b["value"]) else -1)
+             for name in b}
+    order = np.lexsort((b["sentence_id"], -b["value"]), axis=-1)[..., :k]
+    out = {}
+    for name, v in b.items():
+        v = np.asarray(v)
+        out[name] = (np.take_along_axis(v, order[..., None], axis=-2) if v.ndim == order.ndim + 1
+                     else np.take_along_axis(v, order, axis=-1))
+    return out
+
+
+@dataclass
+class Sums:
+    additive: dict = field(default_factory=dict)  # key → tensor or array, shaped [L, H, ...] or per batch
+    exemplars: dict | None = None                   # value, sentence_id, i, j[, row]: [L, H, ≤k]
+    k: int = 0                                      # exemplars kept per head
+
+    def __add__(self, other: "Sums") -> "Sums":
+        if not isinstance(other, Sums):
+            return NotImplemented
+        additive = dict(self.additive)
+        for key, value in other.additive.items():
+            additive[key] = additive[key] + value if key in additive else value
+        k = max(self.k, other.k)
+        return Sums(additive, merge_exemplars(self.exemplars, other.exemplars, k), k)
+
+    @staticmethod
+    def merge(parts) -> "Sums":
+        total = Sums()
+        for part in parts:
+            total = total + part
+        return total
+
+    def __getitem__(self, key: str):
+        return self.additive[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.additive
+
+    def to_numpy(self) -> "Sums":
+        def host(v):
+            return v if isinstance(v, np.ndarray) else v.detach().cpu().double().numpy()
+
+        return Sums({k: host(v) for k, v in self.additive.items()}, self.exemplars, self.k)
+
+    def non_finite_keys(self) -> list[str]:
+        return [k for k, v in self.to_numpy().additive.items() if not np.isfinite(v).all()]
+
+    # One file per part (a shard of the attend stage): flat arrays, no pickles.
+    def save(self, path: Path, write) -> None:
+        arrays = dict(self.to_numpy().additive)
+        arrays.update({EXEMPLAR_PREFIX + name: v for name, v in (self.exemplars or {}).items()})
+        arrays["_exemplars_k"] = np.array(self.k)
+        write(arrays, path)
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Sums":
+        exemplars = {name[len(EXEMPLAR_PREFIX):]: v for name, v in arrays.items() if name.startswith(EXEMPLAR_PREFIX)}
+        additive = {name: v for name, v in arrays.items() if not name.startswith((EXEMPLAR_PREFIX, "_"))}
+        return cls(additive, exemplars or None, int(arrays.get("_exemplars_k", 0)))
