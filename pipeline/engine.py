@@ -23,7 +23,7 @@ import torch
 from pipeline.errors import PipelineError
 from pipeline.metrics import enabled
 from pipeline.metrics.base import Metric
-from pipeline.sums import Sums
+from pipeline.sums import EXEMPLAR_PREFIX, Sums
 
 
 @dataclass
@@ -240,7 +240,7 @@ class Reduction:
         per_layer = adapter.map_attention(batch.input_ids, batch.attention_mask,
                                           lambda index, att: self.layer(ctx, att, index, names, pairs))
         stacked = {k: torch.stack([p[k] for p in per_layer]) for k in per_layer[0]}
-        additive = {k: v for k, v in stacked.items() if not k.startswith("ex_")}
+        additive = {k: v for k, v in stacked.items() if not k.startswith(EXEMPLAR_PREFIX)}
         for m in self.metrics:
             additive.update(m.batch_sums(ctx))
         return Sums(additive, exemplar_candidates(stacked, batch.sentence_ids), self.cfg.exemplars_per_head)
@@ -288,13 +288,12 @@ def first_passes(adapter, arrays: TokenArrays, attend_cfg, progress=None) -> dic
         N = metric.first_pass_positions(attend_cfg)
         if not N:
             continue
-        reduction = Reduction(attend_cfg, len(arrays.pos_vocab), len(arrays.dep_vocab), metrics=())
         total = Sums()
         prefix = np.minimum(arrays.lengths[order], N)
         batches = plan_batches(prefix, attend_cfg.token_budget)
         for rows in (progress(batches, metric.name) if progress else batches):
             batch = arrays.batch(order[rows], adapter.device, max_len=N)
-            ctx = reduction.context(batch)
+            ctx = BatchContext(batch, len(arrays.pos_vocab), len(arrays.dep_vocab), attend_cfg)
             per_layer = adapter.map_attention(
                 batch.input_ids, batch.attention_mask,
                 lambda index, att: metric.first_pass_layer(LayerView(ctx, att, index, padding_masked=False)))

@@ -1,27 +1,30 @@
 """How a stage's work units run. A stage that splits its work (attend: shards of sentences) describes
 each unit and hands the list to an executor, with a function that computes a unit and one that
-writes its result. A unit whose result file exists is finished and skipped, so a killed run resumes
+writes its result. A unit whose result file exists and matches its checksum is finished and skipped, so a killed run resumes
 where it stopped and no unit is counted twice. `LocalExecutor` runs the units one after another in
 this process; a distributed executor implements the same `run`."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from pipeline import io
+
 
 @dataclass(frozen=True)
 class WorkUnit:
     index: int
     rows: np.ndarray   # what the unit covers (attend: rows of the token arrays)
-    path: Path         # its result; present = done
+    path: Path         # its result; present and matching its recorded checksum = done
 
-    @property
-    def done(self) -> bool:
-        return self.path.is_file()
+    @functools.cached_property
+    def done(self) -> bool:  # checked once: hashing a large result twice is waste
+        return io.verify(self.path)
 
 
 @dataclass(frozen=True)

@@ -1,43 +1,145 @@
-"""Atomic writes: a file is either absent or complete, so a killed run never leaves a half-written
-output that a rerun would take as done."""
+"""Atomic, checksummed writes: a file is either absent or complete, written with the ordinary mode
+(the umask's, not the 0600 of a temporary file), and its SHA-256 recorded beside it (`.NAME.sha256`).
+A killed run never leaves a half-written output that a rerun would take as done, and a file changed
+or truncated after it was written is detected (`verify`) rather than read as data. A write that
+fails (disk full, permission denied) raises one PipelineError naming the path and removes its
+temporary file."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from pipeline.errors import PipelineError
 
-def _atomic(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+
+def file_mode() -> int:
+    """The mode an ordinary open() would give a new file under the current umask (read from /proc, so
+    the process's umask is never changed, not even for a moment)."""
     try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checksum_path(path: Path) -> Path:
+    path = Path(path)
+    return path.parent / f".{path.name}.sha256"
+
+
+def _fail(path: Path, e: OSError) -> PipelineError:
+    name = errno.errorcode.get(e.errno, "") if e.errno else ""
+    return PipelineError(f"cannot write {path}: {e.strerror or e}{f' ({name})' if name else ''}")
+
+
+def _atomic(path: Path, write, checksum: bool = True) -> Path:
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(tmp)
+        os.chmod(tmp, file_mode())
+        digest = sha256(Path(tmp)) if checksum else None
         os.replace(tmp, path)
+        if digest:
+            _write_small(checksum_path(path), digest + "\n")
+    except OSError as e:
+        raise _fail(path, e) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
     return path
 
 
+def _write_small(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def verify(path: Path) -> bool:
+    """True when `path` exists and matches the checksum recorded when it was written."""
+    path, recorded = Path(path), checksum_path(path)
+    if not path.is_file() or not recorded.is_file():
+        return False
+    try:
+        return recorded.read_text(encoding="utf-8").strip() == sha256(path)
+    except OSError:
+        return False
+
+
+def files_under(path: Path) -> list[Path]:
+    """The data files of an output (the file itself, or every file in the directory), not the sidecars."""
+    path = Path(path)
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return [path] if path.is_file() else []
+
+
+def remove_stale_temporaries(directory: Path, older_than_s: float = 0.0) -> int:
+    """Temporary files a killed process left behind (never complete, never read): removed."""
+    removed = 0
+    if Path(directory).is_dir():
+        now = time.time()
+        for p in Path(directory).rglob(".*.tmp"):
+            try:
+                if now - p.stat().st_mtime >= older_than_s:
+                    p.unlink()
+                    removed += 1
+            except OSError:
+                pass
+    return removed
+
+
 def write_parquet(df: pl.DataFrame, path: Path) -> Path:
-    return _atomic(path, lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True))
+    def write(tmp):
+        try:
+            df.write_parquet(tmp, compression="zstd", statistics=True)
+        except pl.exceptions.PolarsError as e:  # polars reports I/O failures (disk full, ...) as its own errors
+            code = re.search(r"os error (\d+)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code[1]), os.strerror(int(code[1]))) from None
+
+    return _atomic(path, write)
 
 
-def write_json(obj: Any, path: Path) -> Path:
+def write_json(obj: Any, path: Path, checksum: bool = True) -> Path:
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2, sort_keys=False, default=str)
             f.write("\n")
 
-    return _atomic(path, write)
+    return _atomic(path, write, checksum)
 
 
 def write_text(text: str, path: Path) -> Path:
@@ -52,6 +154,11 @@ def write_npz(arrays: dict[str, np.ndarray], path: Path) -> Path:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
 
+    return _atomic(path, write)
+
+
+def write_with(path: Path, write) -> Path:
+    """Atomic write through a function that writes to a temporary path (matplotlib's savefig, ...)."""
     return _atomic(path, write)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 from pipeline.errors import PipelineError
@@ -10,8 +11,10 @@ from pipeline.errors import PipelineError
 PARSE_EXCLUDE = ("ner", "lemmatizer")
 
 
+@functools.cache
 def load_spacy(name: str, purpose: str = "parse"):
-    """purpose 'sentences' keeps only the fast statistical sentence splitter; 'parse' the tagger and parser."""
+    """purpose 'sentences' keeps only the fast statistical sentence splitter; 'parse' the tagger and parser.
+    Loaded once per process and purpose."""
     import spacy
 
     try:

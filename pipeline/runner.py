@@ -17,6 +17,7 @@ from pathlib import Path
 from pipeline import io
 from pipeline.config import Config
 from pipeline.errors import PipelineError
+from pipeline.lock import run_lock
 from pipeline.stage import ConfigView, StageContext, stage_fingerprint
 from stages import STAGE_NAMES, load_stages
 
@@ -83,17 +84,43 @@ class Run:
 
     def record(self, key: str, value) -> None:
         self.state[key] = value
-        io.write_json(self.state, self.run_dir / "run.json")
+        io.write_json(self.state, self.run_dir / "run.json", checksum=False)
 
-    def outputs_exist(self, stage) -> bool:
-        return all(((self.report_dir if o.root == "report" else self.run_dir) / o.name).exists() for o in stage.OUTPUTS)
+    def output_path(self, output) -> Path:
+        return (self.report_dir if output.root == "report" else self.run_dir) / output.name
+
+    def manifest(self, stage) -> dict[str, str]:
+        """{output file: SHA-256} of everything the stage wrote (report-directory files prefixed `report:`)."""
+        files = {}
+        for o in stage.OUTPUTS:
+            root = self.report_dir if o.root == "report" else self.run_dir
+            for path in io.files_under(self.output_path(o)):
+                files[("report:" if o.root == "report" else "") + str(path.relative_to(root))] = io.sha256(path)
+        return files
+
+    def why_not_done(self, stage, fingerprint: str) -> str | None:
+        """None when the stage ran for this fingerprint and every file it wrote is there, unchanged."""
+        entry = self.state.get("stages", {}).get(stage.NAME, {})
+        if entry.get("fingerprint") != fingerprint or entry.get("status") != "done" or "files" not in entry:
+            return "not done for this config and code"
+        failed = []
+        for name, digest in entry["files"].items():
+            path = self.report_dir / name[len("report:"):] if name.startswith("report:") else self.run_dir / name
+            if not path.is_file() or io.sha256(path) != digest:
+                failed.append(name)
+        if failed:
+            integrity = self.state.setdefault("integrity", {"files_failed_checksum": []})
+            integrity["files_failed_checksum"] = sorted(set(integrity["files_failed_checksum"]) | set(failed))
+            self.record("integrity", integrity)
+            return f"{len(failed)} output file(s) missing, changed or damaged since written ({', '.join(failed[:3])})"
+        return None
 
     def is_done(self, stage, fingerprint: str) -> bool:
-        entry = self.state.get("stages", {}).get(stage.NAME, {})
-        return entry.get("fingerprint") == fingerprint and entry.get("status") == "done" and self.outputs_exist(stage)
+        return self.why_not_done(stage, fingerprint) is None
 
     def context(self, stage, fingerprint: str, force: bool) -> StageContext:
-        return StageContext(stage=stage, cfg=ConfigView(self.cfg, stage.CONFIG, stage.NAME), run_dir=self.run_dir,
+        readable = tuple(stage.CONFIG) + tuple(getattr(stage, "TUNING", ()))
+        return StageContext(stage=stage, cfg=ConfigView(self.cfg, readable, stage.NAME), run_dir=self.run_dir,
                             report_dir=self.report_dir, cache_dir=Path(self.cfg.data_dir) / "cache",
                             fingerprint=fingerprint, force=force, record=self.record, state=self.state)
 
@@ -107,9 +134,29 @@ def run_pipeline(cfg: Config, stages: list[str] | None = None, force: bool = Fal
     modules = load_stages()
     graph = dependency_graph(modules)
     fingerprints = stage_fingerprints(cfg, modules)
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    path = cfg.run_dir / "run.json"
-    state = io.read_json(path) if path.is_file() else {}
+    report_dir = Path(cfg.reports_dir) / cfg.run_name
+    with run_lock(cfg.run_dir), run_lock(report_dir):
+        for directory in (cfg.run_dir, report_dir):  # what a killed run was writing: never complete, never read
+            io.remove_stale_temporaries(directory)
+        io.remove_stale_temporaries(Path(cfg.data_dir) / "cache", older_than_s=24 * 3600)  # shared with other runs
+        return _run_locked(cfg, selected, modules, graph, fingerprints, force, config_file, overrides, echo)
+
+
+def read_state(path: Path, echo) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        state = io.read_json(path)
+        if isinstance(state, dict):
+            return state
+    except (OSError, ValueError):
+        pass
+    echo(f"warning: {path} is unreadable; every stage runs again (attend reuses its verified shards)")
+    return {}
+
+
+def _run_locked(cfg, selected, modules, graph, fingerprints, force, config_file, overrides, echo) -> Run:
+    state = read_state(cfg.run_dir / "run.json", echo)
     state.update({
         "run_name": cfg.run_name,
         "config": cfg.model_dump(mode="json"),
@@ -126,14 +173,16 @@ def run_pipeline(cfg: Config, stages: list[str] | None = None, force: bool = Fal
         if stage.NAME not in selected:
             continue
         for upstream in graph[stage.NAME]:
-            if upstream not in selected and not run.is_done(by_name[upstream], fingerprints[upstream]):
-                raise PipelineError(f"stage {stage.NAME!r} needs {upstream!r} for this config: "
+            why = None if upstream in selected else run.why_not_done(by_name[upstream], fingerprints[upstream])
+            if why:
+                raise PipelineError(f"stage {stage.NAME!r} needs {upstream!r} for this config ({why}): "
                                     f"add it to --stages (or run all stages)")
         fingerprint = fingerprints[stage.NAME]
-        if not force and run.is_done(stage, fingerprint):
+        why = "--force" if force else run.why_not_done(stage, fingerprint)
+        if why is None:
             echo(f"[{stage.NAME}] up to date (fingerprint {fingerprint}), skipped")
             continue
-        echo(f"[{stage.NAME}] running (fingerprint {fingerprint})")
+        echo(f"[{stage.NAME}] running (fingerprint {fingerprint}): {why}")
         state["stages"][stage.NAME] = {"fingerprint": fingerprint, "status": "running",
                                        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         run.record("stages", state["stages"])
@@ -141,7 +190,8 @@ def run_pipeline(cfg: Config, stages: list[str] | None = None, force: bool = Fal
         counts = stage.run(run.context(stage, fingerprint, force))
         seconds = time.perf_counter() - started
         state["stages"][stage.NAME].update({"status": "done", "seconds": round(seconds, 2), "counts": counts,
-                                            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+                                            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                                            "files": run.manifest(stage)})
         run.record("stages", state["stages"])
         text = stage.summary(counts) if hasattr(stage, "summary") else ", ".join(f"{k}={v}" for k, v in counts.items())
         echo(f"[{stage.NAME}] done in {seconds:.1f}s: {text}")

@@ -6,10 +6,13 @@ A stage is a module in `stages/` with
   INPUTS    files it reads, each written by an earlier stage: the runner builds the dependency graph from them
   OUTPUTS   `Output`s it writes (run directory, or report directory), with a polars schema checked on write
   CONFIG    dotted config fields it reads; `ctx.cfg` exposes only these (plus run_name and paths)
+  TUNING    (optional) fields it also reads that change speed, not results (batch sizes, workers)
+  external_inputs(cfg) -> dict  (optional) identity of files outside the run it reads (size, mtime)
   run(ctx) -> counts, and optionally summary(counts) -> str.
-Its fingerprint hashes NAME, VERSION, the values of CONFIG, the source of every project module it
-imports (transitively), and the fingerprints of the stages whose outputs it reads: a change of
-config or code redoes the stage and what depends on it, and nothing upstream."""
+Its fingerprint hashes NAME, VERSION, the values of CONFIG, the identity of its external inputs,
+the source of every project module it imports (transitively), and the fingerprints of the stages
+whose outputs it reads: a change of config, input file or code redoes the stage and what depends
+on it, and nothing upstream."""
 
 from __future__ import annotations
 
@@ -143,7 +146,20 @@ class ConfigView:
 
 
 def stage_config(stage, cfg) -> dict:
-    return {path: _jsonable(config_value(cfg, path)) for path in stage.CONFIG}
+    """The values a stage's fingerprint covers: its CONFIG, less its TUNING fields."""
+    tuning = tuple(getattr(stage, "TUNING", ()))
+    out = {}
+    for path in stage.CONFIG:
+        value = _jsonable(config_value(cfg, path))
+        for t in tuning:
+            if t.startswith(path + ".") and isinstance(value, dict):
+                node = value
+                parts = t[len(path) + 1:].split(".")
+                for part in parts[:-1]:
+                    node = node.get(part, {})
+                node.pop(parts[-1], None)
+        out[path] = value
+    return out
 
 
 def _jsonable(value):
@@ -192,6 +208,14 @@ class StageContext:
         return io.write_parquet(df, self.output_path(name))
 
 
+def file_identity(path: Path) -> list:
+    """Size and modification time: cheap, and changed by any edit (as make's rule)."""
+    st = Path(path).stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
 def stage_fingerprint(stage, cfg, upstream: list[str]) -> str:
+    external = getattr(stage, "external_inputs", None)
     return content_hash({"stage": stage.NAME, "version": stage.VERSION, "code": code_hash(stage.__name__),
-                         "config": stage_config(stage, cfg), "upstream": sorted(upstream)})
+                         "config": stage_config(stage, cfg), "inputs": external(cfg) if external else {},
+                         "upstream": sorted(upstream)})

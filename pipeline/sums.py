@@ -2,8 +2,9 @@
 
 Every statistic is a ratio of corpus-wide sums, so a pass over a batch, a shard, or a worker's
 share of the corpus reduces to `Sums`, and `a + b` (or `Sums.merge(parts)`) combines them:
-additive keys add; exemplar candidates re-rank (top k by weight, ties to the smaller sentence id),
-so the result depends neither on the order nor on the grouping of the parts. The batch accumulator,
+additive keys add (so the result depends on the order and grouping of the parts only through float
+rounding); exemplar candidates re-rank (top k by weight, ties to the smaller sentence id), so the
+exemplars do not depend on them at all. The batch accumulator,
 the shard merge and any executor all use this one merge. Values are torch tensors while a pass
 runs on the device and numpy arrays on disk; the merge works on either."""
 

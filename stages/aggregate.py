@@ -52,9 +52,9 @@ def load_sums(run_dir) -> tuple[Sums, dict]:
         raise PipelineError(f"{meta_path} is missing: the attend stage has not finished")
     meta = io.read_json(meta_path)
     paths = [run_dir / "attend" / name for name in meta["shard_files"]]
-    missing = [p.name for p in paths if not p.is_file()]
+    missing = [p.name for p in paths if not io.verify(p)]
     if missing:
-        raise PipelineError(f"attend shards missing: {missing[:3]}...; rerun the attend stage")
+        raise PipelineError(f"attend shards missing or damaged: {missing[:3]}; rerun the attend stage")
     return Sums.merge(Sums.from_arrays(io.read_npz(p)) for p in paths), meta
 
 

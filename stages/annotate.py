@@ -11,6 +11,7 @@ prepended BOS piece at position 0 gets pos/tag BOS, dep "_"."""
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import numpy as np
@@ -20,7 +21,8 @@ from tqdm.auto import tqdm
 from pipeline import io
 from pipeline.alignment import align_pieces
 from pipeline.config import fingerprint as content_hash
-from pipeline.models.loading import bos_token_id, load_tokenizer, max_positions
+from pipeline.models.loading import (bos_token_id, load_tokenizer, local_identity, max_positions, resolve_source,
+                                     tokenizer_source)
 from pipeline.nlp import load_spacy, spacy_identity
 from pipeline.stage import Output
 from pipeline.syntax_stats import STATS_SCHEMA, corpus_statistics, format_comparison
@@ -32,8 +34,14 @@ TOKENS_SCHEMA = {"sentence_id": pl.Int64, "position": pl.Int64, "token_id": pl.I
                  "char_start": pl.Int64, "char_end": pl.Int64, "word_index": pl.Int64, "pos": pl.String,
                  "tag": pl.String, "dep": pl.String, "head_word_index": pl.Int64}
 OUTPUTS = (Output("tokens.parquet", TOKENS_SCHEMA), Output("corpus_stats.parquet", STATS_SCHEMA))
-CONFIG = ("corpus.spacy_model", "annotate", "model.name", "model.gguf_file", "model.tokenizer", "model.revision",
-          "model.prepend_bos", "model.too_long")
+CONFIG = ("corpus.spacy_model", "annotate", "model.name", "model.gguf_file", "model.tokenizer",
+          "model.revision", "model.prepend_bos", "model.too_long")
+TUNING = ("annotate.batch_size", "annotate.n_process")
+
+
+def external_inputs(cfg) -> dict:
+    return {"tokenizer": local_identity(tokenizer_source(cfg.model)),
+            "model_config": local_identity(resolve_source(cfg.model.name, cfg.model.gguf_file))}  # max_positions
 WORD_SCHEMA = {"sentence_id": pl.Int64, "word_index": pl.Int64, "word": pl.String, "char_start": pl.Int64,
                "char_end": pl.Int64, "pos": pl.String, "tag": pl.String, "dep": pl.String,
                "head_word_index": pl.Int64}
@@ -73,10 +81,10 @@ def cached_parse(ctx, sentences: pl.DataFrame) -> tuple[pl.DataFrame, bool]:
     nlp = load_spacy(cfg.corpus.spacy_model, purpose="parse")
     identity = spacy_identity(nlp)
     ctx.record("spacy", identity)
-    key = content_hash({"spacy": identity, "pipes": nlp.pipe_names,
+    key = content_hash({"spacy": identity, "pipes": nlp.pipe_names, "parser_code": inspect.getsource(parse_words),
                        "sentences": sentences.select("sentence_id", "text").hash_rows(seed=0).to_list()})
     path = ctx.cache_dir / "spacy" / f"{key}.parquet"
-    if path.is_file():
+    if io.verify(path):  # a damaged or half-written cache file is never read: parsed again
         return pl.read_parquet(path), True
     words = parse_words(sentences, nlp, cfg.annotate.batch_size, cfg.annotate.n_process)
     io.write_parquet(words, path)

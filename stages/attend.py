@@ -23,6 +23,7 @@ from pipeline.engine import Reduction, TokenArrays, first_passes, reduce_sentenc
 from pipeline.errors import PipelineError
 from pipeline.executor import LocalExecutor, WorkUnit
 from pipeline.models import load_adapter, resolve_device
+from pipeline.models.loading import local_identity, resolve_source
 from pipeline.stage import Output
 from pipeline.sums import Sums
 
@@ -31,6 +32,11 @@ VERSION = 1
 INPUTS = ("tokens.parquet",)
 OUTPUTS = (Output("attend"), Output("attend/meta.json"))
 CONFIG = ("model", "attend")
+TUNING = ("attend.token_budget",)  # batch size: the same sums up to float rounding (tested)
+
+
+def external_inputs(cfg) -> dict:
+    return {"model": local_identity(resolve_source(cfg.model.name, cfg.model.gguf_file))}
 
 
 def shard_name(k: int) -> str:
@@ -51,8 +57,8 @@ def run(ctx) -> dict:
     a = ctx.cfg.attend
     out_dir = ctx.output_path("attend")
     meta_path, plan_path = out_dir / "meta.json", out_dir / "plan.json"
-    previous = io.read_json(plan_path) if plan_path.is_file() else None
-    if ctx.force or (previous and previous.get("fingerprint") != ctx.fingerprint):
+    previous = io.read_json(plan_path) if io.verify(plan_path) else None
+    if ctx.force or previous is None or previous.get("fingerprint") != ctx.fingerprint:
         shutil.rmtree(out_dir, ignore_errors=True)  # shards of another config or code must not be resumed
     out_dir.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)  # rewritten when all shards are done
@@ -73,6 +79,7 @@ def run(ctx) -> dict:
     order = arrays.length_order()
     units = [WorkUnit(k, order[s:s + a.shard_sentences], out_dir / shard_name(k))
              for k, s in enumerate(range(0, len(order), a.shard_sentences))]
+    damaged = [u.index for u in units if u.path.exists() and not u.done]  # recomputed, never read
     plan = {"fingerprint": ctx.fingerprint, "shards": len(units), "sentences": int(len(order)),
             "pos_vocab": arrays.pos_vocab, "dep_vocab": arrays.dep_vocab,
             "num_layers": adapter.num_layers, "num_heads": adapter.num_heads, "metrics": status,
@@ -81,7 +88,7 @@ def run(ctx) -> dict:
 
     started = time.perf_counter()
     first_pass_path = out_dir / "first_pass.npz"
-    if not first_pass_path.is_file():
+    if not io.verify(first_pass_path):
         progress = lambda batches, name: tqdm(batches, desc=f"attend: {name} (first pass)", unit="batch")  # noqa: E731
         io.write_npz(first_passes(adapter, arrays, a, progress), first_pass_path)
     first_pass = {k: torch.from_numpy(v).to(device=device, dtype=torch.float32) for k, v in io.read_npz(first_pass_path).items()}
@@ -89,14 +96,13 @@ def run(ctx) -> dict:
 
     reduction = Reduction(a, len(arrays.pos_vocab), len(arrays.dep_vocab), first_pass=first_pass,
                           row_width=int(arrays.lengths.max()))
-    bar = tqdm(total=int(len(order)), initial=int(sum(len(u.rows) for u in units if u.done)),
-               desc="attend: forward + reduce", unit="sent")
     todo = [u for u in units if not u.done]
     main_started = time.perf_counter()
-    report = LocalExecutor().run(
-        units, compute=lambda u: reduce_sentences(adapter, arrays, u.rows, reduction, a.token_budget, bar.update),
-        write=lambda u, sums: write_shard(ctx, u, sums))
-    bar.close()
+    with tqdm(total=int(len(order)), initial=int(len(order) - sum(len(u.rows) for u in todo)),
+              desc="attend: forward + reduce", unit="sent") as bar:  # closed on errors too: the error gets its own line
+        report = LocalExecutor().run(
+            units, compute=lambda u: reduce_sentences(adapter, arrays, u.rows, reduction, a.token_budget, bar.update),
+            write=lambda u, sums: write_shard(ctx, u, sums))
     seconds = time.perf_counter() - main_started
     sentences_done = int(sum(len(u.rows) for u in todo))
     tokens_done = int(sum(arrays.lengths[u.rows].sum() for u in todo))
@@ -109,6 +115,7 @@ def run(ctx) -> dict:
         "tokens_per_second": round(tokens_done / seconds, 1) if seconds and tokens_done else None,
         "peak_memory_mb": round(peak_memory_mb(device), 1),
         "metrics_disabled": sorted(name for name, s in status.items() if s != "enabled"),
+        "shards_damaged_recomputed": len(damaged),
     }
 
 

@@ -8,15 +8,17 @@ sentence_index (within its document), text, n_chars, n_words, n_pieces."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
 from pipeline.errors import PipelineError
-from pipeline.models.loading import load_tokenizer
+from pipeline.models.loading import load_tokenizer, local_identity, tokenizer_source
 from pipeline.nlp import load_spacy, spacy_identity
 from pipeline.sources import read_documents
-from pipeline.stage import Output
+from pipeline.stage import Output, file_identity
 
 NAME = "corpus"
 VERSION = 1
@@ -26,6 +28,12 @@ SCHEMA = {"sentence_id": pl.Int64, "doc_id": pl.Int64, "doc_title": pl.String, "
 OUTPUTS = (Output("sentences.parquet", SCHEMA),)
 # The model's tokenizer counts pieces for the length filters.
 CONFIG = ("seed", "corpus", "model.name", "model.gguf_file", "model.tokenizer", "model.revision")
+TUNING = ("corpus.batch_size", "corpus.n_process")
+
+
+def external_inputs(cfg) -> dict:
+    corpus = {"corpus": file_identity(Path(cfg.corpus.path))} if cfg.corpus.source != "hub" and Path(cfg.corpus.path).is_file() else {}
+    return {**corpus, "tokenizer": local_identity(tokenizer_source(cfg.model))}
 TERMINAL = (".", "!", "?", '."', '!"', '?"', ".'", ".)", ".”")
 
 
@@ -40,8 +48,12 @@ def is_prose(text: str, n_words: int, cfg) -> bool:
     return letters >= cfg.min_alpha_ratio * max(len(visible), 1)
 
 
-def split_sentences(docs, nlp, batch_size: int, n_process: int) -> pl.DataFrame:
+def split_sentences(docs, nlp, batch_size: int, n_process: int) -> tuple[pl.DataFrame, int]:
+    """Sentences of every paragraph, and how many paragraphs were too long for spaCy (nlp.max_length
+    characters; skipped and counted: no sentence of the paper's kind is that long)."""
     items = [(d.doc_id, d.title, p) for d in docs for p in d.paragraphs]
+    too_long = sum(len(p) > nlp.max_length for _, _, p in items)
+    items = [item for item in items if len(item[2]) <= nlp.max_length]
     rows = {"doc_id": [], "doc_title": [], "text": [], "n_words": []}
     texts = (p for _, _, p in items)
     for (doc_id, title, _), parsed in tqdm(zip(items, nlp.pipe(texts, batch_size=batch_size, n_process=n_process)),
@@ -54,7 +66,7 @@ def split_sentences(docs, nlp, batch_size: int, n_process: int) -> pl.DataFrame:
                 rows["text"].append(text)
                 rows["n_words"].append(sum(1 for t in sent if not (t.is_space or t.is_punct)))
     df = pl.DataFrame(rows, schema={"doc_id": pl.Int64, "doc_title": pl.String, "text": pl.String, "n_words": pl.Int64})
-    return df.with_columns(sentence_index=pl.int_range(pl.len()).over("doc_id"))
+    return df.with_columns(sentence_index=pl.int_range(pl.len()).over("doc_id")), too_long
 
 
 def run(ctx) -> dict:
@@ -62,7 +74,7 @@ def run(ctx) -> dict:
     docs, source_counts = read_documents(cfg.corpus, cfg.seed)
     nlp = load_spacy(cfg.corpus.spacy_model, purpose="sentences")
     ctx.record("spacy_sentences", spacy_identity(nlp))
-    sentences = split_sentences(docs, nlp, cfg.corpus.batch_size, cfg.corpus.n_process)
+    sentences, paragraphs_too_long = split_sentences(docs, nlp, cfg.corpus.batch_size, cfg.corpus.n_process)
     n_split = sentences.height
 
     prose = np.array([is_prose(t, n, cfg.corpus) for t, n in zip(sentences["text"], sentences["n_words"])], dtype=bool)
@@ -88,6 +100,7 @@ def run(ctx) -> dict:
         "documents": len(docs),
         "documents_empty": source_counts.empty_documents,
         "paragraphs_invalid_utf8_skipped": source_counts.invalid_utf8_paragraphs,
+        "paragraphs_too_long_skipped": paragraphs_too_long,
         "sentences_split": n_split,
         "dropped_non_prose": int((~prose).sum()),
         "dropped_too_few_pieces": int(too_short.sum()),
@@ -102,5 +115,6 @@ def summary(counts: dict) -> str:
     return (f"{counts['sentences']} sentences from {counts['documents']} documents "
             f"({counts['sentences_split']} split, {counts['dropped_non_prose']} non-prose, "
             f"{counts['dropped_too_few_pieces']} too short, {counts['dropped_too_many_pieces']} too long, "
-            f"{counts['paragraphs_invalid_utf8_skipped']} paragraphs with invalid UTF-8 skipped); "
+            f"{counts['paragraphs_invalid_utf8_skipped']} paragraphs with invalid UTF-8 and "
+            f"{counts['paragraphs_too_long_skipped']} longer than spaCy's max_length skipped); "
             f"mean {counts['mean_pieces']} pieces")

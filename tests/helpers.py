@@ -3,8 +3,9 @@ from __future__ import annotations
 import polars as pl
 
 from pipeline.runner import run_pipeline
+from stages import STAGE_NAMES
 
-ANALYSIS = ["corpus", "annotate", "attend", "aggregate"]
+ANALYSIS = [s for s in STAGE_NAMES if s != "report"]  # every stage that computes; report draws
 
 
 def run(cfg, stages=ANALYSIS, **kwargs):

@@ -18,6 +18,7 @@ import yaml
 from conftest import ROOT, SPACY_MODEL, write_corpus
 from helpers import run, table
 from pipeline.errors import PipelineError
+from stages import STAGE_NAMES
 
 TOY_METRIC = '''"""Attention to the previous piece: a toy metric that lives in this module alone."""
 
@@ -69,7 +70,7 @@ def finished_copy(tmp_path_factory, uniform_gpt2):
         "model": {"name": str(uniform_gpt2), "device": "cpu"},
         "attend": {"token_budget": 128, "shard_sentences": 5, "exemplars_per_head": 3},
         "report": {"formats": ["png"]}}))
-    assert _ran(_run_cli(base, config)) == ["corpus", "annotate", "attend", "aggregate", "report"]
+    assert _ran(_run_cli(base, config)) == list(STAGE_NAMES)
     return base, config
 
 
@@ -156,7 +157,7 @@ def test_stages_read_only_declared_config_and_write_only_declared_outputs(tiny_g
 
 def test_config_change_reruns_from_the_stage_that_reads_it(tiny_gpt2, config_factory):
     cfg = config_factory(tiny_gpt2, "report.formats=[png]")
-    run(cfg, ["corpus", "annotate", "attend", "aggregate", "report"])
+    run(cfg, list(STAGE_NAMES))
     messages = []
     from pipeline.runner import run_pipeline
 
@@ -188,6 +189,11 @@ def test_sums_merge_is_independent_of_grouping_and_order():
             assert np.array_equal(a.exemplars[name], other.exemplars[name]), name
     everything = np.concatenate([p.exemplars["value"] for p in parts], axis=-1)
     assert np.allclose(a.exemplars["value"], -np.sort(-everything, axis=-1)[..., :4])
+    tie = Sums(exemplars={"value": np.ones((1, 1, 3)), "sentence_id": np.array([[[9, 4, 7]]]), "i": np.zeros((1, 1, 3)),
+                          "j": np.zeros((1, 1, 3))}, k=2)
+    other = Sums(exemplars={"value": np.ones((1, 1, 1)), "sentence_id": np.array([[[5]]]), "i": np.zeros((1, 1, 1)),
+                            "j": np.zeros((1, 1, 1))}, k=2)
+    assert (tie + other).exemplars["sentence_id"].ravel().tolist() == [4, 5] == (other + tie).exemplars["sentence_id"].ravel().tolist()
     restored = Sums.from_arrays({**{k: v for k, v in a.additive.items()},
                                  **{f"ex_{k}": v for k, v in a.exemplars.items()}, "_exemplars_k": np.array(4)})
     assert restored.k == 4 and np.array_equal(restored.exemplars["row"], a.exemplars["row"])

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import ROOT
 from helpers import run
+from stages import STAGE_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def full_run(tiny_gpt2, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("report-run")
     cfg = make_config(tmp, tiny_gpt2, write_corpus(tmp / "corpus.txt"))
-    run(cfg, ["corpus", "annotate", "attend", "aggregate", "report"])
+    run(cfg, list(STAGE_NAMES))
     return cfg
 
 

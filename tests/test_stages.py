@@ -155,9 +155,9 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
     def broken_savez(f, **arrays):
         f.write(b"partial")
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(np, "savez", broken_savez)
-    with pytest.raises(OSError):
+    with pytest.raises(PipelineError, match=r"cannot write .*x.npz: No space left on device \(ENOSPC\)"):
         io.write_npz({"a": np.zeros(3)}, tmp_path / "x.npz")
     assert list(tmp_path.iterdir()) == []

@@ -52,8 +52,9 @@ class FigureSpec:
 
     `draw` names a function of the figure kit (pipeline/report/figures.py), called with the tables
     named in `inputs` and then `options`; declaring it by name keeps drawing code out of the
-    metric's imports, so a change to a figure redoes only the report stage, not the forward passes.
-    A callable (tables → matplotlib Figure) also works, for a figure no kit function draws."""
+    metric's imports, so a change to the figure kit redoes only the report stage, not the forward
+    passes (a change to the metric's own module, this spec included, redoes attend too). A callable
+    (tables → matplotlib Figure) also works, for a figure no kit function draws."""
 
     stem: str
     title: str

@@ -70,6 +70,24 @@ def load_with(loader, source: Source, what: str, **kwargs):
         raise PipelineError(f"could not load {what} from {source.path!r} as a {where}: {first}") from None
 
 
+WEIGHT_AND_VOCAB_FILES = ("*.safetensors", "*.bin", "*.gguf", "*.json", "*.txt", "*.model")
+
+
+def local_identity(source: Source) -> dict:
+    """Size and mtime of the files a local model or tokenizer is read from ({} for a hub id, whose
+    identity is its revision); part of the stage fingerprints that read them."""
+    from pipeline.stage import file_identity
+
+    path = Path(source.path)
+    if not path.exists():
+        return {}
+    if source.gguf_file:
+        return {source.gguf_file: file_identity(path / source.gguf_file)}
+    if path.is_file():
+        return {path.name: file_identity(path)}
+    return {p.name: file_identity(p) for pattern in WEIGHT_AND_VOCAB_FILES for p in sorted(path.glob(pattern))}
+
+
 def tokenizer_source(cfg: ModelConfig) -> Source:
     if cfg.tokenizer:
         return resolve_source(cfg.tokenizer)

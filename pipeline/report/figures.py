@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
+from pipeline import io  # noqa: E402
+
 CMAP = "viridis"
 
 
@@ -179,13 +181,13 @@ def head_cards(heads: pl.DataFrame, exemplars: pl.DataFrame, tokens: pl.DataFram
 
 
 def save(fig: plt.Figure, directory, name: str, formats=("png", "svg")) -> dict[str, str]:
-    directory.mkdir(parents=True, exist_ok=True)
+    """Each format written atomically, with the ordinary file mode and a checksum (pipeline/io.py)."""
     paths = {}
-    for fmt in formats:
-        path = directory / f"{name}.{fmt}"
-        tmp = directory / f".{name}.tmp.{fmt}"
-        fig.savefig(tmp, dpi=130 if fmt == "png" else None, format=fmt)
-        tmp.replace(path)
-        paths[fmt] = str(path)
-    plt.close(fig)
+    try:
+        for fmt in formats:
+            path = io.write_with(directory / f"{name}.{fmt}",
+                                 lambda tmp, fmt=fmt: fig.savefig(tmp, dpi=130 if fmt == "png" else None, format=fmt))
+            paths[fmt] = str(path)
+    finally:
+        plt.close(fig)
     return paths

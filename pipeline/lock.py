@@ -1,0 +1,51 @@
+"""One run per run directory: an advisory lock (POSIX lockf) on `<run_dir>/.lock`, held for the whole run.
+The operating system drops it when the process ends, however it ends, so a killed run leaves no
+stale lock; a second run on the same directory fails at once, naming the holder."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    path = run_dir / ".lock"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise PipelineError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        try:  # a POSIX record lock: not inherited by forked workers (spaCy's n_process), gone with the process
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                raise PipelineError(f"cannot lock {path}: {e.strerror or e}") from None
+            raise PipelineError(f"run directory {run_dir} is in use by {_holder(fd)}; wait for that run to end, "
+                                "or give this one another run_name") from None
+        holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                  "command": " ".join(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        yield holder
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _holder(fd: int) -> str:
+    try:
+        h = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        return f"PID {h['pid']} on {h['host']} since {h['started']} ({h['command']})"
+    except (OSError, ValueError, KeyError):
+        return "another process"
