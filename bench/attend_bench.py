@@ -1,10 +1,21 @@
-"""Benchmark of the attend stage on a fixed slice, against (a) the bare forward pass and (b) the
-common naive approach (one sentence at a time, attention maps copied to the host and saved, metrics
-from Python/numpy loops). Each approach runs in its own process so its peak memory is its own.
+"""Benchmark of the attend stage on a fixed slice of sentences, made to survive a noisy machine:
+every approach runs in its own process (so its peak memory is its own), the approaches take turns
+in a rotated order in each of several rounds, and the report gives medians with their range, and
+ratios computed within each round (then their median), never across rounds.
 
     python bench/attend_bench.py --config configs/offline.yaml [--sentences 500] [--naive-sentences 100]
+        [--rounds 3] [--model config|gpt2-random] [--dtype float32|bfloat16] [--set KEY=VALUE ...]
 
-Prints sentences/s, tokens/s, peak memory (RSS, or CUDA max allocated) and bytes written to disk."""
+Approaches (CUDA when present, else CPU; `--dtype bfloat16` on a GPU only):
+  sdpa_forward   bare forward with SDPA attention: the floor, no attention maps at all
+  eager_forward  bare forward with eager attention: maps computed, not used
+  main_pass      attend's main pass: every statistic but variability, reduced per layer on the device
+  whole_stage    attend as it runs: variability's first pass, then the main pass
+  naive          one sentence at a time, maps copied to the host and saved as float16, metrics from
+                 Python/numpy loops (timed on --naive-sentences, compared per sentence and per token)
+`--model gpt2-random` measures a GPT-2-small-shaped model (GPT2Config(), random weights: throughput
+does not depend on the weights) with the real GPT-2 tokenizer from ../shared. Results also go to
+.bench/attend-<device>-<model>-<dtype>.json."""
 
 from __future__ import annotations
 
@@ -12,6 +23,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -20,13 +32,28 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+APPROACHES = ("sdpa_forward", "eager_forward", "main_pass", "whole_stage", "naive")
+GPT2_TOKENIZER = ROOT.parent / "shared" / "models" / "gpt2-tokenizer"
 
 
-def prepare(config: str, sentences: int, overrides: list[str]) -> Path:
+def gpt2_random_model() -> Path:
+    """GPT-2 small's shape (12 layers × 12 heads, 768 wide) with random weights, saved once under .bench/."""
+    directory = ROOT / ".bench" / "gpt2-random"
+    if not (directory / "config.json").is_file():
+        import torch
+        from transformers import AutoTokenizer, GPT2Config, GPT2Model
+
+        torch.manual_seed(0)
+        GPT2Model(GPT2Config()).save_pretrained(directory)
+        AutoTokenizer.from_pretrained(str(GPT2_TOKENIZER)).save_pretrained(directory)
+    return directory
+
+
+def prepare(config: str, sentences: int, overrides: list[str], label: str) -> Path:
     from pipeline.config import load_config
     from pipeline.runner import run_pipeline
 
-    cfg = load_config(config, [f"corpus.max_sentences={sentences}", f"run_name=bench-{sentences}", *overrides])
+    cfg = load_config(config, [f"corpus.max_sentences={sentences}", f"run_name=bench-{label}-{sentences}", *overrides])
     run_pipeline(cfg, ["corpus", "annotate"], echo=lambda *a: None)
     return cfg.run_dir
 
@@ -42,10 +69,8 @@ def measure(approach: str, config: str, run_dir: Path, limit: int | None, overri
 
     cfg = load_config(config, overrides)
     device = resolve_device(cfg.model.device)
-    adapter = load_adapter(cfg.model, device)
-    model = adapter.model
-    tokens = pl.read_parquet(run_dir / "tokens.parquet")
-    arrays = TokenArrays.from_frame(tokens)
+    adapter = load_adapter(cfg.model, device, "sdpa" if approach == "sdpa_forward" else "eager")
+    arrays = TokenArrays.from_frame(pl.read_parquet(run_dir / "tokens.parquet"))
     order = arrays.length_order()
     if limit:  # an evenly spaced subset keeps the slice's length distribution
         order = order[np.linspace(0, len(order) - 1, limit).round().astype(int)]
@@ -53,45 +78,43 @@ def measure(approach: str, config: str, run_dir: Path, limit: int | None, overri
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    written = 0
-    extra = {}
+    a, written, extra = cfg.attend, 0, {}
+    row_width = int(arrays.lengths.max())
     sync()
     started = time.perf_counter()
-    if approach == "bare":
+    if approach in ("sdpa_forward", "eager_forward"):
         with torch.inference_mode():
-            for rows in plan_batches(arrays.lengths[order], cfg.attend.token_budget):
+            for rows in plan_batches(arrays.lengths[order], a.token_budget):
                 b = arrays.batch(order[rows], device)
-                model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
-    elif approach == "pipeline":
-        t0 = time.perf_counter()
+                adapter.model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
+    elif approach == "main_pass":
+        main = a.model_copy(update={"variability_positions": 0})
+        reduce_sentences(adapter, arrays, order, Reduction(main, len(arrays.pos_vocab), len(arrays.dep_vocab),
+                                                           row_width=row_width), a.token_budget)
+    elif approach == "whole_stage":
         first = {k: torch.from_numpy(v).to(device=device, dtype=torch.float32)
-                 for k, v in first_passes(adapter, arrays, cfg.attend).items()}
+                 for k, v in first_passes(adapter, arrays, a).items()}
         sync()
-        extra["first_pass_seconds"] = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        reduction = Reduction(cfg.attend, len(arrays.pos_vocab), len(arrays.dep_vocab), first_pass=first,
-                              row_width=int(arrays.lengths.max()))
-        sums = reduce_sentences(adapter, arrays, order, reduction, cfg.attend.token_budget)
-        sync()
-        extra["main_pass_seconds"] = time.perf_counter() - t1
+        extra["first_pass_seconds"] = time.perf_counter() - started
+        sums = reduce_sentences(adapter, arrays, order, Reduction(a, len(arrays.pos_vocab), len(arrays.dep_vocab),
+                                                                  first_pass=first, row_width=row_width), a.token_budget)
         with tempfile.TemporaryDirectory() as tmp:
-            sums.save(Path(tmp) / "shard.npz", lambda arrays, path: np.savez(path, **arrays))
+            sums.save(Path(tmp) / "shard.npz", lambda arrays_, path: np.savez(path, **arrays_))
             written = (Path(tmp) / "shard.npz").stat().st_size
-    elif approach == "pipeline_main_only":  # every statistic but variability (which needs the first pass)
-        attend = cfg.attend.model_copy(update={"variability_positions": 0})
-        reduction = Reduction(attend, len(arrays.pos_vocab), len(arrays.dep_vocab), row_width=int(arrays.lengths.max()))
-        reduce_sentences(adapter, arrays, order, reduction, attend.token_budget)
     elif approach == "naive":
-        written = naive(model, arrays, order, device, cfg.attend.variability_positions)
+        written = naive(adapter.model, arrays, order, device)
     sync()
     seconds = time.perf_counter() - started
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"approach": approach, "device": device.type, "sentences": int(len(order)), "tokens": n_tokens,
-            "seconds": seconds, "sentences_per_s": len(order) / seconds, "tokens_per_s": n_tokens / seconds,
-            "peak_memory_mb": peak, "bytes_written": written, **extra}
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"approach": approach, "device": device.type,
+            "device_name": torch.cuda.get_device_name() if device.type == "cuda" else None,
+            "dtype": str(next(adapter.model.parameters()).dtype).replace("torch.", ""),
+            "sentences": int(len(order)), "tokens": n_tokens, "seconds": seconds, "sentences_per_s": len(order) / seconds,
+            "tokens_per_s": n_tokens / seconds, "peak_memory_mb": peak, "bytes_written": written, **extra}
 
 
-def naive(model, arrays, order, device, window: int) -> int:
+def naive(model, arrays, order, device) -> int:
     """What analysis scripts commonly do: per sentence, maps to numpy, saved, loops over heads and rows."""
     import numpy as np
     import torch
@@ -105,8 +128,7 @@ def naive(model, arrays, order, device, window: int) -> int:
             path = Path(tmp) / f"{k}.npz"
             np.savez(path, maps.astype(np.float16))
             written += path.stat().st_size
-            start = arrays.starts[s]
-            n = arrays.lengths[s]
+            start, n = arrays.starts[s], arrays.lengths[s]
             pos, word, head = arrays.pos[start:start + n], arrays.word[start:start + n], arrays.head[start:start + n]
             for l in range(maps.shape[0]):
                 for h in range(maps.shape[1]):
@@ -128,11 +150,46 @@ def naive(model, arrays, order, device, window: int) -> int:
     return written
 
 
+def child(approach: str, config: str, run_dir: Path, limit: int | None, overrides: list[str]) -> dict:
+    cmd = [sys.executable, __file__, "--config", config, "--approach", approach, "--run-dir", str(run_dir)]
+    cmd += [f"--set={o}" for o in overrides] + (["--limit", str(limit)] if limit else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if out.returncode:
+        sys.exit(f"{approach} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def summarise(results: list[dict], rounds: int) -> dict:
+    by = {a: [r for r in results if r["approach"] == a] for a in APPROACHES}
+    rate = {a: [r["tokens_per_s"] for r in by[a]] for a in APPROACHES}
+    summary = {a: {"tokens_per_s_median": statistics.median(rate[a]), "tokens_per_s_min": min(rate[a]),
+                   "tokens_per_s_max": max(rate[a]), "seconds_median": statistics.median(r["seconds"] for r in by[a]),
+                   "sentences": by[a][0]["sentences"], "tokens": by[a][0]["tokens"],
+                   "peak_memory_mb_median": statistics.median(r["peak_memory_mb"] for r in by[a]),
+                   "bytes_written": by[a][0]["bytes_written"]} for a in APPROACHES}
+
+    def ratio(x, y):  # per round, then the median: both sides measured under the same load
+        return statistics.median(rate[x][k] / rate[y][k] for k in range(rounds))
+
+    summary["ratios"] = {
+        "main_pass / eager_forward": ratio("main_pass", "eager_forward"),
+        "whole_stage / eager_forward": ratio("whole_stage", "eager_forward"),
+        "whole_stage / sdpa_forward": ratio("whole_stage", "sdpa_forward"),
+        "whole_stage / naive (per token)": ratio("whole_stage", "naive"),
+    }
+    firsts = [r["first_pass_seconds"] / r["seconds"] for r in by["whole_stage"]]
+    summary["whole_stage_first_pass_share_median"] = statistics.median(firsts)
+    return summary
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/offline.yaml")
     p.add_argument("--sentences", type=int, default=500)
     p.add_argument("--naive-sentences", type=int, default=100, help="the naive approach is slow: time it on fewer")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--model", choices=("config", "gpt2-random"), default="config")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--approach", help=argparse.SUPPRESS)
     p.add_argument("--run-dir", help=argparse.SUPPRESS)
@@ -142,31 +199,35 @@ def main() -> None:
     if args.approach:  # child process
         print(json.dumps(measure(args.approach, args.config, Path(args.run_dir), args.limit, args.overrides)))
         return
-    run_dir = prepare(args.config, args.sentences, args.overrides)
+    overrides = list(args.overrides) + [f"model.dtype={args.dtype}"]
+    if args.model == "gpt2-random":
+        overrides += [f"model.name={gpt2_random_model()}", "model.tokenizer=null"]
+    run_dir = prepare(args.config, args.sentences, overrides, args.model)
     results = []
-    plan = [("bare", None), ("pipeline", None), ("pipeline_main_only", None), ("pipeline", args.sentences // 2),
-            ("naive", args.naive_sentences)]
-    for approach, limit in plan:
-        cmd = [sys.executable, __file__, "--config", args.config, "--approach", approach, "--run-dir", str(run_dir)]
-        cmd += [f"--set={o}" for o in args.overrides] + (["--limit", str(limit)] if limit else [])
-        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        if out.returncode:
-            sys.exit(out.stderr[-3000:])
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        r = results[-1]
-        print(f"{r['approach']:<20}{r['sentences']:>6} sent {r['tokens']:>7} tok {r['seconds']:>8.1f} s "
-              f"{r['sentences_per_s']:>8.1f} sent/s {r['tokens_per_s']:>9.1f} tok/s  peak {r['peak_memory_mb']:>7.0f} MB  "
-              f"disk {r['bytes_written']:>11,} B" + (f"  (first pass {r['first_pass_seconds']:.1f} s, main {r['main_pass_seconds']:.1f} s)"
-                                                     if "first_pass_seconds" in r else ""), flush=True)
-    bare, full, main_only, half, naive_r = results
-    print()
-    print(f"device: {full['device']}; slice: {full['sentences']} sentences, {full['tokens']} tokens")
-    print(f"statistics overhead of the main pass over the bare forward: {main_only['seconds'] / bare['seconds'] - 1:+.1%}")
-    print(f"whole attend stage (incl. variability first pass) over the bare forward: {full['seconds'] / bare['seconds'] - 1:+.1%}")
-    print(f"speed-up over the naive approach (per sentence, same sentences' rate): "
-          f"{full['sentences_per_s'] / naive_r['sentences_per_s']:.1f}x (naive measured on {naive_r['sentences']} sentences)")
-    print(f"bytes to disk per sentence: pipeline {full['bytes_written'] / full['sentences']:.0f}, naive {naive_r['bytes_written'] / naive_r['sentences']:.0f}")
-    print(f"peak memory with {half['sentences']} vs {full['sentences']} sentences: {half['peak_memory_mb']:.0f} vs {full['peak_memory_mb']:.0f} MB")
+    for r in range(args.rounds):
+        turn = APPROACHES[r % len(APPROACHES):] + APPROACHES[:r % len(APPROACHES)]  # rotated order each round
+        for approach in turn:
+            out = child(approach, args.config, run_dir, args.naive_sentences if approach == "naive" else None, overrides)
+            results.append({**out, "round": r})
+            print(f"round {r} {approach:<14}{out['sentences']:>5} sent {out['tokens']:>7} tok {out['seconds']:>8.1f} s "
+                  f"{out['tokens_per_s']:>9.1f} tok/s  peak {out['peak_memory_mb']:>7.0f} MB", flush=True)
+    s = summarise(results, args.rounds)
+    first = results[0]
+    print(f"\ndevice: {first['device']} {first['device_name'] or ''}; dtype {first['dtype']}; model {args.model}; "
+          f"{args.rounds} rounds, medians [min-max]")
+    print(f"{'approach':<15}{'sentences':>10}{'tokens':>9}{'seconds':>9}{'tokens/s':>10}{'range':>20}{'peak MB':>9}{'disk B':>12}")
+    for a in APPROACHES:
+        x = s[a]
+        spread = f"[{x['tokens_per_s_min']:.0f}-{x['tokens_per_s_max']:.0f}]"
+        print(f"{a:<15}{x['sentences']:>10}{x['tokens']:>9}{x['seconds_median']:>9.1f}{x['tokens_per_s_median']:>10.1f}"
+              f"{spread:>20}{x['peak_memory_mb_median']:>9.0f}{x['bytes_written']:>12,}")
+    for name, value in s["ratios"].items():
+        print(f"{name:<34} {value:6.3f}  (median of per-round ratios of tokens/s)")
+    print(f"first pass share of the whole stage: {s['whole_stage_first_pass_share_median']:.1%}")
+    out = ROOT / ".bench" / f"attend-{first['device']}-{args.model}-{first['dtype']}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "results": results, "summary": s}, indent=2))
+    print(f"written: {out}")
 
 
 if __name__ == "__main__":

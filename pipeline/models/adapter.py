@@ -100,17 +100,19 @@ class ModelAdapter:
                                 "only causal LMs are supported")
 
 
-def load_adapter(cfg: ModelConfig, device: torch.device) -> ModelAdapter:
-    """The base model (no LM head: attention needs only the trunk) with eager attention, behind an adapter."""
+def load_adapter(cfg: ModelConfig, device: torch.device, attn_implementation: str = "eager") -> ModelAdapter:
+    """The base model (no LM head: attention needs only the trunk) with eager attention, behind an adapter.
+    (`sdpa` gives no attention maps: only the benchmark's floor uses it.)"""
     from transformers import AutoConfig, AutoModel
 
     source = resolve_source(cfg.name, cfg.gguf_file)
     kwargs = {"revision": cfg.revision} if cfg.revision else {}
     config = load_with(AutoConfig.from_pretrained, source, "model config", **kwargs)
     refuse_unsupported(config, cfg.name)
-    model = load_with(AutoModel.from_pretrained, source, "model", attn_implementation="eager",
+    model = load_with(AutoModel.from_pretrained, source, "model", attn_implementation=attn_implementation,
                       dtype=resolve_dtype(cfg.dtype, device), **kwargs)
     model.eval().to(device)
     adapter = ModelAdapter(model, device, cfg)
-    adapter.check_causal()
+    if attn_implementation == "eager":
+        adapter.check_causal()
     return adapter
