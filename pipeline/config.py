@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from pipeline.errors import PipelineError
 
@@ -36,7 +36,7 @@ class CorpusConfig(_Section):
     require_terminal_punctuation: bool = True
     spacy_model: str = "en_core_web_sm"
     batch_size: int = Field(256, ge=1, description="spaCy nlp.pipe batch size for sentence splitting.")
-    n_process: int = Field(1, ge=1, description="spaCy worker processes for sentence splitting.")
+    n_process: PositiveInt | Literal["auto"] = Field(1, description="spaCy worker processes for sentence splitting; auto: the cores.")
 
     @model_validator(mode="after")
     def _check(self):
@@ -50,7 +50,7 @@ class CorpusConfig(_Section):
 
 
 class AnnotateConfig(_Section):
-    n_process: int = Field(1, ge=1, description="spaCy worker processes.")
+    n_process: PositiveInt | Literal["auto"] = Field(1, description="spaCy worker processes for the parse; auto: the cores.")
     batch_size: int = Field(256, ge=1, description="spaCy nlp.pipe batch size.")
     dependency_distances: int = Field(30, ge=1, description="d = 1..this in corpus statistics.")
 

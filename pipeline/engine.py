@@ -262,12 +262,12 @@ def exemplar_candidates(stacked: dict, sentence_ids: torch.Tensor) -> dict | Non
 
 
 def reduce_sentences(adapter, arrays: TokenArrays, rows: np.ndarray, reduction: Reduction, token_budget: int,
-                     on_batch=None) -> Sums:
-    """A set of sentences (a work unit: rows of `arrays` in ascending length) → their merged sums on the host."""
+                     on_batch=None, events: dict | None = None) -> Sums:
+    """A set of sentences (a work unit: rows of `arrays` in ascending length) → their merged sums on the host.
+    A batch that runs out of device memory is halved and retried (counted in events["batches_halved_oom"])."""
     total = Sums()
-    device = adapter.device
     for batch_rows in plan_batches(arrays.lengths[rows], token_budget):
-        total = total + reduction.batch(adapter, arrays.batch(rows[batch_rows], device))
+        total = total + reduce_fitting(adapter, arrays, rows[batch_rows], reduction, events)
         if on_batch is not None:
             on_batch(len(batch_rows))
     total = total.to_numpy()
@@ -276,6 +276,22 @@ def reduce_sentences(adapter, arrays: TokenArrays, rows: np.ndarray, reduction: 
         raise PipelineError(f"non-finite attention sums ({', '.join(bad)}): the model produced NaN/inf attention "
                             "(model.dtype float16 overflow?); try model.dtype=float32 or bfloat16")
     return total
+
+
+def reduce_fitting(adapter, arrays: TokenArrays, rows: np.ndarray, reduction: Reduction, events: dict | None) -> Sums:
+    try:
+        return reduction.batch(adapter, arrays.batch(rows, adapter.device))
+    except torch.OutOfMemoryError:
+        if len(rows) == 1:
+            raise PipelineError(f"one sentence of {int(arrays.lengths[rows[0]])} pieces does not fit in device memory: "
+                                "lower corpus.max_pieces, or use model.dtype=bfloat16") from None
+        if adapter.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if events is not None:
+            events["batches_halved_oom"] = events.get("batches_halved_oom", 0) + 1
+        half = len(rows) // 2
+        return (reduce_fitting(adapter, arrays, rows[:half], reduction, events)
+                + reduce_fitting(adapter, arrays, rows[half:], reduction, events))
 
 
 def first_passes(adapter, arrays: TokenArrays, attend_cfg, progress=None) -> dict[str, np.ndarray]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 
 from pipeline.errors import PipelineError
@@ -35,6 +36,11 @@ def load_spacy(name: str, purpose: str = "parse"):
     if purpose == "parse" and not {"parser"} <= set(nlp.pipe_names):
         raise PipelineError(f"spaCy model {name!r} has no dependency parser")
     return nlp
+
+
+def processes(n_process: int | str) -> int:
+    """spaCy worker processes: a number, or 'auto' for the cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if n_process == "auto" else int(n_process)
 
 
 def spacy_identity(nlp) -> dict:

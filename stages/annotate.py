@@ -23,7 +23,7 @@ from pipeline.alignment import align_pieces
 from pipeline.config import fingerprint as content_hash
 from pipeline.models.loading import (bos_token_id, load_tokenizer, local_identity, max_positions, resolve_source,
                                      tokenizer_source)
-from pipeline.nlp import load_spacy, spacy_identity
+from pipeline.nlp import load_spacy, processes, spacy_identity
 from pipeline.stage import Output
 from pipeline.syntax_stats import STATS_SCHEMA, corpus_statistics, format_comparison
 
@@ -86,7 +86,7 @@ def cached_parse(ctx, sentences: pl.DataFrame) -> tuple[pl.DataFrame, bool]:
     path = ctx.cache_dir / "spacy" / f"{key}.parquet"
     if io.verify(path):  # a damaged or half-written cache file is never read: parsed again
         return pl.read_parquet(path), True
-    words = parse_words(sentences, nlp, cfg.annotate.batch_size, cfg.annotate.n_process)
+    words = parse_words(sentences, nlp, cfg.annotate.batch_size, processes(cfg.annotate.n_process))
     io.write_parquet(words, path)
     return words, False
 

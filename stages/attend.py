@@ -97,11 +97,12 @@ def run(ctx) -> dict:
     reduction = Reduction(a, len(arrays.pos_vocab), len(arrays.dep_vocab), first_pass=first_pass,
                           row_width=int(arrays.lengths.max()))
     todo = [u for u in units if not u.done]
+    events = {"batches_halved_oom": 0}
     main_started = time.perf_counter()
     with tqdm(total=int(len(order)), initial=int(len(order) - sum(len(u.rows) for u in todo)),
               desc="attend: forward + reduce", unit="sent") as bar:  # closed on errors too: the error gets its own line
         report = LocalExecutor().run(
-            units, compute=lambda u: reduce_sentences(adapter, arrays, u.rows, reduction, a.token_budget, bar.update),
+            units, compute=lambda u: reduce_sentences(adapter, arrays, u.rows, reduction, a.token_budget, bar.update, events),
             write=lambda u, sums: write_shard(ctx, u, sums))
     seconds = time.perf_counter() - main_started
     sentences_done = int(sum(len(u.rows) for u in todo))
@@ -116,6 +117,7 @@ def run(ctx) -> dict:
         "peak_memory_mb": round(peak_memory_mb(device), 1),
         "metrics_disabled": sorted(name for name, s in status.items() if s != "enabled"),
         "shards_damaged_recomputed": len(damaged),
+        "batches_halved_oom": events["batches_halved_oom"],
     }
 
 

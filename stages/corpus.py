@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from pipeline.errors import PipelineError
 from pipeline.models.loading import load_tokenizer, local_identity, tokenizer_source
-from pipeline.nlp import load_spacy, spacy_identity
+from pipeline.nlp import load_spacy, processes, spacy_identity
 from pipeline.sources import read_documents
 from pipeline.stage import Output, file_identity
 
@@ -74,7 +74,7 @@ def run(ctx) -> dict:
     docs, source_counts = read_documents(cfg.corpus, cfg.seed)
     nlp = load_spacy(cfg.corpus.spacy_model, purpose="sentences")
     ctx.record("spacy_sentences", spacy_identity(nlp))
-    sentences, paragraphs_too_long = split_sentences(docs, nlp, cfg.corpus.batch_size, cfg.corpus.n_process)
+    sentences, paragraphs_too_long = split_sentences(docs, nlp, cfg.corpus.batch_size, processes(cfg.corpus.n_process))
     n_split = sentences.height
 
     prose = np.array([is_prose(t, n, cfg.corpus) for t, n in zip(sentences["text"], sentences["n_words"])], dtype=bool)

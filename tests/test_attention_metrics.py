@@ -193,3 +193,35 @@ def test_batches_cover_every_sentence_once_within_the_token_budget(seed):
         for b in batches:
             assert len(b) == 1 or len(b) * order[b].max() <= 256
     assert plan_batches(np.array([], dtype=int), 64) == []
+
+
+def test_a_batch_out_of_device_memory_is_halved_and_counted(tiny_gpt2, tiny_run, monkeypatch):
+    import torch
+
+    from pipeline.engine import Reduction, TokenArrays, reduce_sentences
+    from pipeline.errors import PipelineError
+    from pipeline.models import load_adapter
+
+    adapter = load_adapter(tiny_run.model, torch.device("cpu"))
+    arrays = TokenArrays.from_frame(table(tiny_run, "tokens"))
+    attend = tiny_run.attend.model_copy(update={"variability_positions": 0})
+    reduction = Reduction(attend, len(arrays.pos_vocab), len(arrays.dep_vocab))
+    order = arrays.length_order()
+    whole = reduce_sentences(adapter, arrays, order, reduction, 4096)
+    real = Reduction.batch
+
+    def small_memory(self, adapter_, batch):
+        if batch.shape[0] > 2:  # a device that holds two sentences at a time
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self, adapter_, batch)
+
+    monkeypatch.setattr(Reduction, "batch", small_memory)
+    events = {}
+    halved = reduce_sentences(adapter, arrays, order, reduction, 4096, events=events)
+    assert events["batches_halved_oom"] >= len(order) // 4
+    for key in ("mass", "mass_null", "distance", "entropy_sum", "pos_to", "dep_to"):
+        assert np.allclose(whole[key], halved[key], rtol=1e-5), key  # float32 matmuls over other batch shapes
+    assert np.array_equal(whole.exemplars["sentence_id"], halved.exemplars["sentence_id"])
+    monkeypatch.setattr(Reduction, "batch", lambda self, a, b: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))
+    with pytest.raises(PipelineError, match="one sentence of .* pieces does not fit in device memory"):
+        reduce_sentences(adapter, arrays, order[:1], reduction, 4096)

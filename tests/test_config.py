@@ -52,3 +52,15 @@ def test_missing_config_file_and_cross_field_checks(tmp_path: Path):
         load_config(data={"run_name": "x", "corpus": {"source": "hub"}})
     with pytest.raises(PipelineError, match="min_pieces must not exceed"):
         load_config(data={**BASE, "corpus": {**BASE["corpus"], "min_pieces": 50, "max_pieces": 10}})
+
+
+def test_spacy_processes_are_a_positive_number_or_auto():
+    import os
+
+    from pipeline.nlp import processes
+
+    cfg = load_config(data=dict(BASE), overrides=["annotate.n_process=auto", "corpus.n_process=2"])
+    assert processes(cfg.annotate.n_process) == len(os.sched_getaffinity(0)) and processes(cfg.corpus.n_process) == 2
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(PipelineError, match="annotate.n_process"):
+            load_config(data=dict(BASE), overrides=[f"annotate.n_process={bad}"])

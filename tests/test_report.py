@@ -169,3 +169,25 @@ def test_report_without_variability(tmp_path):
     assert counts["figures"] == 8 and "largest mean distance" in html
     assert "variability was not computed (disabled: attend.variability_positions is 0)" in html
     assert not (tmp_path / "reports" / "novar" / "figures" / "fig10_variability.png").exists()
+
+
+def test_a_head_without_attention_never_tops_a_ranking():
+    """Polars sorts NaN above every number: a head with no non-null attention (NaN shares) must not win."""
+    t = tables()
+    nan_head = (pl.col("layer") == 0) & (pl.col("head") == 0)
+    heads = t["head_metrics"].with_columns(
+        [pl.when(nan_head).then(float("nan")).otherwise(pl.col(c)).alias(c) for c in ("dep_align_either", "mean_distance")])
+    pos = t["pos_share"].with_columns(share=pl.when((pl.col("layer") == 0) & (pl.col("head") == 0))
+                                      .then(float("nan")).otherwise(pl.col("share")))
+    layers = t["layer_metrics"].with_columns(mean_distance=pl.when(pl.col("layer") == 0).then(float("nan"))
+                                             .otherwise(pl.col("mean_distance")))
+    c = _claim({**t, "head_metrics": heads, "pos_share": pos, "layer_metrics": layers})
+    assert not c["l4h11_top_alignment"]["run_value"].startswith("(0, 0)")
+    assert not c["l5h1_top_distance"]["run_value"].startswith("(0, 0)")
+    from pipeline.metrics import registry
+
+    distance = next(m for m in registry() if m.name == "distance")
+    far = {f.statistic: f.value for f in distance.findings(heads, layers, None)}["layer_max_mean_distance"]
+    assert far == float(layers.drop_nans("mean_distance").sort("mean_distance")["layer"][-1]) != 0
+    lowest = figures.extreme_head(heads, "mean_distance", highest=False)
+    assert (lowest["layer"], lowest["head"]) != (0, 0)

@@ -25,6 +25,12 @@ def ratio(num, den) -> np.ndarray:
     return np.divide(num, den, out=np.full(np.broadcast(num, den).shape, np.nan), where=den > 0)
 
 
+def ranked(df: pl.DataFrame, column: str, descending: bool = True) -> pl.DataFrame:
+    """Rows by `column`, leaving out NaN and null: Polars sorts NaN above every number, so a head with
+    no non-null attention (a NaN share) would otherwise top a descending ranking."""
+    return df.filter(pl.col(column).is_not_null() & pl.col(column).is_not_nan()).sort(column, descending=descending)
+
+
 @dataclass(frozen=True)
 class Finding:
     """One number of the paper's section 5.3 (or ours), with the paper's value where it gives one."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from pipeline.metrics.base import Claim, FigureSpec, Finding, Metric, ratio
+from pipeline.metrics.base import Claim, FigureSpec, Finding, Metric, ranked, ratio
 
 
 
@@ -41,8 +41,9 @@ class DependencyAlignment(Metric):
         return {"baseline_dep_pair_share": [float(ratio(sums["pairs_related"].sum(), sums["pairs"].sum()))] * L}
 
     def findings(self, heads, layers, sums) -> list[Finding]:
-        peak = layers.sort("dep_align_either", descending=True, nulls_last=True)["layer"][0]
-        return [Finding("layer_max_dep_align", float(peak), n=layers.height),
+        top = ranked(layers, "dep_align_either")
+        peak = float(top["layer"][0]) if top.height else float("nan")
+        return [Finding("layer_max_dep_align", peak, n=top.height),
                 Finding("baseline_dep_pair_share", float(layers["baseline_dep_pair_share"][0]), n=layers.height)]
 
     def claims(self, c) -> list[Claim]:
@@ -58,7 +59,7 @@ class DependencyAlignment(Metric):
                              "probability 0.42 (0.07 at distance 5, 0.02 at 10).", "decreasing: p(1) > p(5) > p(10)",
                              0.42, p1, None not in (p1, p5, p10) and p1 > p5 > p10))
         heads = c.tables["head_metrics"]
-        top = heads.sort("dep_align_either", descending=True, nulls_last=True).row(0, named=True)
+        top = ranked(heads, "dep_align_either").row(0, named=True)
         out.append(Claim("l4h11_top_alignment", "Layer 4, head 11 has the highest dependency alignment (0.42).",
                          "argmax head is (4, 11)", "(4, 11): 0.42", f"({top['layer']}, {top['head']}): {top['dep_align_either']:.3g}",
                          (top["layer"], top["head"]) == (4, 11), c.gpt2_small))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.metrics.base import Claim, FigureSpec, Finding, Metric, pearson, ratio
+from pipeline.metrics.base import Claim, FigureSpec, Finding, Metric, pearson, ranked, ratio
 
 
 
@@ -27,12 +27,13 @@ class Distance(Metric):
         return {"mean_distance": ratio(get("distance"), get("mass"))}
 
     def findings(self, heads, layers, sums) -> list[Finding]:
-        far = layers.sort("mean_distance", descending=True, nulls_last=True)["layer"][0]
+        top = ranked(layers, "mean_distance")
+        far = float(top["layer"][0]) if top.height else float("nan")
         return [Finding("sd_mean_distance", float(heads["mean_distance"].std(ddof=1)), n=heads.height, paper_value=3.6),
                 Finding("max_mean_distance", float(heads["mean_distance"].max()), n=heads.height, paper_value=14.2),
                 pearson(heads, "mean_distance", "mean_entropy", "r_distance_entropy", 0.61),
                 pearson(heads, "mean_distance", "dep_align_either", "r_distance_dep_align", -0.73),
-                Finding("layer_max_mean_distance", float(far), n=layers.height)]
+                Finding("layer_max_mean_distance", far, n=top.height)]
 
     def claims(self, c) -> list[Claim]:
         far, sd = int(c.f.get("layer_max_mean_distance", -1)), c.f.get("sd_mean_distance")
@@ -48,7 +49,7 @@ class Distance(Metric):
         out.append(Claim("distance_dep_alignment_r", "Distance and dependency alignment correlate negatively "
                          "(r = −0.73, p < 0.001).", "r < 0 with p < 0.001", -0.73, r,
                          r is not None and r < 0 and p is not None and p < 1e-3))
-        top = c.tables["head_metrics"].sort("mean_distance", descending=True, nulls_last=True).row(0, named=True)
+        top = ranked(c.tables["head_metrics"], "mean_distance").row(0, named=True)
         out.append(Claim("l5h1_top_distance", "Layer 5, head 1 has the largest mean attention distance (14.2).",
                          "argmax head is (5, 1)", "(5, 1): 14.2", f"({top['layer']}, {top['head']}): {top['mean_distance']:.3g}",
                          (top["layer"], top["head"]) == (5, 1), c.gpt2_small))

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from pipeline.metrics.base import Claim, FigureSpec, Metric, ratio
+from pipeline.metrics.base import Claim, FigureSpec, Metric, ranked, ratio
 
 SCHEMA = {"layer": pl.Int32, "head": pl.Int32, "direction": pl.String, "tag": pl.String, "share": pl.Float64,
           "tag_frequency": pl.Float64}
@@ -32,7 +32,7 @@ def doubled_tags(pos: pl.DataFrame, direction: str) -> tuple[int, int]:
 
 
 def top_heads_in_layers(pos: pl.DataFrame, direction: str, tag: str, top: int, layers: set[int]) -> int | None:
-    d = pos.filter((pl.col("direction") == direction) & (pl.col("tag") == tag)).sort("share", descending=True).head(top)
+    d = ranked(pos.filter((pl.col("direction") == direction) & (pl.col("tag") == tag)), "share").head(top)
     return None if d.height < top else int(d["layer"].is_in(list(layers)).sum())
 
 

@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from pipeline import io  # noqa: E402
+from pipeline.metrics.base import ranked  # noqa: E402
 
 CMAP = "viridis"
 
@@ -140,8 +141,8 @@ HEAD_CARD_PICKS = [("most position-focused (lowest variability)", "variability",
 def extreme_head(heads: pl.DataFrame, metric: str, highest: bool) -> dict | None:
     """The head with the highest (or lowest) value of `metric`; None when it is undefined for every head
     (a disabled metric)."""
-    defined = heads.drop_nans(metric).drop_nulls(metric)
-    return defined.sort(metric, descending=highest).row(0, named=True) if defined.height else None
+    defined = ranked(heads, metric, descending=highest)
+    return defined.row(0, named=True) if defined.height else None
 
 
 def head_card_specs(heads: pl.DataFrame, exemplars: pl.DataFrame) -> list[dict]:
