@@ -6,7 +6,8 @@ ratios computed within each round (then their median), never across rounds.
     python bench/attend_bench.py --config configs/offline.yaml [--sentences 500] [--naive-sentences 100]
         [--rounds 3] [--model config|gpt2-random] [--dtype float32|bfloat16] [--set KEY=VALUE ...]
 
-Approaches (CUDA when present, else CPU; `--dtype bfloat16` on a GPU only):
+Approaches (CUDA when present, else CPU; `--dtype bfloat16` takes effect on a GPU: on a CPU the
+model stays float32, with a warning):
   sdpa_forward   bare forward with SDPA attention: the floor, no attention maps at all
   eager_forward  bare forward with eager attention: maps computed, not used
   main_pass      attend's main pass: every statistic but variability, reduced per layer on the device

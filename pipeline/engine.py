@@ -278,23 +278,32 @@ def reduce_sentences(adapter, arrays: TokenArrays, rows: np.ndarray, reduction: 
     return total
 
 
-def reduce_fitting(adapter, arrays: TokenArrays, rows: np.ndarray, reduction: Reduction, events: dict | None) -> Sums:
+def fit_in_memory(compute, rows: np.ndarray, lengths: np.ndarray, device: torch.device, events: dict | None) -> Sums:
+    """compute(rows) → Sums; on running out of device memory, the rows are halved and each half retried
+    (counted in events["batches_halved_oom"]). The retry happens after the handler has been left, so
+    the failed pass's tensors (held by the exception's traceback) are freed first."""
     try:
-        return reduction.batch(adapter, arrays.batch(rows, adapter.device))
+        return compute(rows)
     except torch.OutOfMemoryError:
-        if len(rows) == 1:
-            raise PipelineError(f"one sentence of {int(arrays.lengths[rows[0]])} pieces does not fit in device memory: "
-                                "lower corpus.max_pieces, or use model.dtype=bfloat16") from None
-        if adapter.device.type == "cuda":
-            torch.cuda.empty_cache()
-        if events is not None:
-            events["batches_halved_oom"] = events.get("batches_halved_oom", 0) + 1
-        half = len(rows) // 2
-        return (reduce_fitting(adapter, arrays, rows[:half], reduction, events)
-                + reduce_fitting(adapter, arrays, rows[half:], reduction, events))
+        pass
+    if len(rows) == 1:
+        raise PipelineError(f"one sentence of {int(lengths[rows[0]])} pieces does not fit in device memory: "
+                            "lower corpus.max_pieces, or use model.dtype=bfloat16")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if events is not None:
+        events["batches_halved_oom"] = events.get("batches_halved_oom", 0) + 1
+    half = len(rows) // 2
+    return (fit_in_memory(compute, rows[:half], lengths, device, events)
+            + fit_in_memory(compute, rows[half:], lengths, device, events))
 
 
-def first_passes(adapter, arrays: TokenArrays, attend_cfg, progress=None) -> dict[str, np.ndarray]:
+def reduce_fitting(adapter, arrays: TokenArrays, rows: np.ndarray, reduction: Reduction, events: dict | None) -> Sums:
+    return fit_in_memory(lambda r: reduction.batch(adapter, arrays.batch(r, adapter.device)), rows, arrays.lengths,
+                         adapter.device, events)
+
+
+def first_passes(adapter, arrays: TokenArrays, attend_cfg, progress=None, events: dict | None = None) -> dict[str, np.ndarray]:
     """Metrics that need corpus-wide quantities before the main pass (variability's ᾱ over the first N
     positions) get a pass over the first N pieces of every sentence: causal attention there depends on
     nothing later. Returns {array name: array} for the main pass."""
@@ -307,13 +316,17 @@ def first_passes(adapter, arrays: TokenArrays, attend_cfg, progress=None) -> dic
         total = Sums()
         prefix = np.minimum(arrays.lengths[order], N)
         batches = plan_batches(prefix, attend_cfg.token_budget)
-        for rows in (progress(batches, metric.name) if progress else batches):
+
+        def first_pass_batch(rows, metric=metric, N=N):
             batch = arrays.batch(order[rows], adapter.device, max_len=N)
             ctx = BatchContext(batch, len(arrays.pos_vocab), len(arrays.dep_vocab), attend_cfg)
             per_layer = adapter.map_attention(
                 batch.input_ids, batch.attention_mask,
                 lambda index, att: metric.first_pass_layer(LayerView(ctx, att, index, padding_masked=False)))
             stacked = {k: torch.stack([p[k] for p in per_layer]) for k in per_layer[0]}
-            total = total + Sums({**stacked, **metric.first_pass_batch(ctx)})
+            return Sums({**stacked, **metric.first_pass_batch(ctx)})
+
+        for rows in (progress(batches, metric.name) if progress else batches):
+            total = total + fit_in_memory(first_pass_batch, rows, prefix, adapter.device, events)
         results.update(metric.first_pass_result(total.to_numpy()))
     return results

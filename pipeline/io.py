@@ -24,8 +24,8 @@ from pipeline.errors import PipelineError
 
 
 def file_mode() -> int:
-    """The mode an ordinary open() would give a new file under the current umask (read from /proc, so
-    the process's umask is never changed, not even for a moment)."""
+    """The mode an ordinary open() would give a new file under the current umask: read from /proc where
+    it can be, so the process's umask is not changed even for a moment; elsewhere set and restored."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))

@@ -43,5 +43,18 @@ def processes(n_process: int | str) -> int:
     return len(os.sched_getaffinity(0)) if n_process == "auto" else int(n_process)
 
 
+def installed_version(name: str) -> str | None:
+    """The installed version of a spaCy model package, without loading it (part of fingerprints: an
+    upgraded model redoes the stages that use it)."""
+    import importlib.metadata
+
+    for candidate in (name, name.replace("_", "-")):
+        try:
+            return importlib.metadata.version(candidate)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def spacy_identity(nlp) -> dict:
     return {"name": nlp.meta.get("name"), "version": nlp.meta.get("version"), "lang": nlp.lang}

@@ -24,10 +24,20 @@ def resolve_run_dir(run: str | Path, data_dir: str | Path = "data") -> Path:
     raise PipelineError(f"no run at {run!r} (looked for {path}/run.json and {named}/run.json)")
 
 
-def load(run: str | Path, data_dir: str | Path = "data") -> dict[str, pl.DataFrame]:
-    """{table name: DataFrame} for every Parquet table of the run (head_metrics, pos_share, ...)."""
+def load(run: str | Path, data_dir: str | Path = "data", tables: tuple[str, ...] | None = None) -> dict[str, pl.DataFrame]:
+    """{table name: DataFrame} for every Parquet table of the run (head_metrics, pos_share, ...), or for
+    the named ones that exist."""
     run_dir = resolve_run_dir(run, data_dir)
-    return {p.stem: pl.read_parquet(p) for p in sorted(run_dir.glob("*.parquet"))}
+    paths = sorted(run_dir.glob("*.parquet")) if tables is None else [
+        run_dir / f"{t}.parquet" for t in tables if (run_dir / f"{t}.parquet").is_file()]
+    return {p.stem: read_table(p) for p in paths}
+
+
+def read_table(path: Path) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(path)
+    except (OSError, pl.exceptions.PolarsError) as e:
+        raise PipelineError(f"{path} is damaged ({str(e).splitlines()[0][:120]}): run the stage that writes it again") from None
 
 
 def info(run: str | Path, data_dir: str | Path = "data") -> dict:

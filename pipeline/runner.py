@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pipeline import io
 from pipeline.config import Config
+from pipeline.config import fingerprint as content_hash
 from pipeline.errors import PipelineError
 from pipeline.lock import run_lock
 from pipeline.stage import ConfigView, StageContext, stage_fingerprint
@@ -98,11 +99,18 @@ class Run:
                 files[("report:" if o.root == "report" else "") + str(path.relative_to(root))] = io.sha256(path)
         return files
 
-    def why_not_done(self, stage, fingerprint: str) -> str | None:
-        """None when the stage ran for this fingerprint and every file it wrote is there, unchanged."""
+    def inputs_digest(self, upstream: list[str]) -> str:
+        """What the stage read: the checksums of every file its upstream stages wrote."""
+        return content_hash({u: self.state.get("stages", {}).get(u, {}).get("files") for u in upstream})
+
+    def why_not_done(self, stage, fingerprint: str, upstream: list[str] = ()) -> str | None:
+        """None when the stage ran for this fingerprint on its upstream's current files, and every file it
+        wrote is there, unchanged."""
         entry = self.state.get("stages", {}).get(stage.NAME, {})
         if entry.get("fingerprint") != fingerprint or entry.get("status") != "done" or "files" not in entry:
             return "not done for this config and code"
+        if entry.get("inputs") != self.inputs_digest(upstream):
+            return "its inputs were written again since it ran, with other contents"
         failed = []
         for name, digest in entry["files"].items():
             path = self.report_dir / name[len("report:"):] if name.startswith("report:") else self.run_dir / name
@@ -115,8 +123,6 @@ class Run:
             return f"{len(failed)} output file(s) missing, changed or damaged since written ({', '.join(failed[:3])})"
         return None
 
-    def is_done(self, stage, fingerprint: str) -> bool:
-        return self.why_not_done(stage, fingerprint) is None
 
     def context(self, stage, fingerprint: str, force: bool) -> StageContext:
         readable = tuple(stage.CONFIG) + tuple(getattr(stage, "TUNING", ()))
@@ -173,12 +179,13 @@ def _run_locked(cfg, selected, modules, graph, fingerprints, force, config_file,
         if stage.NAME not in selected:
             continue
         for upstream in graph[stage.NAME]:
-            why = None if upstream in selected else run.why_not_done(by_name[upstream], fingerprints[upstream])
+            why = None if upstream in selected else run.why_not_done(by_name[upstream], fingerprints[upstream],
+                                                                     graph[upstream])
             if why:
                 raise PipelineError(f"stage {stage.NAME!r} needs {upstream!r} for this config ({why}): "
                                     f"add it to --stages (or run all stages)")
         fingerprint = fingerprints[stage.NAME]
-        why = "--force" if force else run.why_not_done(stage, fingerprint)
+        why = "--force" if force else run.why_not_done(stage, fingerprint, graph[stage.NAME])
         if why is None:
             echo(f"[{stage.NAME}] up to date (fingerprint {fingerprint}), skipped")
             continue
@@ -191,7 +198,7 @@ def _run_locked(cfg, selected, modules, graph, fingerprints, force, config_file,
         seconds = time.perf_counter() - started
         state["stages"][stage.NAME].update({"status": "done", "seconds": round(seconds, 2), "counts": counts,
                                             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                                            "files": run.manifest(stage)})
+                                            "files": run.manifest(stage), "inputs": run.inputs_digest(graph[stage.NAME])})
         run.record("stages", state["stages"])
         text = stage.summary(counts) if hasattr(stage, "summary") else ", ".join(f"{k}={v}" for k, v in counts.items())
         echo(f"[{stage.NAME}] done in {seconds:.1f}s: {text}")

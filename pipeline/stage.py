@@ -199,7 +199,9 @@ class StageContext:
         path = self.input_path(name)
         if not path.is_file():
             raise PipelineError(f"missing input {path}: run the stage that writes it first")
-        return pl.read_parquet(path)
+        from pipeline.results import read_table
+
+        return read_table(path)
 
     def write_parquet(self, df: pl.DataFrame, name: str) -> Path:
         schema = self._output(name).resolved_schema()
@@ -208,9 +210,13 @@ class StageContext:
         return io.write_parquet(df, self.output_path(name))
 
 
-def file_identity(path: Path) -> list:
-    """Size and modification time: cheap, and changed by any edit (as make's rule)."""
-    st = Path(path).stat()
+def file_identity(path: Path) -> list | None:
+    """Size and modification time: cheap, and changed by any edit (as make's rule). None for a missing
+    file: the stage that reads it reports that in one line."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
     return [st.st_size, st.st_mtime_ns]
 
 

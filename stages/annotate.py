@@ -23,7 +23,7 @@ from pipeline.alignment import align_pieces
 from pipeline.config import fingerprint as content_hash
 from pipeline.models.loading import (bos_token_id, load_tokenizer, local_identity, max_positions, resolve_source,
                                      tokenizer_source)
-from pipeline.nlp import load_spacy, processes, spacy_identity
+from pipeline.nlp import installed_version, load_spacy, processes, spacy_identity
 from pipeline.stage import Output
 from pipeline.syntax_stats import STATS_SCHEMA, corpus_statistics, format_comparison
 
@@ -40,7 +40,7 @@ TUNING = ("annotate.batch_size", "annotate.n_process")
 
 
 def external_inputs(cfg) -> dict:
-    return {"tokenizer": local_identity(tokenizer_source(cfg.model)),
+    return {"tokenizer": local_identity(tokenizer_source(cfg.model)), "spacy_model": installed_version(cfg.corpus.spacy_model),
             "model_config": local_identity(resolve_source(cfg.model.name, cfg.model.gguf_file))}  # max_positions
 WORD_SCHEMA = {"sentence_id": pl.Int64, "word_index": pl.Int64, "word": pl.String, "char_start": pl.Int64,
                "char_end": pl.Int64, "pos": pl.String, "tag": pl.String, "dep": pl.String,

@@ -87,17 +87,17 @@ def run(ctx) -> dict:
     io.write_json(plan, plan_path)
 
     started = time.perf_counter()
+    events = {"batches_halved_oom": 0}
     first_pass_path = out_dir / "first_pass.npz"
     if not io.verify(first_pass_path):
         progress = lambda batches, name: tqdm(batches, desc=f"attend: {name} (first pass)", unit="batch")  # noqa: E731
-        io.write_npz(first_passes(adapter, arrays, a, progress), first_pass_path)
+        io.write_npz(first_passes(adapter, arrays, a, progress, events), first_pass_path)
     first_pass = {k: torch.from_numpy(v).to(device=device, dtype=torch.float32) for k, v in io.read_npz(first_pass_path).items()}
     first_pass_seconds = time.perf_counter() - started
 
     reduction = Reduction(a, len(arrays.pos_vocab), len(arrays.dep_vocab), first_pass=first_pass,
                           row_width=int(arrays.lengths.max()))
     todo = [u for u in units if not u.done]
-    events = {"batches_halved_oom": 0}
     main_started = time.perf_counter()
     with tqdm(total=int(len(order)), initial=int(len(order) - sum(len(u.rows) for u in todo)),
               desc="attend: forward + reduce", unit="sent") as bar:  # closed on errors too: the error gets its own line

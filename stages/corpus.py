@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from pipeline.errors import PipelineError
 from pipeline.models.loading import load_tokenizer, local_identity, tokenizer_source
-from pipeline.nlp import load_spacy, processes, spacy_identity
+from pipeline.nlp import installed_version, load_spacy, processes, spacy_identity
 from pipeline.sources import read_documents
 from pipeline.stage import Output, file_identity
 
@@ -33,7 +33,8 @@ TUNING = ("corpus.batch_size", "corpus.n_process")
 
 def external_inputs(cfg) -> dict:
     corpus = {"corpus": file_identity(Path(cfg.corpus.path))} if cfg.corpus.source != "hub" and Path(cfg.corpus.path).is_file() else {}
-    return {**corpus, "tokenizer": local_identity(tokenizer_source(cfg.model))}
+    return {**corpus, "tokenizer": local_identity(tokenizer_source(cfg.model)),
+            "spacy_model": installed_version(cfg.corpus.spacy_model)}
 TERMINAL = (".", "!", "?", '."', '!"', '?"', ".'", ".)", ".”")
 
 

@@ -128,7 +128,7 @@ def build_index(tables, state: dict, drawn: dict, claims: pl.DataFrame, exemplar
 
 
 def build_report(run_dir: Path, out: Path, report_cfg) -> dict:
-    tables = load(run_dir)
+    tables = load(run_dir, tables=(*NEEDED_TABLES, "corpus_stats"))  # its inputs only: never its own output
     missing = [t for t in NEEDED_TABLES if t not in tables]
     if missing:
         raise PipelineError(f"{run_dir} lacks {missing}: run the aggregate stage first")

@@ -198,30 +198,38 @@ def test_batches_cover_every_sentence_once_within_the_token_budget(seed):
 def test_a_batch_out_of_device_memory_is_halved_and_counted(tiny_gpt2, tiny_run, monkeypatch):
     import torch
 
-    from pipeline.engine import Reduction, TokenArrays, reduce_sentences
+    from pipeline.engine import Reduction, TokenArrays, first_passes, reduce_sentences
     from pipeline.errors import PipelineError
-    from pipeline.models import load_adapter
+    from pipeline.models import ModelAdapter, load_adapter
 
     adapter = load_adapter(tiny_run.model, torch.device("cpu"))
     arrays = TokenArrays.from_frame(table(tiny_run, "tokens"))
-    attend = tiny_run.attend.model_copy(update={"variability_positions": 0})
-    reduction = Reduction(attend, len(arrays.pos_vocab), len(arrays.dep_vocab))
+    attend = tiny_run.attend
     order = arrays.length_order()
-    whole = reduce_sentences(adapter, arrays, order, reduction, 4096)
-    real = Reduction.batch
 
-    def small_memory(self, adapter_, batch):
-        if batch.shape[0] > 2:  # a device that holds two sentences at a time
+    def both_passes(events=None):
+        first = {k: torch.from_numpy(v).float() for k, v in first_passes(adapter, arrays, attend, events=events).items()}
+        reduction = Reduction(attend, len(arrays.pos_vocab), len(arrays.dep_vocab), first_pass=first)
+        return first, reduce_sentences(adapter, arrays, order, reduction, 4096, events=events)
+
+    first, whole = both_passes()
+    real = ModelAdapter.map_attention
+
+    def small_memory(self, input_ids, attention_mask, fn):
+        if input_ids.shape[0] > 2:  # a device that holds two sentences at a time
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(self, adapter_, batch)
+        return real(self, input_ids, attention_mask, fn)
 
-    monkeypatch.setattr(Reduction, "batch", small_memory)
+    monkeypatch.setattr(ModelAdapter, "map_attention", small_memory)
     events = {}
-    halved = reduce_sentences(adapter, arrays, order, reduction, 4096, events=events)
-    assert events["batches_halved_oom"] >= len(order) // 4
-    for key in ("mass", "mass_null", "distance", "entropy_sum", "pos_to", "dep_to"):
+    first_halved, halved = both_passes(events)
+    assert events["batches_halved_oom"] >= len(order) // 2  # both passes halve
+    assert torch.allclose(first["window_mean"], first_halved["window_mean"], rtol=1e-5)
+    for key in ("mass", "mass_null", "distance", "entropy_sum", "pos_to", "dep_to", "var_abs_dev"):
         assert np.allclose(whole[key], halved[key], rtol=1e-5), key  # float32 matmuls over other batch shapes
     assert np.array_equal(whole.exemplars["sentence_id"], halved.exemplars["sentence_id"])
-    monkeypatch.setattr(Reduction, "batch", lambda self, a, b: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))
+    monkeypatch.setattr(ModelAdapter, "map_attention",
+                        lambda self, i, m, fn: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))
+    reduction = Reduction(attend.model_copy(update={"variability_positions": 0}), len(arrays.pos_vocab), len(arrays.dep_vocab))
     with pytest.raises(PipelineError, match="one sentence of .* pieces does not fit in device memory"):
         reduce_sentences(adapter, arrays, order[:1], reduction, 4096)

@@ -191,3 +191,11 @@ def test_a_head_without_attention_never_tops_a_ranking():
     assert far == float(layers.drop_nans("mean_distance").sort("mean_distance")["layer"][-1]) != 0
     lowest = figures.extreme_head(heads, "mean_distance", highest=False)
     assert (lowest["layer"], lowest["head"]) != (0, 0)
+    late = _boost({**t, "pos_share": pos}, "to", "PROPN", [(11, h) for h in range(5)])
+    assert _claim(late)["propn_top5_late"]["holds"] is True  # the NaN head is not among the top five
+    undefined = heads.with_columns(dep_align_either=pl.lit(float("nan")), mean_distance=pl.lit(float("nan")))
+    nan_layers = layers.with_columns(dep_align_either=pl.lit(float("nan")), mean_distance=pl.lit(float("nan")))
+    f = t["findings"].with_columns(value=pl.when(pl.col("statistic").str.starts_with("layer_max")).then(float("nan"))
+                                   .otherwise(pl.col("value")))
+    c = _claim({**t, "head_metrics": undefined, "layer_metrics": nan_layers, "findings": f})  # no crash
+    assert c["l4h11_top_alignment"]["applicable"] is False and c["distance_deepest"]["applicable"] is False

@@ -100,6 +100,11 @@ class ClaimContext:
     def gpt2_small(self) -> bool:
         return self.model.get("model_type") == "gpt2" and self.model.get("num_layers") == 12 and self.model.get("num_heads") == 12
 
+    def layer(self, statistic: str) -> int | None:
+        """A layer-valued finding as an int; None when undefined (every value NaN)."""
+        value = self.f.get(statistic)
+        return None if value is None or value != value else int(value)
+
     def last(self, n: int) -> set[int]:
         """The last n of 12 layers, scaled to this model's depth."""
         return set(range(self.L - math.ceil(n * self.L / 12), self.L))

@@ -47,10 +47,10 @@ class DependencyAlignment(Metric):
                 Finding("baseline_dep_pair_share", float(layers["baseline_dep_pair_share"][0]), n=layers.height)]
 
     def claims(self, c) -> list[Claim]:
-        peak = int(c.f.get("layer_max_dep_align", -1))
-        depth = peak / max(c.L - 1, 1)
+        peak = c.layer("layer_max_dep_align")
         out = [Claim("dep_alignment_middle", "Attention aligns with dependency relations most strongly in the middle layers.",
-                     "peak layer at relative depth in [1/6, 2/3]", "middle", f"layer {peak} of {c.L}", 1 / 6 <= depth <= 2 / 3)]
+                     "peak layer at relative depth in [1/6, 2/3]", "middle", f"layer {peak} of {c.L}",
+                     peak is not None and 1 / 6 <= peak / max(c.L - 1, 1) <= 2 / 3, peak is not None)]
         stats = c.tables.get("corpus_stats")
         if stats is not None and stats.height:
             prob = dict(stats.filter(pl.col("statistic") == "dependency_probability_at_distance").select("key", "value").iter_rows())
@@ -58,11 +58,11 @@ class DependencyAlignment(Metric):
             out.append(Claim("adjacent_dependency_probability", "Adjacent pieces are in a dependency relation with "
                              "probability 0.42 (0.07 at distance 5, 0.02 at 10).", "decreasing: p(1) > p(5) > p(10)",
                              0.42, p1, None not in (p1, p5, p10) and p1 > p5 > p10))
-        heads = c.tables["head_metrics"]
-        top = ranked(heads, "dep_align_either").row(0, named=True)
+        top = (ranked(c.tables["head_metrics"], "dep_align_either").head(1).to_dicts() or [None])[0]
         out.append(Claim("l4h11_top_alignment", "Layer 4, head 11 has the highest dependency alignment (0.42).",
-                         "argmax head is (4, 11)", "(4, 11): 0.42", f"({top['layer']}, {top['head']}): {top['dep_align_either']:.3g}",
-                         (top["layer"], top["head"]) == (4, 11), c.gpt2_small))
+                         "argmax head is (4, 11)", "(4, 11): 0.42",
+                         None if top is None else f"({top['layer']}, {top['head']}): {top['dep_align_either']:.3g}",
+                         top is not None and (top["layer"], top["head"]) == (4, 11), c.gpt2_small and top is not None))
         return out
 
 

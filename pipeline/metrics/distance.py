@@ -36,10 +36,10 @@ class Distance(Metric):
                 Finding("layer_max_mean_distance", far, n=top.height)]
 
     def claims(self, c) -> list[Claim]:
-        far, sd = int(c.f.get("layer_max_mean_distance", -1)), c.f.get("sd_mean_distance")
+        far, sd = c.layer("layer_max_mean_distance"), c.f.get("sd_mean_distance")
         out = [Claim("distance_deepest", "Attention distance is greatest in the deepest layers.",
                      "layer with the largest mean distance in the last third", "deepest", f"layer {far} of {c.L}",
-                     far >= 2 * (c.L - 1) / 3),
+                     far is not None and far >= 2 * (c.L - 1) / 3, far is not None),
                Claim("distance_sd", "Mean attention distance varies greatly across heads (SD 3.6).",
                      "SD across heads ≥ 1.8 pieces (half the paper's)", 3.6, sd, (sd or 0) >= 1.8)]
         r, p = c.f.get("r_distance_entropy"), c.p.get("r_distance_entropy")
@@ -49,10 +49,11 @@ class Distance(Metric):
         out.append(Claim("distance_dep_alignment_r", "Distance and dependency alignment correlate negatively "
                          "(r = −0.73, p < 0.001).", "r < 0 with p < 0.001", -0.73, r,
                          r is not None and r < 0 and p is not None and p < 1e-3))
-        top = ranked(c.tables["head_metrics"], "mean_distance").row(0, named=True)
+        top = (ranked(c.tables["head_metrics"], "mean_distance").head(1).to_dicts() or [None])[0]
         out.append(Claim("l5h1_top_distance", "Layer 5, head 1 has the largest mean attention distance (14.2).",
-                         "argmax head is (5, 1)", "(5, 1): 14.2", f"({top['layer']}, {top['head']}): {top['mean_distance']:.3g}",
-                         (top["layer"], top["head"]) == (5, 1), c.gpt2_small))
+                         "argmax head is (5, 1)", "(5, 1): 14.2",
+                         None if top is None else f"({top['layer']}, {top['head']}): {top['mean_distance']:.3g}",
+                         top is not None and (top["layer"], top["head"]) == (5, 1), c.gpt2_small and top is not None))
         return out
 
 
