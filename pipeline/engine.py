@@ -239,11 +239,16 @@ class Reduction:
         names, pairs = self.pair_matrix(ctx)
         per_layer = adapter.map_attention(batch.input_ids, batch.attention_mask,
                                           lambda index, att: self.layer(ctx, att, index, names, pairs))
-        stacked = {k: torch.stack([p[k] for p in per_layer]) for k in per_layer[0]}
+        stacked = stack_layers(per_layer)
         additive = {k: v for k, v in stacked.items() if not k.startswith(EXEMPLAR_PREFIX)}
         for m in self.metrics:
             additive.update(m.batch_sums(ctx))
         return Sums(additive, exemplar_candidates(stacked, batch.sentence_ids), self.cfg.exemplars_per_head)
+
+
+def stack_layers(per_layer: list[dict]) -> dict[str, torch.Tensor]:
+    """[{key: [H, ...]} per layer] → {key: [L, H, ...]}."""
+    return {k: torch.stack([p[k] for p in per_layer]) for k in per_layer[0]}
 
 
 def exemplar_candidates(stacked: dict, sentence_ids: torch.Tensor) -> dict | None:
@@ -323,7 +328,7 @@ def first_passes(adapter, arrays: TokenArrays, attend_cfg, progress=None, events
             per_layer = adapter.map_attention(
                 batch.input_ids, batch.attention_mask,
                 lambda index, att: metric.first_pass_layer(LayerView(ctx, att, index, padding_masked=False)))
-            stacked = {k: torch.stack([p[k] for p in per_layer]) for k in per_layer[0]}
+            stacked = stack_layers(per_layer)
             return Sums({**stacked, **metric.first_pass_batch(ctx)})
 
         for rows in (progress(batches, metric.name) if progress else batches):

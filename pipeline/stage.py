@@ -64,8 +64,13 @@ def _module_file(name: str) -> Path | None:
     return origin if origin and origin.suffix == ".py" and ROOT in origin.parents else None
 
 
+@functools.cache
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"))
+
+
 def _all_imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree = _tree(path)
     return {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names} | {
         n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
 
@@ -73,7 +78,7 @@ def _all_imports(path: Path) -> set[str]:
 def _imported_modules(path: Path, package: str) -> set[str]:
     """Project modules named by the import statements of one file (anywhere in it: lazy imports count)."""
     names = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(_tree(path)):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -31,6 +31,12 @@ def ranked(df: pl.DataFrame, column: str, descending: bool = True) -> pl.DataFra
     return df.filter(pl.col(column).is_not_null() & pl.col(column).is_not_nan()).sort(column, descending=descending)
 
 
+def top_row(df: pl.DataFrame, column: str, highest: bool = True) -> dict | None:
+    """The row with the highest (or lowest) defined value of `column`; None when it is undefined everywhere."""
+    rows = ranked(df, column, descending=highest).head(1).to_dicts()
+    return rows[0] if rows else None
+
+
 @dataclass(frozen=True)
 class Finding:
     """One number of the paper's section 5.3 (or ours), with the paper's value where it gives one."""
@@ -104,6 +110,13 @@ class ClaimContext:
         """A layer-valued finding as an int; None when undefined (every value NaN)."""
         value = self.f.get(statistic)
         return None if value is None or value != value else int(value)
+
+    def named_head_tops(self, claim: str, statement: str, metric: str, head: tuple[int, int], paper: str) -> "Claim":
+        """A claim that the paper's GPT-2 head `head` has the largest `metric`: applies to GPT-2 small only."""
+        top = top_row(self.tables["head_metrics"], metric)
+        run = None if top is None else f"({top['layer']}, {top['head']}): {top[metric]:.3g}"
+        return Claim(claim, statement, f"argmax head is {head}", paper, run,
+                     top is not None and (top["layer"], top["head"]) == head, self.gpt2_small and top is not None)
 
     def last(self, n: int) -> set[int]:
         """The last n of 12 layers, scaled to this model's depth."""

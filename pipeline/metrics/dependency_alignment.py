@@ -58,11 +58,8 @@ class DependencyAlignment(Metric):
             out.append(Claim("adjacent_dependency_probability", "Adjacent pieces are in a dependency relation with "
                              "probability 0.42 (0.07 at distance 5, 0.02 at 10).", "decreasing: p(1) > p(5) > p(10)",
                              0.42, p1, None not in (p1, p5, p10) and p1 > p5 > p10))
-        top = (ranked(c.tables["head_metrics"], "dep_align_either").head(1).to_dicts() or [None])[0]
-        out.append(Claim("l4h11_top_alignment", "Layer 4, head 11 has the highest dependency alignment (0.42).",
-                         "argmax head is (4, 11)", "(4, 11): 0.42",
-                         None if top is None else f"({top['layer']}, {top['head']}): {top['dep_align_either']:.3g}",
-                         top is not None and (top["layer"], top["head"]) == (4, 11), c.gpt2_small and top is not None))
+        out.append(c.named_head_tops("l4h11_top_alignment", "Layer 4, head 11 has the highest dependency alignment (0.42).",
+                                     "dep_align_either", (4, 11), "(4, 11): 0.42"))
         return out
 
 

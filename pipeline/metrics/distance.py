@@ -49,11 +49,8 @@ class Distance(Metric):
         out.append(Claim("distance_dep_alignment_r", "Distance and dependency alignment correlate negatively "
                          "(r = −0.73, p < 0.001).", "r < 0 with p < 0.001", -0.73, r,
                          r is not None and r < 0 and p is not None and p < 1e-3))
-        top = (ranked(c.tables["head_metrics"], "mean_distance").head(1).to_dicts() or [None])[0]
-        out.append(Claim("l5h1_top_distance", "Layer 5, head 1 has the largest mean attention distance (14.2).",
-                         "argmax head is (5, 1)", "(5, 1): 14.2",
-                         None if top is None else f"({top['layer']}, {top['head']}): {top['mean_distance']:.3g}",
-                         top is not None and (top["layer"], top["head"]) == (5, 1), c.gpt2_small and top is not None))
+        out.append(c.named_head_tops("l5h1_top_distance", "Layer 5, head 1 has the largest mean attention distance (14.2).",
+                                     "mean_distance", (5, 1), "(5, 1): 14.2"))
         return out
 
 

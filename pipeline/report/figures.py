@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from pipeline import io  # noqa: E402
-from pipeline.metrics.base import ranked  # noqa: E402
+from pipeline.metrics.base import top_row  # noqa: E402
 
 CMAP = "viridis"
 
@@ -138,11 +138,7 @@ HEAD_CARD_PICKS = [("most position-focused (lowest variability)", "variability",
                    ("largest mean distance", "mean_distance", True)]
 
 
-def extreme_head(heads: pl.DataFrame, metric: str, highest: bool) -> dict | None:
-    """The head with the highest (or lowest) value of `metric`; None when it is undefined for every head
-    (a disabled metric)."""
-    defined = ranked(heads, metric, descending=highest)
-    return defined.row(0, named=True) if defined.height else None
+extreme_head = top_row  # the head with the highest (or lowest) defined value of a metric, or None
 
 
 def head_card_specs(heads: pl.DataFrame, exemplars: pl.DataFrame) -> list[dict]:
