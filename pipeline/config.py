@@ -37,6 +37,9 @@ class CorpusConfig(_Section):
     spacy_model: str = "en_core_web_sm"
     batch_size: int = Field(256, ge=1, description="spaCy nlp.pipe batch size for sentence splitting.")
     n_process: PositiveInt | Literal["auto"] = Field(1, description="spaCy worker processes for sentence splitting; auto: the cores.")
+    part_documents: int = Field(1000, ge=1, description="Documents per part of the sentence-splitting pass.")
+    part_sentences: int = Field(10_000, ge=1, description="Sentences per part: the unit of work, resumption and memory "
+                                                          "of every later stage.")
 
     @model_validator(mode="after")
     def _check(self):
@@ -68,10 +71,19 @@ class ModelConfig(_Section):
 
 class AttendConfig(_Section):
     token_budget: int = Field(4096, ge=16, description="Max padded tokens per forward batch.")
-    shard_sentences: int = Field(2000, ge=1, description="Sentences per resumable shard of sums.")
     variability_positions: int = Field(10, ge=0, description="N of footnote 3; 0 disables.")
     entropy_null_threshold: float = Field(0.9, gt=0.0, le=1.0, description="Footnote 4.")
     exemplars_per_head: int = Field(5, ge=1, le=100)
+
+
+class ExecutorConfig(_Section):
+    kind: Literal["local", "ray"] = Field("local", description="local: in this process; ray: actors on a Ray cluster.")
+    address: str | None = Field(None, description="Ray cluster (host:port, or 'auto'); None starts a local Ray.")
+    cpu_workers: PositiveInt | Literal["auto"] = Field("auto", description="CPU actors (spaCy); auto: the cluster's CPUs.")
+    gpus_per_worker: float = Field(1.0, ge=0.0, description="GPUs per model actor (0: model actors on CPUs).")
+    model_workers: PositiveInt | Literal["auto"] = Field("auto", description="Model actors; auto: the cluster's GPUs "
+                                                                             "(one when it has none).")
+    connect_timeout_s: float = Field(15.0, gt=0.0, description="How long an unanswering Ray address may take.")
 
 
 class ReportConfig(_Section):
@@ -90,6 +102,7 @@ class Config(_Section):
     annotate: AnnotateConfig = AnnotateConfig()
     model: ModelConfig = ModelConfig()
     attend: AttendConfig = AttendConfig()
+    executor: ExecutorConfig = ExecutorConfig()
     report: ReportConfig = ReportConfig()
 
     @property

@@ -42,10 +42,13 @@ class TokenArrays:
     dep_vocab: list[str]
 
     @classmethod
-    def from_frame(cls, tokens: pl.DataFrame) -> "TokenArrays":
+    def from_frame(cls, tokens: pl.DataFrame, pos_vocab: list[str] | None = None,
+                   dep_vocab: list[str] | None = None) -> "TokenArrays":
+        """Tags are indexed in the given vocabularies (the spaCy model's label sets, the same for every
+        part), or in the labels the frame holds."""
         tokens = tokens.sort("sentence_id", "position")
-        pos_vocab = sorted(tokens["pos"].unique().to_list())
-        dep_vocab = sorted(tokens["dep"].unique().to_list())
+        pos_vocab = pos_vocab if pos_vocab is not None else sorted(tokens["pos"].unique().to_list())
+        dep_vocab = dep_vocab if dep_vocab is not None else sorted(tokens["dep"].unique().to_list())
         per_sentence = tokens.group_by("sentence_id", maintain_order=True).len()
         lengths = per_sentence["len"].to_numpy().astype(np.int64)
         return cls(
@@ -308,19 +311,18 @@ def reduce_fitting(adapter, arrays: TokenArrays, rows: np.ndarray, reduction: Re
                          adapter.device, events)
 
 
-def first_passes(adapter, arrays: TokenArrays, attend_cfg, progress=None, events: dict | None = None) -> dict[str, np.ndarray]:
+def first_pass_sums(adapter, arrays: TokenArrays, attend_cfg, events: dict | None = None) -> dict[str, np.ndarray]:
     """Metrics that need corpus-wide quantities before the main pass (variability's ᾱ over the first N
     positions) get a pass over the first N pieces of every sentence: causal attention there depends on
-    nothing later. Returns {array name: array} for the main pass."""
-    results = {}
+    nothing later. Returns {"<metric>.<key>": sum} over these sentences: additive over parts."""
+    out = {}
     order = arrays.length_order()
     for metric in enabled(attend_cfg):
         N = metric.first_pass_positions(attend_cfg)
-        if not N:
+        if not N or not len(order):
             continue
         total = Sums()
         prefix = np.minimum(arrays.lengths[order], N)
-        batches = plan_batches(prefix, attend_cfg.token_budget)
 
         def first_pass_batch(rows, metric=metric, N=N):
             batch = arrays.batch(order[rows], adapter.device, max_len=N)
@@ -331,7 +333,24 @@ def first_passes(adapter, arrays: TokenArrays, attend_cfg, progress=None, events
             stacked = stack_layers(per_layer)
             return Sums({**stacked, **metric.first_pass_batch(ctx)})
 
-        for rows in (progress(batches, metric.name) if progress else batches):
+        for rows in plan_batches(prefix, attend_cfg.token_budget):
             total = total + fit_in_memory(first_pass_batch, rows, prefix, adapter.device, events)
-        results.update(metric.first_pass_result(total.to_numpy()))
+        out.update({f"{metric.name}.{k}": v for k, v in total.to_numpy().additive.items()})
+    return out
+
+
+def first_pass_results(attend_cfg, sums: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The merged first-pass sums of all parts → {array name: array} for the main pass."""
+    results = {}
+    for metric in enabled(attend_cfg):
+        if metric.first_pass_positions(attend_cfg):
+            prefix = metric.name + "."
+            mine = {k[len(prefix):]: v for k, v in sums.items() if k.startswith(prefix)}
+            if mine:
+                results.update(metric.first_pass_result(mine))
     return results
+
+
+def first_passes(adapter, arrays: TokenArrays, attend_cfg, events: dict | None = None) -> dict[str, np.ndarray]:
+    """The first pass over sentences held in memory, finished (bench and tests; the attend stage merges parts)."""
+    return first_pass_results(attend_cfg, first_pass_sums(adapter, arrays, attend_cfg, events))

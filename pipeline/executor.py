@@ -1,17 +1,22 @@
-"""How a stage's work units run. A stage that splits its work (attend: shards of sentences) describes
-each unit and hands the list to an executor, with a function that computes a unit and one that
-writes its result. A unit whose result file exists and matches its checksum is finished and skipped, so a killed run resumes
-where it stopped and no unit is counted twice. `LocalExecutor` runs the units one after another in
-this process; a distributed executor implements the same `run`."""
+"""How a stage's work units run. A stage that works part by part describes each part as a `WorkUnit`
+(the files it reads and writes) and hands the list to an executor with a worker factory: a picklable
+callable that builds, once per process, the worker that holds the expensive state (spaCy, the
+model). A worker computes a unit, writes its outputs atomically with their checksums, and returns
+small counts. A unit is finished when its outputs are all present and verified and were made from
+its inputs as they are now (their checksums, stamped beside the first output when the unit is
+done): such a unit is skipped, so a killed run resumes where it stopped, and a part whose input
+changed is made again. A unit computed twice (a retried worker) writes the same files again, and
+the merge reads each unit's files once, so nothing is lost or counted twice.
+
+`LocalExecutor` runs the units one after another in this process. `RayExecutor`
+(pipeline/ray_executor.py) runs them on a Ray cluster as a Ray Data pipeline of actors."""
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
+from typing import Callable, Protocol
 
 from pipeline import io
 
@@ -19,12 +24,44 @@ from pipeline import io
 @dataclass(frozen=True)
 class WorkUnit:
     index: int
-    rows: np.ndarray   # what the unit covers (attend: rows of the token arrays)
-    path: Path         # its result; present and matching its recorded checksum = done
+    inputs: tuple[Path, ...]    # the files it reads (a part of the previous stage)
+    outputs: tuple[Path, ...]   # the files it writes
+    size: int = 0               # sentences it covers (progress)
+
+    @property
+    def stamp_path(self) -> Path:
+        return self.outputs[0].parent / f".{self.outputs[0].name}.inputs"
+
+    def input_checksums(self) -> str:
+        """The recorded checksums of its inputs (their sidecars: nothing is hashed again)."""
+        return "\n".join(io.checksum_path(p).read_text().strip() if io.checksum_path(p).is_file() else "" for p in self.inputs)
 
     @functools.cached_property
     def done(self) -> bool:  # checked once: hashing a large result twice is waste
-        return io.verify(self.path)
+        stamp = self.stamp_path
+        return (all(io.verify(p) for p in self.outputs) and stamp.is_file()
+                and stamp.read_text() == self.input_checksums())
+
+    def stamp(self) -> None:
+        """Called once the unit's outputs are written: they were made from these inputs."""
+        io.write_text(self.input_checksums(), self.stamp_path, checksum=False)
+
+    @property
+    def damaged(self) -> bool:
+        """An output is there but fails its checksum (not merely missing, as after a kill between two writes)."""
+        return any(p.exists() and not io.verify(p) for p in self.outputs)
+
+
+class Worker(Protocol):
+    def __call__(self, unit: WorkUnit, progress: Callable[[int], None] | None = None) -> dict: ...
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one worker needs: the Ray executor sizes its actor pool by it; the local one ignores it.
+    A model worker holds a copy of the model (one per GPU); the others are CPU workers (one per CPU)."""
+    model: bool = False
+    gpus: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -32,12 +69,53 @@ class ExecutionReport:
     units: int
     resumed: int
     computed: int
+    counts: dict          # {unit index: the counts its worker returned}, this run's units only
+    damaged: int = 0      # units whose files were there but failed their checksum: recomputed, never read
+
+
+class Executor(Protocol):
+    def run(self, units: list[WorkUnit], make_worker: Callable[[], Worker], resources: Resources,
+            desc: str = "") -> ExecutionReport: ...
+
+
+def pending(units: list[WorkUnit]) -> list[WorkUnit]:
+    return [u for u in units if not u.done]
 
 
 class LocalExecutor:
-    def run(self, units: list[WorkUnit], compute: Callable[[WorkUnit], Any],
-            write: Callable[[WorkUnit, Any], None]) -> ExecutionReport:
-        todo = [u for u in units if not u.done]
-        for unit in todo:
-            write(unit, compute(unit))
-        return ExecutionReport(units=len(units), resumed=len(units) - len(todo), computed=len(todo))
+    """One worker in this process; units in order; progress reported per batch through the worker."""
+
+    def __init__(self, progress_bar: Callable | None = None):
+        self.progress_bar = progress_bar  # (total, initial, desc) → a tqdm-like bar; None: no bar
+
+    def run(self, units, make_worker, resources=Resources(), desc="") -> ExecutionReport:
+        todo = pending(units)
+        counts, damaged = {}, sum(u.damaged for u in todo)
+        if todo:
+            worker = make_worker()
+            total = sum(u.size for u in units)
+            bar = self.progress_bar(total, total - sum(u.size for u in todo), desc) if self.progress_bar else None
+            try:
+                for unit in todo:
+                    counts[unit.index] = worker(unit, bar.update if bar else None)
+                    unit.stamp()
+            finally:
+                if bar:
+                    bar.close()
+        return ExecutionReport(units=len(units), resumed=len(units) - len(todo), computed=len(todo), counts=counts,
+                               damaged=damaged)
+
+
+def make_executor(cfg, progress_bar: Callable | None = None) -> Executor:
+    """The executor the config names (`executor.kind`): local (the default) or ray."""
+    if cfg.kind == "ray":
+        from pipeline.ray_executor import RayExecutor
+
+        return RayExecutor(cfg, progress_bar)
+    return LocalExecutor(progress_bar)
+
+
+def tqdm_bar(unit: str):
+    from tqdm.auto import tqdm
+
+    return lambda total, initial, desc: tqdm(total=total, initial=initial, desc=desc, unit=unit)

@@ -142,11 +142,11 @@ def write_json(obj: Any, path: Path, checksum: bool = True) -> Path:
     return _atomic(path, write, checksum)
 
 
-def write_text(text: str, path: Path) -> Path:
+def write_text(text: str, path: Path, checksum: bool = True) -> Path:
     def write(tmp):
         Path(tmp).write_text(text, encoding="utf-8")
 
-    return _atomic(path, write)
+    return _atomic(path, write, checksum)
 
 
 def write_npz(arrays: dict[str, np.ndarray], path: Path) -> Path:

@@ -2,7 +2,8 @@
 
     from pipeline import results
     run = results.load("data/runs/offline")
-    run["head_metrics"].sort("dep_align_either", descending=True).head()"""
+    run["head_metrics"].sort("dep_align_either", descending=True).head()
+    tokens = results.scan("data/runs/offline", "tokens")   # parted tables, lazily: filter before collect()"""
 
 from __future__ import annotations
 
@@ -24,13 +25,25 @@ def resolve_run_dir(run: str | Path, data_dir: str | Path = "data") -> Path:
     raise PipelineError(f"no run at {run!r} (looked for {path}/run.json and {named}/run.json)")
 
 
+PARTED = ("sentences", "tokens")  # corpus-sized tables, written in parts
+
+
 def load(run: str | Path, data_dir: str | Path = "data", tables: tuple[str, ...] | None = None) -> dict[str, pl.DataFrame]:
-    """{table name: DataFrame} for every Parquet table of the run (head_metrics, pos_share, ...), or for
-    the named ones that exist."""
+    """{table name: DataFrame} for every result table of the run (head_metrics, pos_share, ...), or for
+    the named ones that exist. The corpus-sized tables (sentences, tokens) only when named: `scan` them."""
     run_dir = resolve_run_dir(run, data_dir)
     paths = sorted(run_dir.glob("*.parquet")) if tables is None else [
         run_dir / f"{t}.parquet" for t in tables if (run_dir / f"{t}.parquet").is_file()]
-    return {p.stem: read_table(p) for p in paths}
+    out = {p.stem: read_table(p) for p in paths}
+    out.update({t: scan(run_dir, t).collect() for t in (tables or ()) if t in PARTED and (run_dir / t).is_dir()})
+    return out
+
+
+def scan(run: str | Path, table: str, data_dir: str | Path = "data") -> pl.LazyFrame:
+    """A parted table (sentences, tokens) as one lazy frame over its parts."""
+    from pipeline import parts
+
+    return parts.scan(resolve_run_dir(run, data_dir) / table)
 
 
 def read_table(path: Path) -> pl.DataFrame:

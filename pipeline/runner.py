@@ -157,7 +157,7 @@ def read_state(path: Path, echo) -> dict:
             return state
     except (OSError, ValueError):
         pass
-    echo(f"warning: {path} is unreadable; every stage runs again (attend reuses its verified shards)")
+    echo(f"warning: {path} is unreadable; every stage runs again (each reuses its verified parts)")
     return {}
 
 

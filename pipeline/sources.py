@@ -133,26 +133,42 @@ def _record_documents(cfg: CorpusConfig, counts: SourceCounts, seed: int) -> Ite
         yield str(record.get("title", "") or ""), text.split("\n")
 
 
-def read_documents(cfg: CorpusConfig, seed: int) -> tuple[list[Document], SourceCounts]:
-    """All documents of the source, then a seeded sample of `max_documents` (hub: a streamed shuffle)."""
-    counts = SourceCounts()
+def _documents(cfg: CorpusConfig, seed: int, counts: SourceCounts) -> Iterator[Document]:
+    """The source's documents with text, numbered in source order."""
     if cfg.source == "wikitext_raw":
         raw = ((t, [detokenize_wikitext(p) for p in ps]) for t, ps in _wikitext_documents(_require_file(cfg.path), counts))
     else:
         raw = _record_documents(cfg, counts, seed)
-    docs = []
+    doc_id = 0
     try:
         for title, paragraphs in raw:
             paragraphs = _clean_paragraphs(paragraphs, counts)
             if not paragraphs:
                 counts.empty_documents += 1
                 continue
-            docs.append(Document(len(docs), title, paragraphs))
+            yield Document(doc_id, title, paragraphs)
+            doc_id += 1
     except UnicodeDecodeError as e:
         raise PipelineError(f"corpus file {cfg.path} is not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    if not docs:
+    if doc_id == 0:
         raise PipelineError(f"the corpus ({cfg.path or cfg.hub_name}) has no documents with text")
-    if cfg.source != "hub" and cfg.max_documents and cfg.max_documents < len(docs):
-        keep = np.sort(np.random.default_rng(seed).choice(len(docs), cfg.max_documents, replace=False))
-        docs = [docs[i] for i in keep]
-    return docs, counts
+
+
+def iter_documents(cfg: CorpusConfig, seed: int, counts: SourceCounts) -> Iterator[Document]:
+    """The documents of the source, streamed (never all in memory), or a seeded sample of `max_documents`:
+    hub sources are shuffled in a stream; local files are read twice, once to count their documents
+    so that the sample is uniform over the whole file."""
+    keep = None
+    if cfg.source != "hub" and cfg.max_documents:
+        n = sum(1 for _ in _documents(cfg, seed, SourceCounts()))
+        if cfg.max_documents < n:
+            keep = set(np.random.default_rng(seed).choice(n, cfg.max_documents, replace=False).tolist())
+    for doc in _documents(cfg, seed, counts):
+        if keep is None or doc.doc_id in keep:
+            yield doc
+
+
+def read_documents(cfg: CorpusConfig, seed: int) -> tuple[list[Document], SourceCounts]:
+    """All documents in memory: for tests and notebooks; the corpus stage streams `iter_documents`."""
+    counts = SourceCounts()
+    return list(iter_documents(cfg, seed, counts)), counts

@@ -141,6 +141,8 @@ class ConfigView:
         self._cfg, self._allowed, self._stage, self._prefix = cfg, allowed, stage, prefix
 
     def __getattr__(self, name: str):
+        if name.startswith("_"):  # private and dunder lookups (pickle's __setstate__) are not config
+            raise AttributeError(name)
         path = f"{self._prefix}{name}"
         value = getattr(self._cfg, name)
         if path in self._allowed or (not self._prefix and name in ALWAYS_READABLE):

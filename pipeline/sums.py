@@ -1,11 +1,11 @@
 """Sums: what a pass over some sentences leaves behind, as a value with one merge.
 
-Every statistic is a ratio of corpus-wide sums, so a pass over a batch, a shard, or a worker's
+Every statistic is a ratio of corpus-wide sums, so a pass over a batch, a part, or a worker's
 share of the corpus reduces to `Sums`, and `a + b` (or `Sums.merge(parts)`) combines them:
 additive keys add (so the result depends on the order and grouping of the parts only through float
 rounding); exemplar candidates re-rank (top k by weight, ties to the smaller sentence id), so the
 exemplars do not depend on them at all. The batch accumulator,
-the shard merge and any executor all use this one merge. Values are torch tensors while a pass
+the merge of parts and any executor all use this one merge. Values are torch tensors while a pass
 runs on the device and numpy arrays on disk; the merge works on either."""
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class Sums:
     def non_finite_keys(self) -> list[str]:
         return [k for k, v in self.to_numpy().additive.items() if not np.isfinite(v).all()]
 
-    # One file per part (a shard of the attend stage): flat arrays, no pickles.
+    # One file per part of the attend stage: flat arrays, no pickles.
     def save(self, path: Path, write) -> None:
         arrays = dict(self.to_numpy().additive)
         arrays.update({EXEMPLAR_PREFIX + name: v for name, v in (self.exemplars or {}).items()})

@@ -26,35 +26,59 @@ def related_at_distance(sentence: np.ndarray, word: np.ndarray, head: np.ndarray
     return same, related
 
 
-def corpus_statistics(tokens: pl.DataFrame, max_distance: int = 30) -> pl.DataFrame:
-    """tokens: sentence_id, position, word_index, head_word_index, pos, dep (position 0 BOS rows removed)."""
+def statistic_counts(tokens: pl.DataFrame) -> dict:
+    """Additive counts of one part (tokens: sentence_id, position, word_index, head_word_index, pos, dep; BOS rows
+    removed): pairs and related pairs at each distance, tag counts, lengths. Parts merge by `add_counts`."""
     tokens = tokens.sort("sentence_id", "position")
     sentence = tokens["sentence_id"].to_numpy()
     word = tokens["word_index"].to_numpy()
     head = tokens["head_word_index"].to_numpy()
     lengths = tokens.group_by("sentence_id").len()["len"].to_numpy()
+    pairs, related = {}, {}
+    for d in range(1, int(lengths.max()) if len(lengths) else 0):
+        same, rel = related_at_distance(sentence, word, head, d)
+        pairs[str(d)], related[str(d)] = int(same.sum()), int(rel.sum())
+    return {"pairs": pairs, "related": related, "sentences": int(len(lengths)), "pieces": int(len(sentence)),
+            "pos": dict(tokens.group_by("pos").len().sort("pos").iter_rows()),
+            "dep": dict(tokens.group_by("dep").len().sort("dep").iter_rows())}  # sorted: the same part, the same bytes
+
+
+def add_counts(a: dict, b: dict) -> dict:
+    """The one merge of statistic counts: every number adds, key by key, at any depth."""
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = add_counts(out.get(key, {}), value) if isinstance(value, dict) else out.get(key, 0) + value
+    return out
+
+
+def statistics_table(counts: dict, max_distance: int = 30) -> pl.DataFrame:
+    """Merged counts → the corpus_stats table (ratios of corpus-wide counts)."""
     rows = []
     related_total, distance_total, within_18 = 0, 0, 0
-    for d in range(1, int(lengths.max())):
-        pairs, related = related_at_distance(sentence, word, head, d)
-        n_related = int(related.sum())
+    for d in sorted(int(k) for k in counts["pairs"]):
+        n_related = counts["related"][str(d)]
         related_total += n_related
         distance_total += d * n_related
         within_18 += n_related if d <= 18 else 0
         if d <= max_distance:
-            rows.append(("dependency_probability_at_distance", str(d), n_related / max(int(pairs.sum()), 1)))
+            rows.append(("dependency_probability_at_distance", str(d), n_related / max(counts["pairs"][str(d)], 1)))
     rows.append(("mean_dependency_distance", "", distance_total / max(related_total, 1)))
     rows.append(("share_dependencies_within_18", "", within_18 / max(related_total, 1)))
-    rows.append(("mean_sentence_pieces", "", float(lengths.mean())))
-    rows.append(("sentences", "", float(len(lengths))))
-    rows.append(("pieces", "", float(len(sentence))))
+    rows.append(("mean_sentence_pieces", "", counts["pieces"] / max(counts["sentences"], 1)))
+    rows.append(("sentences", "", float(counts["sentences"])))
+    rows.append(("pieces", "", float(counts["pieces"])))
     for column, statistic in (("pos", "pos_frequency"), ("dep", "dep_frequency")):
-        freq = tokens.group_by(column).len().with_columns(share=pl.col("len") / pl.col("len").sum()).sort(column)
-        rows.extend((statistic, k, float(v)) for k, v in zip(freq[column], freq["share"]))
+        total = sum(counts[column].values())
+        rows.extend((statistic, k, v / total) for k, v in sorted(counts[column].items()))
     df = pl.DataFrame(rows, schema={"statistic": pl.String, "key": pl.String, "value": pl.Float64}, orient="row")
     paper = pl.DataFrame([(s, k, v) for (s, k), v in PAPER.items()],
                          schema={"statistic": pl.String, "key": pl.String, "paper_value": pl.Float64}, orient="row")
     return df.join(paper, on=["statistic", "key"], how="left", maintain_order="left")
+
+
+def corpus_statistics(tokens: pl.DataFrame, max_distance: int = 30) -> pl.DataFrame:
+    """The corpus_stats table of tokens held in memory (one part's counts, finished)."""
+    return statistics_table(statistic_counts(tokens), max_distance)
 
 
 def format_comparison(stats: pl.DataFrame) -> str:

@@ -1,4 +1,4 @@
-"""aggregate stage: attend/ shards → per-head tables, each a ratio of merged sums.
+"""aggregate stage: attend/ parts → per-head tables, each a ratio of merged sums.
 
 Which columns and tables exist is the metric registry's business (pipeline/metrics/): every metric
 gives its ratio columns to head_metrics (per head) and layer_metrics (from each layer's summed
@@ -17,15 +17,15 @@ import numpy as np
 import polars as pl
 
 from pipeline import io
-from pipeline.errors import PipelineError
 from pipeline.metrics import registry
 from pipeline.metrics.base import Finding
+from pipeline.parts import part_paths, read_meta, scan
 from pipeline.stage import Output
 from pipeline.sums import Sums
 
 NAME = "aggregate"
 VERSION = 1
-INPUTS = ("attend", "tokens.parquet", "sentences.parquet")
+INPUTS = ("attend", "tokens", "sentences")
 CONFIG = ()
 FINDINGS_SCHEMA = {"statistic": pl.String, "value": pl.Float64, "p_value": pl.Float64, "n": pl.Int64,
                    "paper_value": pl.Float64}
@@ -47,15 +47,9 @@ OUTPUTS = (Output("head_metrics.parquet", head_schema), Output("layer_metrics.pa
 
 
 def load_sums(run_dir) -> tuple[Sums, dict]:
-    meta_path = run_dir / "attend" / "meta.json"
-    if not meta_path.is_file():
-        raise PipelineError(f"{meta_path} is missing: the attend stage has not finished")
-    meta = io.read_json(meta_path)
-    paths = [run_dir / "attend" / name for name in meta["shard_files"]]
-    missing = [p.name for p in paths if not io.verify(p)]
-    if missing:
-        raise PipelineError(f"attend shards missing or damaged: {missing[:3]}; rerun the attend stage")
-    return Sums.merge(Sums.from_arrays(io.read_npz(p)) for p in paths), meta
+    """The attend parts' sums merged one part at a time (memory: one part's sums, not the corpus)."""
+    meta = read_meta(run_dir / "attend")
+    return Sums.merge(Sums.from_arrays(io.read_npz(p)) for p in part_paths(run_dir / "attend")), meta
 
 
 def computed_metrics(meta: dict) -> list:
@@ -95,7 +89,8 @@ def findings_table(findings: list[Finding]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=FINDINGS_SCHEMA, orient="row")
 
 
-def build_tables(sums: Sums, meta: dict, tokens: pl.DataFrame, sentences: pl.DataFrame) -> dict[str, pl.DataFrame]:
+def build_tables(sums: Sums, meta: dict, tokens: pl.LazyFrame, sentences: pl.LazyFrame) -> dict[str, pl.DataFrame]:
+    """tokens and sentences are lazy scans of their parts: metrics filter or aggregate them as they stream."""
     active = computed_metrics(meta)
     heads, layers = head_table(sums, active), layer_table(sums, active)
     tables = {"head_metrics": heads, "layer_metrics": layers}
@@ -111,7 +106,7 @@ def build_tables(sums: Sums, meta: dict, tokens: pl.DataFrame, sentences: pl.Dat
 
 def run(ctx) -> dict:
     sums, meta = load_sums(ctx.run_dir)
-    tables = build_tables(sums, meta, ctx.read_parquet("tokens.parquet"), ctx.read_parquet("sentences.parquet"))
+    tables = build_tables(sums, meta, scan(ctx.input_path("tokens")), scan(ctx.input_path("sentences")))
     for name, df in tables.items():
         ctx.write_parquet(df, f"{name}.parquet")
     f = dict(zip(tables["findings"]["statistic"], tables["findings"]["value"]))

@@ -1,42 +1,49 @@
-"""annotate stage: sentences.parquet → tokens.parquet (+ corpus_stats.parquet).
+"""annotate stage: sentences/ → tokens/ (one part per sentence part) + corpus_stats.parquet.
 
-Each sentence is parsed once with spaCy (`nlp.pipe`; the parse is cached per corpus and spaCy
-model under data/cache/spacy/, so another tokenizer or model reuses it) and its words' features
-are given to the model's pieces by character offsets (rule: pipeline/alignment.py).
+Each sentence part is parsed with spaCy (`nlp.pipe`; the parse is cached per part and spaCy model
+under data/cache/spacy/, so another tokenizer or model reuses it) and its words' features are given
+to the model's pieces by character offsets (rule: pipeline/alignment.py). Parts are the executor's
+work units: each is written atomically with its additive statistic counts, so a killed run resumes
+at the first missing part, and the corpus statistics are the merged counts of all parts.
 
-Output `tokens.parquet`, one row per model piece: sentence_id, position, token_id, piece,
+Output `tokens/part-NNNNN.parquet`, one row per model piece: sentence_id, position, token_id, piece,
 char_start, char_end, word_index (-1: no word), pos (Universal POS, spaCy pos_), tag, dep,
 head_word_index. A piece with no word (trailing whitespace) gets pos SPACE, tag _SP, dep "_"; a
-prepended BOS piece at position 0 gets pos/tag BOS, dep "_"."""
+prepended BOS piece at position 0 gets pos/tag BOS, dep "_". `tokens/meta.json` lists the parts and
+the tag vocabularies, which come from the spaCy model's label sets (known before any parsing), not
+from the corpus."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
+from pathlib import Path
 
 import numpy as np
 import polars as pl
-from tqdm.auto import tqdm
-
 from pipeline import io
 from pipeline.alignment import align_pieces
 from pipeline.config import fingerprint as content_hash
+from pipeline.errors import PipelineError
+from pipeline.executor import Resources, WorkUnit, make_executor, tqdm_bar
 from pipeline.models.loading import (bos_token_id, load_tokenizer, local_identity, max_positions, resolve_source,
                                      tokenizer_source)
 from pipeline.nlp import installed_version, load_spacy, processes, spacy_identity
-from pipeline.stage import Output
-from pipeline.syntax_stats import STATS_SCHEMA, corpus_statistics, format_comparison
+from pipeline.parts import PartedOutput, part_paths, read_part
+from pipeline.stage import Output, check_schema
+from pipeline.syntax_stats import STATS_SCHEMA, add_counts, format_comparison, statistic_counts, statistics_table
 
 NAME = "annotate"
-VERSION = 1
-INPUTS = ("sentences.parquet",)
+VERSION = 2
+INPUTS = ("sentences",)
 TOKENS_SCHEMA = {"sentence_id": pl.Int64, "position": pl.Int64, "token_id": pl.Int64, "piece": pl.String,
                  "char_start": pl.Int64, "char_end": pl.Int64, "word_index": pl.Int64, "pos": pl.String,
                  "tag": pl.String, "dep": pl.String, "head_word_index": pl.Int64}
-OUTPUTS = (Output("tokens.parquet", TOKENS_SCHEMA), Output("corpus_stats.parquet", STATS_SCHEMA))
+OUTPUTS = (Output("tokens", TOKENS_SCHEMA), Output("corpus_stats.parquet", STATS_SCHEMA))
 CONFIG = ("corpus.spacy_model", "annotate", "model.name", "model.gguf_file", "model.tokenizer",
           "model.revision", "model.prepend_bos", "model.too_long")
-TUNING = ("annotate.batch_size", "annotate.n_process")
+TUNING = ("annotate.batch_size", "annotate.n_process", "executor")
 
 
 def external_inputs(cfg) -> dict:
@@ -53,11 +60,12 @@ def parse_words(sentences: pl.DataFrame, nlp, batch_size: int, n_process: int) -
     chunks = []
     texts = sentences["text"].to_list()
     docs = nlp.pipe(texts, batch_size=batch_size, n_process=n_process)
-    for sid, doc in tqdm(zip(sentences["sentence_id"].to_list(), docs), total=len(texts),
-                         desc="annotate: parsing", unit="sent"):
+    for sid, doc in zip(sentences["sentence_id"].to_list(), docs):
         arr = doc.to_array(["IDX", "LENGTH", "POS", "TAG", "DEP", "HEAD"])  # uint64: hashes stay unsigned
         n = len(doc)
         chunks.append((sid, n, arr, [t.text for t in doc]))
+    if not chunks:
+        return pl.DataFrame(schema=WORD_SCHEMA)
     sid = np.concatenate([np.full(n, s, dtype=np.int64) for s, n, _, _ in chunks])
     arr = np.concatenate([a for _, _, a, _ in chunks])
     word_index = np.concatenate([np.arange(n) for _, n, _, _ in chunks])
@@ -76,19 +84,18 @@ def parse_words(sentences: pl.DataFrame, nlp, batch_size: int, n_process: int) -
     }, schema=WORD_SCHEMA)
 
 
-def cached_parse(ctx, sentences: pl.DataFrame) -> tuple[pl.DataFrame, bool]:
-    cfg = ctx.cfg
-    nlp = load_spacy(cfg.corpus.spacy_model, purpose="parse")
-    identity = spacy_identity(nlp)
-    ctx.record("spacy", identity)
-    key = content_hash({"spacy": identity, "pipes": nlp.pipe_names, "parser_code": inspect.getsource(parse_words),
+def cached_parse(nlp, sentences: pl.DataFrame, cache_dir: Path, batch_size: int, n_process: int) -> tuple[pl.DataFrame, bool]:
+    key = content_hash({"spacy": spacy_identity(nlp), "pipes": nlp.pipe_names, "parser_code": inspect.getsource(parse_words),
                        "sentences": sentences.select("sentence_id", "text").hash_rows(seed=0).to_list()})
-    path = ctx.cache_dir / "spacy" / f"{key}.parquet"
+    path = cache_dir / "spacy" / f"{key}.parquet"
     if io.verify(path):  # a damaged or half-written cache file is never read: parsed again
         return pl.read_parquet(path), True
-    words = parse_words(sentences, nlp, cfg.annotate.batch_size, processes(cfg.annotate.n_process))
+    words = parse_words(sentences, nlp, batch_size, n_process)
     io.write_parquet(words, path)
     return words, False
+
+
+ALIGNMENT_COUNTS = ("whitespace_pieces", "pieces_spanning_words", "pieces_splitting_a_character", "pieces_without_word")
 
 
 def align_corpus(sentences: pl.DataFrame, words: pl.DataFrame, tok) -> tuple[pl.DataFrame, dict]:
@@ -96,8 +103,7 @@ def align_corpus(sentences: pl.DataFrame, words: pl.DataFrame, tok) -> tuple[pl.
     encoded = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
     spans = words.group_by("sentence_id", maintain_order=True).agg("char_start", "char_end")
     spans = dict(zip(spans["sentence_id"].to_list(), zip(spans["char_start"].to_list(), spans["char_end"].to_list())))
-    counts = {"whitespace_pieces": 0, "pieces_spanning_words": 0, "pieces_splitting_a_character": 0,
-              "pieces_without_word": 0}
+    counts = dict.fromkeys(ALIGNMENT_COUNTS, 0)
     word_columns, ids_columns, offsets_columns, sid_columns = [], [], [], []
     for sid, text, ids, offsets in zip(sentences["sentence_id"].to_list(), texts, encoded["input_ids"],
                                        encoded["offset_mapping"]):
@@ -148,38 +154,98 @@ def prepend_bos(pieces: pl.DataFrame, tok) -> pl.DataFrame:
     return pl.concat([first, pieces]).with_columns(pl.col("position") + 1).sort("sentence_id", "position")
 
 
+def label_sets(nlp, prepend_bos: bool) -> dict[str, list[str]]:
+    """The tag vocabularies from the spaCy model (before any parsing): every Universal POS tag spaCy knows,
+    the parser's dependency labels, and our own labels for pieces without a word ("_") and BOS."""
+    from spacy.parts_of_speech import IDS
+
+    pos = set(IDS) | ({"BOS"} if prepend_bos else set())  # "" included: a pipeline without a tagger gives it
+    dep = set(nlp.get_pipe("parser").labels) | {"_", ""}
+    return {"pos_vocab": sorted(pos), "dep_vocab": sorted(dep)}
+
+
+def check_labels(pieces: pl.DataFrame, vocab: dict, part: str) -> None:
+    for column, name in (("pos", "pos_vocab"), ("dep", "dep_vocab")):
+        unknown = sorted(set(pieces[column].unique().to_list()) - set(vocab[name]))
+        if unknown:
+            raise PipelineError(f"{part}: spaCy gave {column} label(s) {unknown} that are not in its label set "
+                                f"({len(vocab[name])} labels); the spaCy model is inconsistent")
+
+
+class AnnotateWorker:
+    """A sentence part → its tokens part and statistic counts; spaCy's parser and the tokenizer, loaded once."""
+
+    def __init__(self, cfg, cache_dir: Path, n_process: int):
+        self.cfg, self.cache_dir, self.n_process = cfg, cache_dir, n_process
+        self.nlp = load_spacy(cfg.corpus.spacy_model, purpose="parse")
+        self.tok = load_tokenizer(cfg.model)
+        self.limit = max_positions(cfg.model) - int(cfg.model.prepend_bos)
+        self.vocab = label_sets(self.nlp, cfg.model.prepend_bos)
+
+    def __call__(self, unit: WorkUnit, progress=None) -> dict:
+        cfg = self.cfg
+        sentences = read_part(unit.inputs[0])
+        if sentences.height == 0:  # an empty part gives an empty part: counted, never an error
+            return self.write(unit, sentences, pl.DataFrame(schema=WORD_SCHEMA), pl.DataFrame(schema=TOKENS_SCHEMA),
+                              dict.fromkeys(ALIGNMENT_COUNTS, 0), False, 0, progress)
+        words, cache_hit = cached_parse(self.nlp, sentences, self.cache_dir, cfg.annotate.batch_size, self.n_process)
+        pieces, counts = align_corpus(sentences, words, self.tok)
+        pieces, n_too_long = apply_length_limit(pieces, self.limit, cfg.model.too_long)
+        if cfg.model.prepend_bos and pieces.height:
+            pieces = prepend_bos(pieces, self.tok)
+        return self.write(unit, sentences, words, pieces.sort("sentence_id", "position"), counts, cache_hit, n_too_long,
+                          progress)
+
+    def write(self, unit, sentences, words, pieces, counts, cache_hit, n_too_long, progress) -> dict:
+        check_labels(pieces, self.vocab, unit.inputs[0].name)
+        check_schema(pieces, TOKENS_SCHEMA, unit.outputs[0].name)
+        counts = {"sentences_in": sentences.height, "sentences": int(pieces["sentence_id"].n_unique()),
+                  "pieces": pieces.height, "words": words.height, "sentences_too_long": n_too_long, **counts,
+                  "statistics": statistic_counts(pieces.filter(pl.col("pos") != "BOS"))}
+        io.write_parquet(pieces, unit.outputs[0])
+        io.write_json(counts, unit.outputs[1])  # written last: with the part, it marks the unit done
+        if progress:
+            progress(sentences.height)
+        return {**counts, "parse_cache_hits": int(cache_hit)}  # not in the part's file: the same part, the same bytes
+
+
 def run(ctx) -> dict:
     started = time.perf_counter()
     cfg = ctx.cfg
-    sentences = ctx.read_parquet("sentences.parquet")
-    words, cache_hit = cached_parse(ctx, sentences)
-    tok = load_tokenizer(cfg.model)
-    pieces, counts = align_corpus(sentences, words, tok)
-    limit = max_positions(cfg.model) - int(cfg.model.prepend_bos)
-    pieces, n_too_long = apply_length_limit(pieces, limit, cfg.model.too_long)
-    if cfg.model.prepend_bos:
-        pieces = prepend_bos(pieces, tok)
-    pieces = pieces.sort("sentence_id", "position")
-    ctx.write_parquet(pieces, "tokens.parquet")
-    real = pieces.filter(pl.col("pos") != "BOS")
-    stats = corpus_statistics(real, cfg.annotate.dependency_distances)
+    nlp = load_spacy(cfg.corpus.spacy_model, purpose="parse")
+    ctx.record("spacy", spacy_identity(nlp))
+    vocab = label_sets(nlp, cfg.model.prepend_bos)
+    inputs = part_paths(ctx.input_path("sentences"))
+    out = PartedOutput(ctx.output_path("tokens"), ctx.fingerprint, ctx.force)
+    sizes = [int(pl.scan_parquet(p).select(pl.len()).collect(engine="streaming").item()) for p in inputs]
+    units = [WorkUnit(k, (p,), (out.path(k), out.path(k, ".json")), size=n) for k, (p, n) in enumerate(zip(inputs, sizes))]
+    executor = make_executor(cfg.executor, tqdm_bar("sent"))
+    n_process = 1 if cfg.executor.kind == "ray" else processes(cfg.annotate.n_process)
+    report = executor.run(units, functools.partial(AnnotateWorker, cfg, ctx.cache_dir, n_process), Resources(),
+                          desc="annotate: parsing")
+    parts = [io.read_json(u.outputs[1]) for u in units]
+    totals = functools.reduce(add_counts, parts)
+    too_long = totals.pop("sentences_too_long")
+    out.finish({"parts": [u.outputs[0].name for u in units], **vocab})
+    stats = statistics_table(totals.pop("statistics"), cfg.annotate.dependency_distances)
     ctx.write_parquet(stats, "corpus_stats.parquet")
+    seconds = time.perf_counter() - started
+    sentences_parsed = sum(c["sentences_in"] for c in report.counts.values())
+    totals["parse_cache_hits"] = sum(c["parse_cache_hits"] for c in report.counts.values())
     return {
-        "sentences": int(pieces["sentence_id"].n_unique()),
-        "pieces": pieces.height,
-        "words": words.height,
-        "parse_cache_hit": cache_hit,
-        f"sentences_too_long_{cfg.model.too_long}": n_too_long,
-        "max_positions": limit,
-        **counts,
-        "sentences_per_second": round(sentences.height / (time.perf_counter() - started), 1),
+        **{k: v for k, v in totals.items() if k != "sentences_in"},
+        "parts": len(units), "parts_resumed": report.resumed, "parts_damaged_recomputed": report.damaged,
+        "parts_empty": sum(n == 0 for n in sizes),
+        f"sentences_too_long_{cfg.model.too_long}": too_long,
+        "max_positions": max_positions(cfg.model) - int(cfg.model.prepend_bos),
+        "sentences_per_second": round(sentences_parsed / seconds, 1) if sentences_parsed else None,
         "comparison": format_comparison(stats),
     }
 
 
 def summary(counts: dict) -> str:
-    return (f"{counts['pieces']} pieces in {counts['sentences']} sentences "
-            f"(parse cache {'hit' if counts['parse_cache_hit'] else 'miss'}; whitespace-only pieces given to the next word "
-            f"{counts['whitespace_pieces']}, spanning two words {counts['pieces_spanning_words']}, "
-            f"splitting a character {counts['pieces_splitting_a_character']}); "
+    return (f"{counts['pieces']} pieces in {counts['sentences']} sentences, {counts['parts']} parts "
+            f"({counts['parts_resumed']} resumed, {counts['parse_cache_hits']} parse cache hits); whitespace-only pieces "
+            f"given to the next word {counts['whitespace_pieces']}, spanning two words {counts['pieces_spanning_words']}, "
+            f"splitting a character {counts['pieces_splitting_a_character']}; "
             f"{counts['sentences_per_second']} sentences/s\n" + counts["comparison"])

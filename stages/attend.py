@@ -1,50 +1,59 @@
-"""attend stage: tokens.parquet → attend/ (shards of per-head sums, never attention maps).
+"""attend stage: tokens/ → attend/ (per-head sums for each tokens part, never attention maps).
 
-Sentences are sorted by (length, sentence_id), so results do not depend on corpus order, and cut
-into shards of `attend.shard_sentences`: the work units, each written atomically when finished, so
-a killed run resumes at the first missing shard. Metrics that need a first pass (variability's ᾱ)
-get it before the shards (attend/first_pass.npz). The engine (pipeline/engine.py) does the work.
+Each tokens part is a work unit of the executor: its sentences, sorted by (length, sentence_id) so
+that padding is minimal, go through the model in batches of `attend.token_budget` padded tokens,
+and every enabled metric reduces each layer's attention on the device into sums (pipeline/engine.py).
+Metrics that need a first pass (variability's ᾱ) get it before the main pass, as units of their own
+whose sums merge into attend/first_pass.npz: a global step, timed separately. Every unit's file is
+written atomically when finished, so a killed run resumes at the first missing part.
 
-Outputs in attend/: plan.json (the shard layout), first_pass.npz, shard-NNNNN.npz, and meta.json
-(vocabularies, shapes, model identity, metric status, shard files), written last: it marks the
-stage complete."""
+Outputs in attend/: first-NNNNN.npz (first-pass sums per part), first_pass.npz (merged, finished),
+part-NNNNN.npz (sums per part), and meta.json (vocabularies, shapes, model identity, metric status,
+the parts), written last: it marks the stage complete."""
 
 from __future__ import annotations
 
+import functools
 import resource
-import shutil
 import time
+from pathlib import Path
 
+import numpy as np
+import polars as pl
 import torch
-from tqdm.auto import tqdm
 
 from pipeline import io, metrics
-from pipeline.engine import Reduction, TokenArrays, first_passes, reduce_sentences
+from pipeline.engine import Reduction, TokenArrays, first_pass_results, first_pass_sums, reduce_sentences
 from pipeline.errors import PipelineError
-from pipeline.executor import LocalExecutor, WorkUnit
+from pipeline.executor import Resources, WorkUnit, make_executor, tqdm_bar
 from pipeline.models import load_adapter, resolve_device
 from pipeline.models.loading import local_identity, resolve_source
+from pipeline.parts import PartedOutput, part_paths, read_meta, read_part
 from pipeline.stage import Output
 from pipeline.sums import Sums
 
 NAME = "attend"
-VERSION = 1
-INPUTS = ("tokens.parquet",)
+VERSION = 2
+INPUTS = ("tokens",)
 OUTPUTS = (Output("attend"), Output("attend/meta.json"))
 CONFIG = ("model", "attend")
-TUNING = ("attend.token_budget",)  # batch size: the same sums up to float rounding (tested)
+TUNING = ("attend.token_budget", "executor")  # batch size and workers: the same sums up to float rounding (tested)
 
 
 def external_inputs(cfg) -> dict:
     return {"model": local_identity(resolve_source(cfg.model.name, cfg.model.gguf_file))}
 
 
-def shard_name(k: int) -> str:
-    return f"shard-{k:05d}.npz"
+@functools.lru_cache(maxsize=1)
+def _adapter(model_json: str, device: str):
+    """One model per process (the local executor's two passes share it; a Ray actor loads its own)."""
+    from pipeline.config import ModelConfig
+
+    return load_adapter(ModelConfig.model_validate_json(model_json), resolve_device(device))
 
 
-def write_shard(ctx, unit: WorkUnit, sums: Sums) -> None:
-    sums.save(unit.path, io.write_npz)
+def model_adapter(cfg, device: str | None = None):
+    return _adapter(cfg.model.model_dump_json(), device or cfg.model.device)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -53,76 +62,108 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(ctx) -> dict:
-    a = ctx.cfg.attend
-    out_dir = ctx.output_path("attend")
-    meta_path, plan_path = out_dir / "meta.json", out_dir / "plan.json"
-    previous = io.read_json(plan_path) if io.verify(plan_path) else None
-    if ctx.force or previous is None or previous.get("fingerprint") != ctx.fingerprint:
-        shutil.rmtree(out_dir, ignore_errors=True)  # shards of another config or code must not be resumed
-    out_dir.mkdir(parents=True, exist_ok=True)
-    meta_path.unlink(missing_ok=True)  # rewritten when all shards are done
+class AttendWorker:
+    """A tokens part → its first-pass sums (first_pass=None) or its main-pass sums; the model loaded once."""
 
-    arrays = TokenArrays.from_frame(ctx.read_parquet("tokens.parquet"))
-    device = resolve_device(ctx.cfg.model.device)
-    adapter = load_adapter(ctx.cfg.model, device)
-    if int(arrays.token_id.max()) >= adapter.vocab_size:
-        raise PipelineError(f"token ids reach {int(arrays.token_id.max())} but the model has {adapter.vocab_size} "
-                            "embeddings: tokens.parquet was made with another tokenizer (model.tokenizer); annotate "
-                            "with the model's own")
-    identity = adapter.identity()
-    status = metrics.status(a)
+    def __init__(self, cfg, vocab: dict, row_width: int, first_pass_path: Path | None = None):
+        self.cfg, self.vocab, self.row_width = cfg, vocab, row_width
+        self.adapter = model_adapter(cfg)
+        self.first_pass = None
+        if first_pass_path is not None:
+            self.first_pass = {k: torch.from_numpy(v).to(device=self.adapter.device, dtype=torch.float32)
+                               for k, v in io.read_npz(first_pass_path).items()}
+
+    def __call__(self, unit: WorkUnit, progress=None) -> dict:
+        a = self.cfg.attend
+        arrays = TokenArrays.from_frame(read_part(unit.inputs[0]), self.vocab["pos_vocab"], self.vocab["dep_vocab"])
+        if len(arrays.token_id) and int(arrays.token_id.max()) >= self.adapter.vocab_size:
+            raise PipelineError(f"token ids reach {int(arrays.token_id.max())} but the model has {self.adapter.vocab_size} "
+                                "embeddings: the tokens were made with another tokenizer (model.tokenizer); annotate "
+                                "with the model's own")
+        events = {"batches_halved_oom": 0}
+        started = time.perf_counter()
+        if self.first_pass is None:
+            io.write_npz(first_pass_sums(self.adapter, arrays, a, events), unit.outputs[0])
+        else:
+            reduction = Reduction(a, len(arrays.pos_vocab), len(arrays.dep_vocab), first_pass=self.first_pass,
+                                  row_width=self.row_width)
+            sums = (reduce_sentences(self.adapter, arrays, arrays.length_order(), reduction, a.token_budget, progress, events)
+                    if len(arrays.lengths) else Sums())
+            sums.save(unit.outputs[0], io.write_npz)
+        if progress and self.first_pass is None:
+            progress(len(arrays.lengths))
+        return {"sentences": int(len(arrays.lengths)), "tokens": int(arrays.lengths.sum()),
+                "seconds": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(self.adapter.device), **events}
+
+
+def merge_first_pass(paths: list[Path]) -> dict[str, np.ndarray]:
+    total: dict[str, np.ndarray] = {}
+    for path in paths:
+        for k, v in io.read_npz(path).items():
+            total[k] = total[k] + v if k in total else v
+    return total
+
+
+def run(ctx) -> dict:
+    a, cfg = ctx.cfg.attend, ctx.cfg
+    tokens_dir = ctx.input_path("tokens")
+    inputs, vocab = part_paths(tokens_dir), read_meta(tokens_dir)
+    vocab = {"pos_vocab": vocab["pos_vocab"], "dep_vocab": vocab["dep_vocab"]}
+    out = PartedOutput(ctx.output_path("attend"), ctx.fingerprint, ctx.force)
+    scan = pl.scan_parquet([str(p) for p in inputs])
+    per_part = [int(pl.scan_parquet(p).select(pl.col("sentence_id").n_unique()).collect(engine="streaming").item()) for p in inputs]
+    row_width = int(scan.select(pl.col("position").max()).collect(engine="streaming").item() or 0) + 1
+
+    # the driver's copy: identity and shapes (the local executor's worker reuses it; with Ray, the actors hold
+    # the models, and the driver's stays on the CPU)
+    adapter = model_adapter(cfg, "cpu" if cfg.executor.kind == "ray" else None)
+    identity, status = adapter.identity(), metrics.status(a)
     ctx.record("model", identity)
-    ctx.record("device", {"type": device.type, "name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                          "torch_threads": torch.get_num_threads()})
+    ctx.record("device", {"type": adapter.device.type, "torch_threads": torch.get_num_threads(),
+                          "name": torch.cuda.get_device_name(adapter.device) if adapter.device.type == "cuda" else None})
     ctx.record("metrics", status)
-    order = arrays.length_order()
-    units = [WorkUnit(k, order[s:s + a.shard_sentences], out_dir / shard_name(k))
-             for k, s in enumerate(range(0, len(order), a.shard_sentences))]
-    damaged = [u.index for u in units if u.path.exists() and not u.done]  # recomputed, never read
-    plan = {"fingerprint": ctx.fingerprint, "shards": len(units), "sentences": int(len(order)),
-            "pos_vocab": arrays.pos_vocab, "dep_vocab": arrays.dep_vocab,
-            "num_layers": adapter.num_layers, "num_heads": adapter.num_heads, "metrics": status,
-            "exemplars_per_head": a.exemplars_per_head, "shard_files": [u.path.name for u in units]}
-    io.write_json(plan, plan_path)
+    executor = make_executor(cfg.executor, tqdm_bar("sent"))
+    resources = Resources(model=True, gpus=cfg.executor.gpus_per_worker)  # GPUs: where the cluster has them
 
     started = time.perf_counter()
-    events = {"batches_halved_oom": 0}
-    first_pass_path = out_dir / "first_pass.npz"
-    if not io.verify(first_pass_path):
-        progress = lambda batches, name: tqdm(batches, desc=f"attend: {name} (first pass)", unit="batch")  # noqa: E731
-        io.write_npz(first_passes(adapter, arrays, a, progress, events), first_pass_path)
-    first_pass = {k: torch.from_numpy(v).to(device=device, dtype=torch.float32) for k, v in io.read_npz(first_pass_path).items()}
+    first_units = [WorkUnit(k, (p,), (out.path(k, ".npz", "first"),), size=n) for k, (p, n) in enumerate(zip(inputs, per_part))]
+    first_path = out.directory / "first_pass.npz"
+    first_report = None
+    if any(m.first_pass_positions(a) for m in metrics.enabled(a)):
+        first_report = executor.run(first_units, functools.partial(AttendWorker, cfg, vocab, row_width), resources,
+                                    desc="attend: first pass")
+        merged = first_pass_results(a, merge_first_pass([u.outputs[0] for u in first_units]))  # cheap: always
+    else:
+        merged = {}
+    io.write_npz(merged, first_path)
     first_pass_seconds = time.perf_counter() - started
 
-    reduction = Reduction(a, len(arrays.pos_vocab), len(arrays.dep_vocab), first_pass=first_pass,
-                          row_width=int(arrays.lengths.max()))
-    todo = [u for u in units if not u.done]
+    units = [WorkUnit(k, (p, first_path), (out.path(k, ".npz"),), size=n) for k, (p, n) in enumerate(zip(inputs, per_part))]
     main_started = time.perf_counter()
-    with tqdm(total=int(len(order)), initial=int(len(order) - sum(len(u.rows) for u in todo)),
-              desc="attend: forward + reduce", unit="sent") as bar:  # closed on errors too: the error gets its own line
-        report = LocalExecutor().run(
-            units, compute=lambda u: reduce_sentences(adapter, arrays, u.rows, reduction, a.token_budget, bar.update, events),
-            write=lambda u, sums: write_shard(ctx, u, sums))
+    report = executor.run(units, functools.partial(AttendWorker, cfg, vocab, row_width, first_path), resources,
+                          desc="attend: forward + reduce")
     seconds = time.perf_counter() - main_started
-    sentences_done = int(sum(len(u.rows) for u in todo))
-    tokens_done = int(sum(arrays.lengths[u.rows].sum() for u in todo))
-    io.write_json({**plan, "model": identity}, meta_path)
+    done = list(report.counts.values())
+    sentences_done, tokens_done = sum(c["sentences"] for c in done), sum(c["tokens"] for c in done)
+    out.finish({"parts": [u.outputs[0].name for u in units], "sentences": int(sum(per_part)), **vocab,
+                "num_layers": adapter.num_layers, "num_heads": adapter.num_heads, "metrics": status,
+                "exemplars_per_head": a.exemplars_per_head, "model": identity})
+    halved = sum(c["batches_halved_oom"] for r in (first_report, report) if r for c in r.counts.values())
     return {
-        "sentences": int(len(order)), "shards": len(units), "shards_resumed": report.resumed,
+        "sentences": int(sum(per_part)), "parts": len(units), "parts_resumed": report.resumed,
+        "parts_empty": sum(n == 0 for n in per_part), "parts_damaged_recomputed": report.damaged,
         "tokens_this_run": tokens_done, "layers": adapter.num_layers, "heads": adapter.num_heads,
-        "device": device.type, "first_pass_seconds": round(first_pass_seconds, 2),
+        "device": adapter.device.type, "executor": cfg.executor.kind, "first_pass_seconds": round(first_pass_seconds, 2),
         "sentences_per_second": round(sentences_done / seconds, 1) if seconds and sentences_done else None,
         "tokens_per_second": round(tokens_done / seconds, 1) if seconds and tokens_done else None,
-        "peak_memory_mb": round(peak_memory_mb(device), 1),
+        "peak_memory_mb": round(max([peak_memory_mb(adapter.device)] + [c["peak_memory_mb"] for c in done]), 1),
         "metrics_disabled": sorted(name for name, s in status.items() if s != "enabled"),
-        "shards_damaged_recomputed": len(damaged),
-        "batches_halved_oom": events["batches_halved_oom"],
+        "batches_halved_oom": halved,
     }
 
 
 def summary(c: dict) -> str:
-    return (f"{c['sentences']} sentences in {c['shards']} shards ({c['shards_resumed']} resumed) through "
-            f"{c['layers']}×{c['heads']} heads on {c['device']}: {c['sentences_per_second']} sentences/s, "
-            f"{c['tokens_per_second']} tokens/s, first pass {c['first_pass_seconds']}s, peak memory {c['peak_memory_mb']} MB")
-
+    return (f"{c['sentences']} sentences in {c['parts']} parts ({c['parts_resumed']} resumed) through "
+            f"{c['layers']}×{c['heads']} heads on {c['device']} ({c['executor']} executor): {c['sentences_per_second']} "
+            f"sentences/s, {c['tokens_per_second']} tokens/s, first pass {c['first_pass_seconds']}s, "
+            f"peak memory {c['peak_memory_mb']} MB")

@@ -1,34 +1,46 @@
-"""corpus stage: documents → sentences.parquet.
+"""corpus stage: documents → sentences/ (parts of `corpus.part_sentences` sentences).
 
-Sentences are split with spaCy's statistical sentence splitter, filtered for prose and length in
-pieces of the configured tokenizer, then sampled with the run's seed.
+Streamed in three passes, each bounded in memory by a part: the source's documents are written in
+parts of `corpus.part_documents` (corpus/documents/); each document part is split into sentences
+with spaCy's statistical sentence splitter and filtered for prose and for length in pieces of the
+configured tokenizer (corpus/split/, one resumable unit per part, run by the executor); then the
+kept sentences are sampled with the run's seed (`corpus.max_sentences`, uniform over all of them),
+numbered, and written in parts (sentences/).
 
-Output `sentences.parquet`: sentence_id (int, 0..n-1 in corpus order), doc_id, doc_title,
-sentence_index (within its document), text, n_chars, n_words, n_pieces."""
+Output `sentences/part-NNNNN.parquet`: sentence_id (int, 0..n-1 in corpus order), doc_id, doc_title,
+sentence_index (within its document), text, n_chars, n_words, n_pieces; `sentences/meta.json` lists
+the parts and the counts."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 import polars as pl
-from tqdm.auto import tqdm
 
+from pipeline import io
 from pipeline.errors import PipelineError
+from pipeline.executor import Resources, WorkUnit, make_executor, tqdm_bar
 from pipeline.models.loading import load_tokenizer, local_identity, tokenizer_source
 from pipeline.nlp import installed_version, load_spacy, processes, spacy_identity
-from pipeline.sources import read_documents
-from pipeline.stage import Output, file_identity
+from pipeline.parts import PartedOutput, read_part
+from pipeline.sources import SourceCounts, iter_documents
+from pipeline.stage import Output, check_schema, file_identity
 
 NAME = "corpus"
-VERSION = 1
+VERSION = 2
 INPUTS = ()
 SCHEMA = {"sentence_id": pl.Int64, "doc_id": pl.Int64, "doc_title": pl.String, "sentence_index": pl.Int64,
           "text": pl.String, "n_chars": pl.UInt32, "n_words": pl.Int64, "n_pieces": pl.Int64}
-OUTPUTS = (Output("sentences.parquet", SCHEMA),)
+SPLIT_SCHEMA = {k: v for k, v in SCHEMA.items() if k != "sentence_id"}
+DOCUMENT_SCHEMA = {"doc_id": pl.Int64, "title": pl.String, "paragraphs": pl.List(pl.String)}
+OUTPUTS = (Output("corpus"), Output("sentences", SCHEMA))
 # The model's tokenizer counts pieces for the length filters.
 CONFIG = ("seed", "corpus", "model.name", "model.gguf_file", "model.tokenizer", "model.revision")
-TUNING = ("corpus.batch_size", "corpus.n_process")
+TUNING = ("corpus.batch_size", "corpus.n_process", "corpus.part_documents", "executor")  # the same sentences
+SPLIT_COUNTS = ("documents", "paragraphs_too_long_skipped", "sentences_split", "dropped_non_prose",
+                "dropped_too_few_pieces", "dropped_too_many_pieces", "sentences_after_filters")
 
 
 def external_inputs(cfg) -> dict:
@@ -49,16 +61,15 @@ def is_prose(text: str, n_words: int, cfg) -> bool:
     return letters >= cfg.min_alpha_ratio * max(len(visible), 1)
 
 
-def split_sentences(docs, nlp, batch_size: int, n_process: int) -> tuple[pl.DataFrame, int]:
+def split_sentences(docs: pl.DataFrame, nlp, batch_size: int, n_process: int) -> tuple[pl.DataFrame, int]:
     """Sentences of every paragraph, and how many paragraphs were too long for spaCy (nlp.max_length
     characters; skipped and counted: no sentence of the paper's kind is that long)."""
-    items = [(d.doc_id, d.title, p) for d in docs for p in d.paragraphs]
+    items = [(doc_id, title, p) for doc_id, title, paragraphs in docs.iter_rows() for p in paragraphs]
     too_long = sum(len(p) > nlp.max_length for _, _, p in items)
     items = [item for item in items if len(item[2]) <= nlp.max_length]
     rows = {"doc_id": [], "doc_title": [], "text": [], "n_words": []}
     texts = (p for _, _, p in items)
-    for (doc_id, title, _), parsed in tqdm(zip(items, nlp.pipe(texts, batch_size=batch_size, n_process=n_process)),
-                                           total=len(items), desc="corpus: splitting", unit="para"):
+    for (doc_id, title, _), parsed in zip(items, nlp.pipe(texts, batch_size=batch_size, n_process=n_process)):
         for sent in parsed.sents:
             text = sent.text.strip()
             if text:
@@ -70,50 +81,133 @@ def split_sentences(docs, nlp, batch_size: int, n_process: int) -> tuple[pl.Data
     return df.with_columns(sentence_index=pl.int_range(pl.len()).over("doc_id")), too_long
 
 
+class SplitWorker:
+    """A document part → its filtered sentences (corpus/split/): spaCy's splitter and the tokenizer, loaded once."""
+
+    def __init__(self, cfg, n_process: int):
+        self.cfg, self.n_process = cfg, n_process
+        self.nlp = load_spacy(cfg.corpus.spacy_model, purpose="sentences")
+        self.tok = load_tokenizer(cfg.model)
+
+    def __call__(self, unit: WorkUnit, progress=None) -> dict:
+        c = self.cfg.corpus
+        docs = read_part(unit.inputs[0])
+        sentences, paragraphs_too_long = split_sentences(docs, self.nlp, c.batch_size, self.n_process)
+        prose = np.array([is_prose(t, n, c) for t, n in zip(sentences["text"], sentences["n_words"])], dtype=bool)
+        kept = sentences.filter(pl.Series(prose, dtype=pl.Boolean))
+        texts = kept["text"].to_list()
+        n_pieces = [len(ids) for ids in self.tok(texts, add_special_tokens=False)["input_ids"]] if texts else []
+        kept = kept.with_columns(n_pieces=pl.Series(n_pieces, dtype=pl.Int64), n_chars=pl.col("text").str.len_chars())
+        too_short, too_long = kept["n_pieces"] < c.min_pieces, kept["n_pieces"] > c.max_pieces
+        kept = kept.filter(~too_short & ~too_long).select(*SPLIT_SCHEMA)
+        check_schema(kept, SPLIT_SCHEMA, unit.outputs[0].name)
+        counts = {"documents": docs.height, "paragraphs_too_long_skipped": paragraphs_too_long,
+                  "sentences_split": sentences.height, "dropped_non_prose": int((~prose).sum()),
+                  "dropped_too_few_pieces": int(too_short.sum()), "dropped_too_many_pieces": int(too_long.sum()),
+                  "sentences_after_filters": kept.height}
+        io.write_parquet(kept, unit.outputs[0])
+        io.write_json(counts, unit.outputs[1])  # written last: with the part, it marks the unit done
+        if progress:
+            progress(1)
+        return counts
+
+
+def write_documents(cfg, out: PartedOutput) -> dict:
+    """The source streamed into document parts (the split workers' inputs); skipped when already written."""
+    if out.finished:
+        return out.finished
+    counts = SourceCounts()
+    parts, chunk = [], []
+
+    def flush():
+        df = pl.DataFrame([(d.doc_id, d.title, d.paragraphs) for d in chunk], schema=DOCUMENT_SCHEMA, orient="row")
+        parts.append(io.write_parquet(df, out.path(len(parts))).name)
+        chunk.clear()
+
+    from tqdm.auto import tqdm
+
+    for doc in tqdm(iter_documents(cfg.corpus, cfg.seed, counts), desc="corpus: reading", unit="doc"):
+        chunk.append(doc)
+        if len(chunk) == cfg.corpus.part_documents:
+            flush()
+    if chunk:
+        flush()
+    meta = {"parts": parts, "source_records": counts.records, "documents_empty": counts.empty_documents,
+            "paragraphs_invalid_utf8_skipped": counts.invalid_utf8_paragraphs}
+    out.finish(meta)
+    return meta
+
+
+def select_sentences(cfg, split_paths: list[Path], kept_per_part: list[int], out: PartedOutput) -> dict:
+    """The kept sentences, sampled (seeded, uniform over all parts), numbered in corpus order and written in
+    parts of corpus.part_sentences; one split part and one output part in memory at a time."""
+    total = sum(kept_per_part)
+    keep = None
+    if cfg.corpus.max_sentences and cfg.corpus.max_sentences < total:
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(total, cfg.corpus.max_sentences, replace=False))
+    size = cfg.corpus.part_sentences
+    parts, buffer, offset, next_id, pieces = [], [], 0, 0, 0
+
+    def flush(df: pl.DataFrame):
+        nonlocal next_id, pieces
+        df = df.with_columns(sentence_id=pl.int_range(next_id, next_id + df.height, dtype=pl.Int64)).select(*SCHEMA)
+        check_schema(df, SCHEMA, "sentences")
+        parts.append(io.write_parquet(df, out.path(len(parts))).name)
+        next_id += df.height
+        pieces += int(df["n_pieces"].sum())
+
+    for path, n in zip(split_paths, kept_per_part):
+        df = read_part(path)
+        if keep is not None:
+            lo, hi = np.searchsorted(keep, [offset, offset + n])
+            df = df[keep[lo:hi] - offset]
+        offset += n
+        buffer.append(df)
+        while sum(b.height for b in buffer) >= size:
+            merged = pl.concat(buffer)
+            flush(merged.head(size))
+            buffer = [merged.slice(size)]
+    remainder = pl.concat(buffer) if buffer else pl.DataFrame(schema=SPLIT_SCHEMA)
+    if remainder.height:
+        flush(remainder)
+    meta = {"parts": parts, "sentences": next_id, "mean_pieces": round(pieces / max(next_id, 1), 2)}
+    out.finish(meta)
+    return meta
+
+
 def run(ctx) -> dict:
     cfg = ctx.cfg
-    docs, source_counts = read_documents(cfg.corpus, cfg.seed)
-    nlp = load_spacy(cfg.corpus.spacy_model, purpose="sentences")
-    ctx.record("spacy_sentences", spacy_identity(nlp))
-    sentences, paragraphs_too_long = split_sentences(docs, nlp, cfg.corpus.batch_size, processes(cfg.corpus.n_process))
-    n_split = sentences.height
-
-    prose = np.array([is_prose(t, n, cfg.corpus) for t, n in zip(sentences["text"], sentences["n_words"])], dtype=bool)
-    sentences = sentences.filter(pl.Series(prose))
-    tok = load_tokenizer(cfg.model)
-    n_pieces = [len(ids) for ids in tok(sentences["text"].to_list(), add_special_tokens=False)["input_ids"]] if sentences.height else []
-    sentences = sentences.with_columns(n_pieces=pl.Series(n_pieces, dtype=pl.Int64), n_chars=pl.col("text").str.len_chars())
-    too_short = sentences["n_pieces"] < cfg.corpus.min_pieces
-    too_long = sentences["n_pieces"] > cfg.corpus.max_pieces
-    sentences = sentences.filter(~too_short & ~too_long)
-    if sentences.height == 0:
-        raise PipelineError(f"no sentences left after filtering {n_split} split sentences "
+    ctx.record("spacy_sentences", spacy_identity(load_spacy(cfg.corpus.spacy_model, purpose="sentences")))
+    documents = write_documents(cfg, PartedOutput(ctx.output_path("corpus/documents"), ctx.fingerprint, ctx.force))
+    split = PartedOutput(ctx.output_path("corpus/split"), ctx.fingerprint, ctx.force)
+    units = [WorkUnit(k, (split.directory.parent / "documents" / name,), (split.path(k), split.path(k, ".json")), size=1)
+             for k, name in enumerate(documents["parts"])]
+    executor = make_executor(cfg.executor, tqdm_bar("part"))
+    n_process = 1 if cfg.executor.kind == "ray" else processes(cfg.corpus.n_process)  # Ray: one process per actor
+    report = executor.run(units, functools.partial(SplitWorker, cfg, n_process), Resources(),
+                          desc="corpus: splitting")
+    split_counts = [io.read_json(u.outputs[1]) for u in units]
+    split.finish({"parts": [u.outputs[0].name for u in units]})
+    totals = {k: sum(c[k] for c in split_counts) for k in SPLIT_COUNTS}
+    if totals["sentences_after_filters"] == 0:
+        raise PipelineError(f"no sentences left after filtering {totals['sentences_split']} split sentences "
                             "(check corpus.min_words, min_pieces, max_pieces, require_terminal_punctuation)")
-    n_filtered = sentences.height
-    if cfg.corpus.max_sentences and cfg.corpus.max_sentences < sentences.height:
-        keep = np.sort(np.random.default_rng(cfg.seed).choice(sentences.height, cfg.corpus.max_sentences, replace=False))
-        sentences = sentences[keep]
-    sentences = sentences.with_columns(sentence_id=pl.int_range(pl.len(), dtype=pl.Int64)).select(
-        "sentence_id", "doc_id", "doc_title", "sentence_index", "text", "n_chars", "n_words", "n_pieces")
-    ctx.write_parquet(sentences, "sentences.parquet")
+    sentences = select_sentences(cfg, [u.outputs[0] for u in units], [c["sentences_after_filters"] for c in split_counts],
+                                 PartedOutput(ctx.output_path("sentences"), ctx.fingerprint, ctx.force))
     return {
-        "source_records": source_counts.records,
-        "documents": len(docs),
-        "documents_empty": source_counts.empty_documents,
-        "paragraphs_invalid_utf8_skipped": source_counts.invalid_utf8_paragraphs,
-        "paragraphs_too_long_skipped": paragraphs_too_long,
-        "sentences_split": n_split,
-        "dropped_non_prose": int((~prose).sum()),
-        "dropped_too_few_pieces": int(too_short.sum()),
-        "dropped_too_many_pieces": int(too_long.sum()),
-        "sentences_after_filters": n_filtered,
-        "sentences": sentences.height,
-        "mean_pieces": round(float(sentences["n_pieces"].mean()), 2),
+        "source_records": documents["source_records"],
+        "documents": totals["documents"],
+        "documents_empty": documents["documents_empty"],
+        "paragraphs_invalid_utf8_skipped": documents["paragraphs_invalid_utf8_skipped"],
+        **{k: totals[k] for k in SPLIT_COUNTS if k != "documents"},
+        "sentences": sentences["sentences"],
+        "parts": len(sentences["parts"]), "split_parts_resumed": report.resumed,
+        "mean_pieces": sentences["mean_pieces"],
     }
 
 
 def summary(counts: dict) -> str:
-    return (f"{counts['sentences']} sentences from {counts['documents']} documents "
+    return (f"{counts['sentences']} sentences in {counts['parts']} parts from {counts['documents']} documents "
             f"({counts['sentences_split']} split, {counts['dropped_non_prose']} non-prose, "
             f"{counts['dropped_too_few_pieces']} too short, {counts['dropped_too_many_pieces']} too long, "
             f"{counts['paragraphs_invalid_utf8_skipped']} paragraphs with invalid UTF-8 and "

@@ -18,17 +18,18 @@ from pipeline.report import claims as claims_check
 from pipeline.report import figures
 from pipeline.report.html import embedded_png, escape, page, render_exemplar, table
 from pipeline.results import info as run_info
+from pipeline.parts import scan
 from pipeline.results import load
 from pipeline.stage import Output, check_schema
 
 NAME = "report"
 VERSION = 1
 INPUTS = ("head_metrics.parquet", "layer_metrics.parquet", "pos_share.parquet", "dep_share_by_layer.parquet",
-          "exemplars.parquet", "findings.parquet", "tokens.parquet", "corpus_stats.parquet", "attend/meta.json")
+          "exemplars.parquet", "findings.parquet", "tokens", "corpus_stats.parquet", "attend/meta.json")
 OUTPUTS = (Output("index.html", root="report"), Output("figures", root="report"),
            Output("claims.parquet", claims_check.SCHEMA))
 CONFIG = ("report",)
-NEEDED_TABLES = ("head_metrics", "layer_metrics", "pos_share", "dep_share_by_layer", "exemplars", "findings", "tokens")
+NEEDED_TABLES = ("head_metrics", "layer_metrics", "pos_share", "dep_share_by_layer", "exemplars", "findings")
 
 
 def default_exemplar_heads(heads: pl.DataFrame) -> list[tuple[int, int]]:
@@ -132,6 +133,8 @@ def build_report(run_dir: Path, out: Path, report_cfg) -> dict:
     missing = [t for t in NEEDED_TABLES if t not in tables]
     if missing:
         raise PipelineError(f"{run_dir} lacks {missing}: run the aggregate stage first")
+    ids = tables["exemplars"]["sentence_id"].unique().implode()
+    tables["tokens"] = scan(run_dir / "tokens").filter(pl.col("sentence_id").is_in(ids)).collect(engine="streaming")  # exemplars' only
     state = run_info(run_dir)
     status = state.get("metrics", {})
     claims = claims_check.evaluate(tables, state.get("model", {}), status)

@@ -13,4 +13,6 @@ def run(cfg, stages=ANALYSIS, **kwargs):
 
 
 def table(cfg, name: str) -> pl.DataFrame:
-    return pl.read_parquet(cfg.run_dir / f"{name}.parquet")
+    """A result table, or a parted one (sentences, tokens) read whole."""
+    parts = sorted((cfg.run_dir / name).glob("part-*.parquet"))
+    return pl.read_parquet(parts) if parts else pl.read_parquet(cfg.run_dir / f"{name}.parquet")

@@ -57,7 +57,11 @@ def tables(L: int = 12, H: int = 12, seed: int = 0) -> dict[str, pl.DataFrame]:
 
 def write_run(run_dir, t: dict[str, pl.DataFrame], model: dict | None = None, metrics: dict | None = None):
     for name, df in t.items():
-        io.write_parquet(df, run_dir / f"{name}.parquet")
+        if name in ("sentences", "tokens"):  # corpus-sized tables are parted
+            io.write_parquet(df, run_dir / name / "part-00000.parquet")
+            io.write_json({"parts": ["part-00000.parquet"]}, run_dir / name / "meta.json")
+        else:
+            io.write_parquet(df, run_dir / f"{name}.parquet")
     io.write_json({"run_name": run_dir.name, "model": model or {"name": "synthetic", "model_type": "gpt2", "num_layers": 12,
                                                                  "num_heads": 12}, "stages": {}, "metrics": metrics or {}},
                   run_dir / "run.json")

@@ -68,7 +68,7 @@ def finished_copy(tmp_path_factory, uniform_gpt2):
         "corpus": {"source": "text", "path": str(corpus), "spacy_model": SPACY_MODEL,
                    "min_words": 3, "min_pieces": 3},
         "model": {"name": str(uniform_gpt2), "device": "cpu"},
-        "attend": {"token_budget": 128, "shard_sentences": 5, "exemplars_per_head": 3},
+        "attend": {"token_budget": 128, "exemplars_per_head": 3},
         "report": {"formats": ["png"]}}))
     assert _ran(_run_cli(base, config)) == list(STAGE_NAMES)
     return base, config
@@ -92,7 +92,7 @@ def test_a_metric_is_one_new_module(finished_copy, tmp_path):
     heads = pl.read_parquet(run_dir / "head_metrics.parquet")
     layers = pl.read_parquet(run_dir / "layer_metrics.parquet")
     # Uniform attention: α_i,i-1 = 1/(i+1); non-null (i - 1 ≥ 1) from row 2 on; mass Σ i/(i+1) over rows i ≥ 1.
-    lengths = pl.read_parquet(run_dir / "tokens.parquet").group_by("sentence_id").len()["len"].to_list()
+    lengths = pl.read_parquet(sorted((run_dir / "tokens").glob("part-*.parquet"))).group_by("sentence_id").len()["len"].to_list()
     rows = [i for n in lengths for i in range(1, n)]
     expected = sum(1 / (i + 1) for i in rows if i >= 2) / sum(i / (i + 1) for i in rows)
     assert np.allclose(heads["previous_piece_share"].to_numpy(), expected, atol=1e-6)
@@ -147,10 +147,10 @@ def test_stages_read_only_declared_config_and_write_only_declared_outputs(tiny_g
         ctx.cfg.attend
     with pytest.raises(PipelineError, match="reads config 'model.device'"):
         ctx.cfg.model.device
-    with pytest.raises(PipelineError, match="writes 'tokens.parquet' without declaring it"):
-        ctx.write_parquet(pl.DataFrame({"a": [1]}), "tokens.parquet")
-    with pytest.raises(PipelineError, match="sentences.parquet does not match its declared schema: .*n_pieces"):
-        ctx.write_parquet(pl.DataFrame({"sentence_id": [1]}), "sentences.parquet")
+    with pytest.raises(PipelineError, match="writes 'tokens/part-00000.parquet' without declaring it"):
+        ctx.write_parquet(pl.DataFrame({"a": [1]}), "tokens/part-00000.parquet")
+    with pytest.raises(PipelineError, match="part-00000.parquet does not match its declared schema: .*n_pieces"):
+        ctx.write_parquet(pl.DataFrame({"sentence_id": [1]}), "sentences/part-00000.parquet")
     with pytest.raises(PipelineError, match="reads 'head_metrics.parquet' without declaring it"):
         Run(cfg, {}).context(annotate, "x", False).read_parquet("head_metrics.parquet")
 

@@ -107,14 +107,14 @@ def test_shares_sum_to_one_and_variability_in_unit_interval(tiny_run):
     assert np.isclose(freq["tag_frequency"].sum(), 1.0)
 
 
-@pytest.mark.parametrize("overrides", [("attend.token_budget=16", "attend.shard_sentences=1000"),  # batch size 1, one shard
-                                       ("attend.token_budget=4096", "attend.shard_sentences=3")])  # ≤64 per batch, 7 shards
-def test_batch_size_and_sharding_do_not_change_results(tiny_gpt2, config_factory, tiny_run, overrides):
+@pytest.mark.parametrize("overrides", [("attend.token_budget=16", "corpus.part_sentences=1000"),  # batch size 1, one part
+                                       ("attend.token_budget=4096", "corpus.part_sentences=3")])  # ≤64 per batch, 7 parts
+def test_batch_size_and_parts_do_not_change_results(tiny_gpt2, config_factory, tiny_run, overrides):
     cfg = config_factory(tiny_gpt2, *overrides, run_name="variant")
     run(cfg)
     n_sentences = table(cfg, "sentences").height
-    shards = run(cfg, stages=["attend"], force=True).state["stages"]["attend"]["counts"]["shards"]
-    assert shards == (1 if "attend.shard_sentences=1000" in overrides else math.ceil(n_sentences / 3))
+    parts = run(cfg, stages=["attend"], force=True).state["stages"]["attend"]["counts"]["parts"]
+    assert parts == (1 if "corpus.part_sentences=1000" in overrides else math.ceil(n_sentences / 3))
     run(cfg, stages=["aggregate"])
     for name, keys in (("head_metrics", ["layer", "head"]), ("pos_share", ["layer", "head", "direction", "tag"])):
         a, b = table(tiny_run, name), table(cfg, name)
@@ -149,22 +149,22 @@ def test_resume_after_interrupted_attend_matches_uninterrupted(tiny_gpt2, config
     import stages.attend as attend
 
     cfg = config_factory(tiny_gpt2, run_name="interrupted")
-    real_write, calls = attend.write_shard, []
+    real_call, calls = attend.AttendWorker.__call__, []
 
-    def failing_write(ctx, unit, sums):
-        if len(calls) == 2:
+    def killed_on_the_third_part(self, unit, progress=None):
+        if self.first_pass is not None and len(calls) == 2:  # main pass: killed on the third part
             raise KeyboardInterrupt("simulated kill")
-        calls.append(unit.index)
-        real_write(ctx, unit, sums)
+        calls.append(unit.index) if self.first_pass is not None else None
+        return real_call(self, unit, progress)
 
-    monkeypatch.setattr(attend, "write_shard", failing_write)
+    monkeypatch.setattr(attend.AttendWorker, "__call__", killed_on_the_third_part)
     with pytest.raises(KeyboardInterrupt):
         run(cfg)
-    assert sorted(p.name for p in (cfg.run_dir / "attend").glob("shard-*.npz")) == ["shard-00000.npz", "shard-00001.npz"]
+    assert sorted(p.name for p in (cfg.run_dir / "attend").glob("part-*.npz")) == ["part-00000.npz", "part-00001.npz"]
     assert not list((cfg.run_dir / "attend").glob(".*tmp"))
-    monkeypatch.setattr(attend, "write_shard", real_write)
+    monkeypatch.setattr(attend.AttendWorker, "__call__", real_call)
     state = run(cfg).state
-    assert state["stages"]["attend"]["counts"]["shards_resumed"] == 2
+    assert state["stages"]["attend"]["counts"]["parts_resumed"] == 2
     assert state["stages"]["corpus"]["status"] == "done"
     a, b = table(tiny_run, "head_metrics"), table(cfg, "head_metrics")
     assert_frames_close(a, b, ["layer", "head"], METRICS, atol=1e-9)

@@ -53,9 +53,10 @@ def _config_file(directory: Path, model: Path, corpus: Path) -> Path:
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump({
         "run_name": "crash", "data_dir": str(directory / "data"), "reports_dir": str(directory / "reports"),
-        "corpus": {"source": "text", "path": str(corpus), "spacy_model": SPACY_MODEL, "min_words": 3, "min_pieces": 3},
+        "corpus": {"source": "text", "path": str(corpus), "spacy_model": SPACY_MODEL, "min_words": 3, "min_pieces": 3,
+                   "part_sentences": 2},
         "model": {"name": str(model), "device": "cpu"},
-        "attend": {"token_budget": 64, "shard_sentences": 2, "exemplars_per_head": 3},
+        "attend": {"token_budget": 64, "exemplars_per_head": 3},
         "report": {"formats": ["png"]}}))
     return path
 
@@ -72,7 +73,8 @@ def _cli_to_the_end(config: Path) -> None:
 
 
 def _tables(run_dir: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(run_dir.glob("*.parquet"))}
+    paths = [*run_dir.glob("*.parquet"), *run_dir.glob("sentences/part-*.parquet"), *run_dir.glob("tokens/part-*.parquet")]
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(paths)}
 
 
 def test_sigkill_at_random_moments_in_every_stage_then_rerun_gives_identical_tables(tiny_gpt2, tmp_path):
@@ -108,32 +110,33 @@ def test_sigkill_at_random_moments_in_every_stage_then_rerun_gives_identical_tab
     assert not [p for p in crash.rglob("*.tmp") if "cache" not in p.relative_to(crash).parts]
 
 
-def test_a_damaged_shard_or_table_is_detected_and_recomputed(tiny_gpt2, config_factory):
+def test_a_damaged_part_or_table_is_detected_and_recomputed(tiny_gpt2, config_factory):
     from pipeline.io import read_npz
     from pipeline.runner import run_pipeline
 
     cfg = config_factory(tiny_gpt2)
     run(cfg)
-    shard = cfg.run_dir / "attend" / "shard-00001.npz"
+    shard = cfg.run_dir / "attend" / "part-00001.npz"
     original = read_npz(shard)
     shard.write_bytes(shard.read_bytes()[:100])  # truncated
     state = run(cfg).state
     counts = state["stages"]["attend"]["counts"]
-    assert counts["shards_damaged_recomputed"] == 1 and counts["shards_resumed"] == counts["shards"] - 1
-    assert "attend/shard-00001.npz" in state["integrity"]["files_failed_checksum"]
+    assert counts["parts_damaged_recomputed"] == 1 and counts["parts_resumed"] == counts["parts"] - 1
+    assert "attend/part-00001.npz" in state["integrity"]["files_failed_checksum"]
     repaired = read_npz(shard)
     assert repaired.keys() == original.keys() and all(np.array_equal(repaired[k], original[k]) for k in original)
-    for victim in ("attend/shard-00002.npz", "attend/.shard-00002.npz.sha256"):  # deleted with its checksum too
+    for victim in ("attend/part-00002.npz", "attend/.part-00002.npz.sha256"):  # deleted with its checksum too
         (cfg.run_dir / victim).unlink()
-    assert run(cfg).state["stages"]["attend"]["counts"]["shards_resumed"] == counts["shards"] - 1
-    tokens = cfg.run_dir / "tokens.parquet"
+    assert run(cfg).state["stages"]["attend"]["counts"]["parts_resumed"] == counts["parts"] - 1
+    tokens = cfg.run_dir / "tokens" / "part-00001.parquet"
     good = tokens.read_bytes()
-    tokens.write_bytes(b"PAR1 not a parquet file")
+    tokens.write_bytes(b"PAR1 not a parquet file")  # an unreadable part: that part alone is made again
     messages = []
-    run_pipeline(cfg, ANALYSIS, echo=messages.append)
+    annotate = run_pipeline(cfg, ANALYSIS, echo=messages.append).state["stages"]["annotate"]["counts"]
     ran = [m.split("]")[0][1:] for m in messages if "running" in m]
     assert ran == ["annotate"] and "damaged" in messages[1]  # rebuilt identically: attend and aggregate stay current
     assert tokens.read_bytes() == good
+    assert annotate["parts_damaged_recomputed"] == 1 and annotate["parts_resumed"] == annotate["parts"] - 1
     run(cfg, ["report"])
     (cfg.run_dir / "claims.parquet").write_bytes(b"damaged")  # the report's own output: rebuilt, never read
     assert run(cfg, ["report"]).state["stages"]["report"]["status"] == "done"
@@ -143,7 +146,8 @@ def test_a_damaged_shard_or_table_is_detected_and_recomputed(tiny_gpt2, config_f
         run(cfg, ["report"])
     cache = next((Path(cfg.data_dir) / "cache" / "spacy").glob("*.parquet"))
     cache.write_bytes(b"garbage")  # a damaged parse cache is parsed again, never read
-    assert run(cfg, ["annotate"], force=True).state["stages"]["annotate"]["counts"]["parse_cache_hit"] is False
+    again = run(cfg, ["annotate"], force=True).state["stages"]["annotate"]["counts"]
+    assert again["parse_cache_hits"] == again["parts"] - 1  # that part's parse is made again
 
 
 def _full_disk_for(target: str, monkeypatch):
@@ -176,8 +180,8 @@ def _denied_rename_for(target: str, monkeypatch):
 
 
 @pytest.mark.parametrize("inject, target, code", [
-    (_full_disk_for, "tokens.parquet", errno.ENOSPC),    # polars' writer
-    (_full_disk_for, "shard-00000.npz", errno.ENOSPC),   # numpy's writer
+    (_full_disk_for, "part-00000.parquet", errno.ENOSPC),  # polars' writer
+    (_full_disk_for, "part-00000.npz", errno.ENOSPC),      # numpy's writer
     (_denied_rename_for, "index.html", errno.EACCES),
 ])
 def test_a_failed_write_is_one_line_leaves_no_partial_file_and_a_rerun_completes(tiny_gpt2, config_factory, monkeypatch,
@@ -191,7 +195,7 @@ def test_a_failed_write_is_one_line_leaves_no_partial_file_and_a_rerun_completes
         inject(target, m)
         assert main(["run", "--config", str(config)]) == 2
     stderr = [line for line in re.split(r"[\r\n]", capsys.readouterr().err) if line.strip()]
-    err = [line for line in stderr if "%|" not in line]  # progress bars aside
+    err = [line for line in stderr if "%|" not in line and "/s]" not in line]  # progress bars aside
     assert len(err) == 1 and err[0] == stderr[-1] and err[0].startswith("error: cannot write ") and target in err[0], err
     assert os.strerror(code) in err[0] and f"({errno.errorcode[code]})" in err[0]
     left = [p for p in Path(cfg.data_dir).parent.rglob("*") if p.name.endswith(target) or p.name.endswith(".tmp")]

@@ -43,12 +43,12 @@ def test_tokens_table_carries_word_features_to_every_piece(tiny_gpt2, config_fac
     multi = tokens.group_by("sentence_id", "word_index").agg(pl.len(), pl.col("pos").n_unique(), pl.col("dep").n_unique())
     multi = multi.filter((pl.col("len") > 1) & (pl.col("word_index") >= 0))
     assert multi.height > 0 and (multi["pos"] == 1).all() and (multi["dep"] == 1).all()
-    assert counts["parse_cache_hit"] is False
+    assert counts["parse_cache_hits"] == 0
     stats = table(cfg, "corpus_stats")
     assert {"dependency_probability_at_distance", "mean_dependency_distance", "pos_frequency"} <= set(stats["statistic"])
     # A second tokenizer-identical run reuses the cached parse.
     other = config_factory(tiny_gpt2, run_name="again")
-    assert run(other, ["corpus", "annotate"]).state["stages"]["annotate"]["counts"]["parse_cache_hit"] is True
+    assert run(other, ["corpus", "annotate"]).state["stages"]["annotate"]["counts"]["parse_cache_hits"] == counts["parts"]
 
 
 def test_prepend_bos_makes_position_zero_the_bos_token(tiny_gpt2, config_factory):
@@ -77,12 +77,12 @@ def test_sentences_longer_than_the_model_are_truncated_or_dropped(tiny_gpt2, con
 def test_stage_is_skipped_when_current_and_redone_when_config_changes(tiny_gpt2, config_factory):
     cfg = config_factory(tiny_gpt2)
     run(cfg, ["corpus"])
-    first = (cfg.run_dir / "sentences.parquet").stat().st_mtime_ns
+    first = (cfg.run_dir / "sentences" / "part-00000.parquet").stat().st_mtime_ns
     messages = []
     from pipeline.runner import run_pipeline
 
     run_pipeline(cfg, ["corpus"], echo=messages.append)
-    assert "up to date" in messages[0] and (cfg.run_dir / "sentences.parquet").stat().st_mtime_ns == first
+    assert "up to date" in messages[0] and (cfg.run_dir / "sentences" / "part-00000.parquet").stat().st_mtime_ns == first
     run_pipeline(cfg, ["corpus"], force=True, echo=messages.append)
     assert "running" in messages[-2]
     changed = config_factory(tiny_gpt2, "corpus.max_sentences=4")

@@ -29,9 +29,10 @@ class DependencyLabels(Metric):
 
     def tables(self, sums, inputs) -> dict:
         vocab = inputs["dep_vocab"]
+        seen = pl.col("label").is_in(inputs["tokens"].select(pl.col("dep").unique()).collect(engine="streaming")["dep"].implode())
         by_layer = share_table(sums["dep_to"].sum(1, keepdims=True), sums["mass"].sum(1, keepdims=True), vocab, "label")
-        return {"dep_share": share_table(sums["dep_to"], sums["mass"], vocab, "label"),
-                "dep_share_by_layer": by_layer.drop("head")}
+        return {"dep_share": share_table(sums["dep_to"], sums["mass"], vocab, "label").filter(seen),
+                "dep_share_by_layer": by_layer.drop("head").filter(seen)}
 
 
 METRIC = DependencyLabels()

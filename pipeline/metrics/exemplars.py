@@ -51,7 +51,9 @@ class Exemplars(Metric):
                            "weight": ex["value"].ravel(), "attending_position": ex["i"].ravel().astype(np.int64),
                            "receiving_position": ex["j"].ravel().astype(np.int64), "attention_row": rows}
                           ).filter(pl.col("weight") > -np.inf)
-        tokens, sentences = inputs["tokens"], inputs["sentences"]
+        ids = pl.Series(df["sentence_id"].unique().sort().to_list(), dtype=pl.Int64).implode()
+        tokens = inputs["tokens"].filter(pl.col("sentence_id").is_in(ids)).collect(engine="streaming")  # lazy scans: only these sentences
+        sentences = inputs["sentences"].filter(pl.col("sentence_id").is_in(ids)).collect(engine="streaming")
         pieces = tokens.select("sentence_id", "position", "piece", "char_start", "char_end")
         for role in ("attending", "receiving"):
             df = df.join(pieces.rename({"position": f"{role}_position", "piece": f"{role}_piece",

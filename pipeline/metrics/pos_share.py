@@ -58,13 +58,14 @@ class PosShare(Metric):
                 "pos_from": torch.einsum("bhi,bip->bhp", sent, ctx.pos_onehot).to(sum_dtype).sum(0)}
 
     def tables(self, sums, inputs) -> dict:
-        tokens = inputs["tokens"]
+        tokens = inputs["tokens"]  # a lazy scan of every part: aggregated as it streams
         freq = (tokens.filter(pl.col("position") >= 1).group_by("pos").len()
-                .select(tag="pos", tag_frequency=pl.col("len") / pl.col("len").sum()))
+                .select(tag="pos", tag_frequency=pl.col("len") / pl.col("len").sum()).collect(engine="streaming"))
+        present = tokens.select(pl.col("pos").unique()).collect(engine="streaming")["pos"]  # the label set, less labels never seen
         parts = [share_table(sums[f"pos_{d}"], sums["mass"], inputs["pos_vocab"], "tag").with_columns(direction=pl.lit(d))
                  for d in ("to", "from")]
-        table = (pl.concat(parts).join(freq, on="tag", how="left").with_columns(pl.col("tag_frequency").fill_null(0.0))
-                 .select(*SCHEMA))
+        table = (pl.concat(parts).filter(pl.col("tag").is_in(present.implode())).join(freq, on="tag", how="left")
+                 .with_columns(pl.col("tag_frequency").fill_null(0.0)).select(*SCHEMA))
         return {"pos_share": table}
 
     def claims(self, c) -> list[Claim]:
