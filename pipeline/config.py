@@ -56,6 +56,8 @@ class AnnotateConfig(_Section):
     n_process: PositiveInt | Literal["auto"] = Field(1, description="spaCy worker processes for the parse; auto: the cores.")
     batch_size: int = Field(256, ge=1, description="spaCy nlp.pipe batch size.")
     dependency_distances: int = Field(30, ge=1, description="d = 1..this in corpus statistics.")
+    tagset: Literal["ud", "paper"] = Field("ud", description="ud: spaCy 3's Universal POS; paper: spaCy 2's coarse "
+                                                             "tags, a function of the fine-grained tag (no AUX, no SCONJ).")
 
 
 class ModelConfig(_Section):

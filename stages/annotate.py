@@ -154,9 +154,32 @@ def prepend_bos(pieces: pl.DataFrame, tok) -> pl.DataFrame:
     return pl.concat([first, pieces]).with_columns(pl.col("position") + 1).sort("sentence_id", "position")
 
 
+# spaCy 2's English coarse tags, which the paper used: a fixed function of the fine-grained (Penn Treebank) tag,
+# where spaCy 3 decides AUX and SCONJ from context. Every verb tag is VERB (auxiliaries and, as in spaCy 2.0,
+# modals included: spaCy 3 has AUX), every IN is ADP (spaCy 3 has SCONJ for subordinators), RP is ADP.
+# The 16 tags: ADJ ADP ADV CCONJ DET INTJ NOUN NUM PART PRON PROPN PUNCT SPACE SYM VERB X.
+PAPER_TAGS = {
+    **dict.fromkeys([".", ",", ":", "-LRB-", "-RRB-", "``", "''", '""', "HYPH", "NFP"], "PUNCT"),
+    **dict.fromkeys(["$", "#", "SYM"], "SYM"), **dict.fromkeys(["AFX", "JJ", "JJR", "JJS"], "ADJ"),
+    "CC": "CCONJ", "CD": "NUM", **dict.fromkeys(["DT", "PDT"], "DET"),
+    **dict.fromkeys(["EX", "PRP", "PRP$", "WDT", "WP", "WP$"], "PRON"),
+    **dict.fromkeys(["FW", "LS", "ADD", "GW", "XX"], "X"), **dict.fromkeys(["IN", "RP"], "ADP"),
+    **dict.fromkeys(["MD", "VB", "VBD", "VBG", "VBN", "VBP", "VBZ", "BES", "HVS"], "VERB"),
+    **dict.fromkeys(["NN", "NNS"], "NOUN"), **dict.fromkeys(["NNP", "NNPS"], "PROPN"),
+    **dict.fromkeys(["POS", "TO"], "PART"), **dict.fromkeys(["RB", "RBR", "RBS", "WRB"], "ADV"),
+    "UH": "INTJ", **dict.fromkeys(["SP", "_SP"], "SPACE"),
+}
+
+
+def paper_tags(pieces: pl.DataFrame) -> pl.DataFrame:
+    """pos from the fine-grained tag as spaCy 2 gave it; a tag outside the table keeps spaCy 3's pos."""
+    return pieces.with_columns(pos=pl.col("tag").replace_strict(PAPER_TAGS, default=pl.col("pos"), return_dtype=pl.String))
+
+
 def label_sets(nlp, prepend_bos: bool) -> dict[str, list[str]]:
-    """The tag vocabularies from the spaCy model (before any parsing): every Universal POS tag spaCy knows,
-    the parser's dependency labels, and our own labels for pieces without a word ("_") and BOS."""
+    """The tag vocabularies from the spaCy model (before any parsing): every Universal POS tag spaCy knows
+    (the paper's 16 among them), the parser's dependency labels, and our own labels for pieces without a
+    word ("_") and BOS."""
     from spacy.parts_of_speech import IDS
 
     pos = set(IDS) | ({"BOS"} if prepend_bos else set())  # "" included: a pipeline without a tagger gives it
@@ -191,6 +214,8 @@ class AnnotateWorker:
         words, cache_hit = cached_parse(self.nlp, sentences, self.cache_dir, cfg.annotate.batch_size, self.n_process)
         pieces, counts = align_corpus(sentences, words, self.tok)
         pieces, n_too_long = apply_length_limit(pieces, self.limit, cfg.model.too_long)
+        if cfg.annotate.tagset == "paper":
+            pieces = paper_tags(pieces)
         if cfg.model.prepend_bos and pieces.height:
             pieces = prepend_bos(pieces, self.tok)
         return self.write(unit, sentences, words, pieces.sort("sentence_id", "position"), counts, cache_hit, n_too_long,

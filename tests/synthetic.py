@@ -24,7 +24,8 @@ def tables(L: int = 12, H: int = 12, seed: int = 0) -> dict[str, pl.DataFrame]:
         "entropy_rows": np.full(L * H, 50.0), "entropy_skipped": np.zeros(L * H), "var_abs_dev": np.ones(L * H), "var_mass": np.ones(L * H),
     })
     layers = heads.group_by("layer").agg(pl.col(c).mean() for c in heads.columns if c not in ("layer", "head")).sort("layer")
-    layers = layers.with_columns(baseline_dep_pair_share=pl.lit(0.1))
+    layers = layers.with_columns(baseline_attending_parent=pl.lit(0.04), baseline_receiving_parent=pl.lit(0.06),
+                                 baseline_dep_pair_share=pl.lit(0.1))
     pos_rows = []
     for direction in ("to", "from"):
         share = rng.random((L * H, len(TAGS)))

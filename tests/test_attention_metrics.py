@@ -65,6 +65,19 @@ def test_layer_metrics_are_ratios_of_summed_sums(tiny_run):
     assert np.allclose(by_layer["distance"], layers["mean_distance"])
     baseline = layers["baseline_dep_pair_share"]
     assert baseline.n_unique() == 1 and 0 < baseline[0] < 1
+    # Fig. 8's baselines against a slow count over the tokens: pairs i ≥ 2, 1 ≤ j < i (no diagonal)
+    pairs, attending, receiving = 0, 0, 0
+    for sentence in table(tiny_run, "tokens").partition_by("sentence_id", maintain_order=True):
+        word, head = sentence["word_index"].to_list(), sentence["head_word_index"].to_list()
+        for i in range(2, len(word)):
+            for j in range(1, i):
+                pairs += 1
+                if word[i] >= 0 and word[j] >= 0 and word[i] != word[j]:
+                    attending += head[j] == word[i]
+                    receiving += head[i] == word[j]
+    assert layers["baseline_attending_parent"][0] == pytest.approx(attending / pairs, rel=1e-12)
+    assert layers["baseline_receiving_parent"][0] == pytest.approx(receiving / pairs, rel=1e-12)
+    assert baseline[0] == pytest.approx((attending + receiving) / pairs, rel=1e-12)
 
 
 def test_uniform_attention_closed_forms(uniform_gpt2, config_factory):

@@ -41,7 +41,8 @@ def test_dependency_alignment_lines_and_baseline():
     fig = figures.dependency_alignment(t["layer_metrics"])
     lines = fig.axes[0].get_lines()
     assert np.allclose(lines[0].get_ydata(), t["layer_metrics"]["dep_align_either"])
-    assert lines[-1].get_ydata()[0] == pytest.approx(0.1)  # the baseline
+    baselines = [line.get_ydata()[0] for line in lines if line.get_linestyle() == "--"]
+    assert baselines == pytest.approx([0.1, 0.04, 0.06])  # one per formulation, in its colour
 
 
 def _claim(t, model=None):
@@ -199,3 +200,14 @@ def test_a_head_without_attention_never_tops_a_ranking():
                                    .otherwise(pl.col("value")))
     c = _claim({**t, "head_metrics": undefined, "layer_metrics": nan_layers, "findings": f})  # no crash
     assert c["l4h11_top_alignment"]["applicable"] is False and c["distance_deepest"]["applicable"] is False
+
+
+def test_dependency_labels_are_absolute_and_keep_the_discussed_labels():
+    df = pl.DataFrame({"layer": [0, 1, 0, 1, 0, 1], "label": ["punct", "punct", "expl", "expl", "_", "_"],
+                       "share": [0.3, 0.1, 0.001, 0.002, 0.5, 0.5]})
+    ax = figures.dependency_labels(df, top=5).axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == [*figures.DISCUSSED_LABELS, "punct"]  # the discussed ones first, even absent; "_" never
+    data = ax.images[0].get_array()
+    assert data[labels.index("punct"), 0] == 0.3 and data[labels.index("expl"), 1] == 0.002  # absolute shares
+    assert (data[labels.index("csubjpass")] == 0).all()

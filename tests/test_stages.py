@@ -161,3 +161,22 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(PipelineError, match=r"cannot write .*x.npz: No space left on device \(ENOSPC\)"):
         io.write_npz({"a": np.zeros(3)}, tmp_path / "x.npz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_paper_tagset_is_spacy2s_function_of_the_fine_tag(tiny_gpt2, config_factory):
+    from stages.annotate import PAPER_TAGS
+
+    ud = config_factory(tiny_gpt2, run_name="ud")
+    paper = config_factory(tiny_gpt2, "annotate.tagset=paper", run_name="paper")
+    run(ud, ["corpus", "annotate"])
+    run(paper, ["corpus", "annotate"])
+    a, b = table(ud, "tokens"), table(paper, "tokens")
+    assert a.select(pl.exclude("pos")).equals(b.select(pl.exclude("pos")))  # only pos differs
+    assert {"AUX", "SCONJ"} & set(a["pos"]) and not {"AUX", "SCONJ"} & set(b["pos"])
+    assert set(b["pos"]) <= {"ADJ", "ADP", "ADV", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN",
+                             "PUNCT", "SPACE", "SYM", "VERB", "X"}  # the paper's 16
+    assert b["pos"].to_list() == [PAPER_TAGS[t] for t in b["tag"]]
+    was = b.filter(pl.col("piece") == "Ġwas")  # an auxiliary in spaCy 3 ("was certified"), a verb in spaCy 2
+    assert was.height and set(was["pos"]) == {"VERB"}
+    stats = table(paper, "corpus_stats").filter(pl.col("statistic") == "pos_frequency")
+    assert set(stats["key"]) == set(b["pos"])

@@ -1,8 +1,9 @@
 """Dependency alignment (Eq. 4, Fig. 8): the share of a head's non-null attention between pieces whose
 words are in a dependency relation, in the paper's three formulations: the attending piece's word is
 the parent (variant 1), the receiving piece's word is the parent (variant 2), either (variant 3,
-the sum: pieces of the same word are never related). The baseline is the share of piece pairs
-(i ≥ 1, 1 ≤ j ≤ i) whose words are related."""
+the sum: pieces of the same word are never related). Each variant has its baseline: the share of
+piece pairs (i ≥ 2, 1 ≤ j < i: the diagonal i = j, a piece with itself, can never be related) whose
+words are related in that way."""
 
 from __future__ import annotations
 
@@ -17,19 +18,22 @@ class DependencyAlignment(Metric):
     order = 30
     description = "Share of non-null attention between pieces of a dependency parent and its child (three variants)."
     columns = ("dep_align_attending_parent", "dep_align_receiving_parent", "dep_align_either")
-    layer_extra_columns = ("baseline_dep_pair_share",)
+    layer_extra_columns = ("baseline_attending_parent", "baseline_receiving_parent", "baseline_dep_pair_share")
     figures = (FigureSpec(
         "fig08_dependency_alignment", "Dependency alignment by layer (Fig. 8)",
-        "Eq. 4 per layer, from the layer's summed numerators and denominators, for the three formulations; the dashed "
-        "line is the share of piece pairs (i ≥ 1, 1 ≤ j ≤ i) whose words are in a dependency relation.",
+        "Eq. 4 per layer, from the layer's summed numerators and denominators, for the three formulations; each dashed "
+        "line, in its formulation's colour, is its baseline: the share of piece pairs (i ≥ 2, 1 ≤ j < i; the diagonal "
+        "i = j is left out, as a piece is never related to itself) whose words are related that way.",
         "dependency_alignment", inputs=("layer_metrics",)),)
 
     def pair_features(self, batch) -> dict:
         return {"dep_attending_parent": batch.attending_parent, "dep_receiving_parent": batch.receiving_parent}
 
     def batch_sums(self, batch) -> dict:
-        return {"pairs": batch.nonnull.sum().to(batch.sum_dtype).reshape(1),
-                "pairs_related": (batch.attending_parent | batch.receiving_parent).sum().to(batch.sum_dtype).reshape(1)}
+        off_diagonal = batch.nonnull.sum() - batch.attending.sum()  # nonnull holds (i, i) once per attending row
+        return {"pairs": off_diagonal.to(batch.sum_dtype).reshape(1),
+                "pairs_attending_parent": batch.attending_parent.sum().to(batch.sum_dtype).reshape(1),
+                "pairs_receiving_parent": batch.receiving_parent.sum().to(batch.sum_dtype).reshape(1)}
 
     def ratios(self, get) -> dict:
         return {"dep_align_attending_parent": ratio(get("dep_attending_parent"), get("mass")),
@@ -37,8 +41,11 @@ class DependencyAlignment(Metric):
                 "dep_align_either": ratio(get("dep_attending_parent") + get("dep_receiving_parent"), get("mass"))}
 
     def layer_columns(self, sums) -> dict:
-        L = sums["mass"].shape[0]
-        return {"baseline_dep_pair_share": [float(ratio(sums["pairs_related"].sum(), sums["pairs"].sum()))] * L}
+        L, pairs = sums["mass"].shape[0], sums["pairs"].sum()
+        attending, receiving = sums["pairs_attending_parent"].sum(), sums["pairs_receiving_parent"].sum()
+        return {"baseline_attending_parent": [float(ratio(attending, pairs))] * L,
+                "baseline_receiving_parent": [float(ratio(receiving, pairs))] * L,
+                "baseline_dep_pair_share": [float(ratio(attending + receiving, pairs))] * L}
 
     def findings(self, heads, layers, sums) -> list[Finding]:
         top = ranked(layers, "dep_align_either")

@@ -19,8 +19,9 @@ class DependencyLabels(Metric):
                      "dep_share_by_layer": {"layer": pl.Int32, "label": pl.String, "share": pl.Float64}}
     figures = (FigureSpec(
         "fig09_dependency_labels", "Attention to dependency labels by layer (Fig. 9)",
-        "Share of each layer's non-null attention received by pieces of each dependency label, scaled per label to its "
-        "maximum over layers so that the depth profile of rare and frequent labels is equally visible.",
+        "Share of each layer's non-null attention received by pieces of each dependency label (absolute, on a square-root "
+        "colour scale). Above the line: every label section 5.3.2 discusses (subjects: nsubj, nsubjpass, csubj, "
+        "csubjpass; aux, cc, det, expl, neg), however rare; below it, the most-attended other labels.",
         "dependency_labels", inputs=("dep_share_by_layer",)),)
 
     def reduce_layer(self, layer) -> dict:

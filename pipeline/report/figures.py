@@ -81,11 +81,13 @@ def tag_small_multiples(pos: pl.DataFrame, direction: str, min_frequency: float 
 def dependency_alignment(layers: pl.DataFrame) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(max(5, 0.25 * layers.height + 3), 3.8), layout="constrained")
     x = layers["layer"].to_numpy()
-    for column, label, color in (("dep_align_either", "either is parent", "tab:blue"),
-                                 ("dep_align_attending_parent", "attending piece is parent", "tab:green"),
-                                 ("dep_align_receiving_parent", "receiving piece is parent", "tab:purple")):
+    for column, baseline, label, color in (
+            ("dep_align_either", "baseline_dep_pair_share", "either is parent", "tab:blue"),
+            ("dep_align_attending_parent", "baseline_attending_parent", "attending piece is parent", "tab:green"),
+            ("dep_align_receiving_parent", "baseline_receiving_parent", "receiving piece is parent", "tab:purple")):
         ax.plot(x, layers[column], marker="o", ms=3, label=label, color=color)
-    ax.axhline(layers["baseline_dep_pair_share"][0], color="tab:orange", ls="--", label="baseline: pairs in a relation")
+        if baseline in layers.columns:
+            ax.axhline(layers[baseline][0], color=color, ls="--", lw=1, label=f"baseline: {label}")
     ax.set_xlabel("layer")
     ax.set_ylabel("dependency alignment")
     ax.set_xticks(_ticks(len(x)))
@@ -94,22 +96,31 @@ def dependency_alignment(layers: pl.DataFrame) -> plt.Figure:
     return fig
 
 
-def dependency_labels(dep_by_layer: pl.DataFrame, top: int = 20) -> plt.Figure:
-    """Rows: the `top` most-attended labels; colour: each label's share relative to its own maximum over layers."""
-    totals = dep_by_layer.group_by("label").agg(pl.col("share").mean()).filter(pl.col("label") != "_")
-    labels = totals.sort("share", descending=True).head(top)["label"].to_list()
+# The labels section 5.3.2 discusses (subjects deeper; auxiliaries, conjunctions, determiners, expletives and
+# negations lower): always drawn, however rare; the most-attended others are added after them.
+DISCUSSED_LABELS = ("nsubj", "nsubjpass", "csubj", "csubjpass", "aux", "cc", "det", "expl", "neg")
+
+
+def dependency_labels(dep_by_layer: pl.DataFrame, top: int = 12) -> plt.Figure:
+    """Rows: the discussed labels, then the `top` most-attended others; colour: the absolute share of the layer's
+    non-null attention (a square-root scale, so that rare labels stay visible without being rescaled)."""
+    totals = dep_by_layer.group_by("label").agg(pl.col("share").mean()).filter(~pl.col("label").is_in(["_", ""]))
+    others = [lab for lab in totals.sort("share", descending=True, maintain_order=True)["label"].to_list()
+              if lab not in DISCUSSED_LABELS][:top]
+    labels = [*DISCUSSED_LABELS, *others]
     L = int(dep_by_layer["layer"].max()) + 1
-    values = np.zeros((len(labels), L))
+    values = np.zeros((len(labels), L))  # a discussed label the corpus never has is a row of zeros, not dropped
     for k, label in enumerate(labels):
         rows = dep_by_layer.filter(pl.col("label") == label).sort("layer")
-        values[k, rows["layer"].to_numpy()] = rows["share"].to_numpy()
-    scaled = values / np.where(values.max(1, keepdims=True) > 0, values.max(1, keepdims=True), 1)
+        values[k, rows["layer"].to_numpy()] = np.nan_to_num(rows["share"].to_numpy())
     fig, ax = plt.subplots(figsize=(max(5, 0.3 * L + 3), 0.3 * len(labels) + 1.8), layout="constrained")
-    im = ax.imshow(scaled, aspect="auto", cmap=CMAP, interpolation="nearest")
+    im = ax.imshow(values, aspect="auto", cmap=CMAP, interpolation="nearest",
+                   norm=matplotlib.colors.PowerNorm(0.5, vmin=0, vmax=max(float(values.max()), 1e-12)))
     ax.set_yticks(range(len(labels)), labels)
+    ax.axhline(len(DISCUSSED_LABELS) - 0.5, color="white", lw=1.5)
     ax.set_xticks(_ticks(L))
     ax.set_xlabel("layer")
-    fig.colorbar(im, ax=ax, label="share / label's max over layers")
+    fig.colorbar(im, ax=ax, label="share of the layer's non-null attention")
     ax.set_title("Attention received by each dependency label, by layer")
     return fig
 
