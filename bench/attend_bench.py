@@ -61,7 +61,6 @@ def prepare(config: str, sentences: int, overrides: list[str], label: str) -> Pa
 
 def measure(approach: str, config: str, run_dir: Path, limit: int | None, overrides: list[str]) -> dict:
     import numpy as np
-    import polars as pl
     import torch
 
     from pipeline.config import load_config

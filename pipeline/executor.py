@@ -82,6 +82,19 @@ def pending(units: list[WorkUnit]) -> list[WorkUnit]:
     return [u for u in units if not u.done]
 
 
+def open_bar(progress_bar: Callable | None, units: list[WorkUnit], todo: list[WorkUnit], desc: str):
+    """A bar over the sentences of all units, starting at those of the finished ones; None without a bar."""
+    if progress_bar is None:
+        return None
+    total = sum(u.size for u in units)
+    return progress_bar(total, total - sum(u.size for u in todo), desc)
+
+
+def execution_report(units: list[WorkUnit], todo: list[WorkUnit], counts: dict, damaged: int) -> ExecutionReport:
+    return ExecutionReport(units=len(units), resumed=len(units) - len(todo), computed=len(todo), counts=counts,
+                           damaged=damaged)
+
+
 class LocalExecutor:
     """One worker in this process; units in order; progress reported per batch through the worker."""
 
@@ -93,8 +106,7 @@ class LocalExecutor:
         counts, damaged = {}, sum(u.damaged for u in todo)
         if todo:
             worker = make_worker()
-            total = sum(u.size for u in units)
-            bar = self.progress_bar(total, total - sum(u.size for u in todo), desc) if self.progress_bar else None
+            bar = open_bar(self.progress_bar, units, todo, desc)
             try:
                 for unit in todo:
                     counts[unit.index] = worker(unit, bar.update if bar else None)
@@ -102,8 +114,7 @@ class LocalExecutor:
             finally:
                 if bar:
                     bar.close()
-        return ExecutionReport(units=len(units), resumed=len(units) - len(todo), computed=len(todo), counts=counts,
-                               damaged=damaged)
+        return execution_report(units, todo, counts, damaged)
 
 
 def make_executor(cfg, progress_bar: Callable | None = None) -> Executor:

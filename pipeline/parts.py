@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+
 import polars as pl
 
 from pipeline import io
@@ -81,7 +82,11 @@ def read_part(path: Path) -> pl.DataFrame:
 
 def scan(directory: Path) -> pl.LazyFrame:
     """All parts as one lazy frame: filters and aggregations stream over the parts."""
-    paths = part_paths(directory)
+    return scan_parts(part_paths(directory), directory)
+
+
+def scan_parts(paths: list[Path], where: Path | None = None) -> pl.LazyFrame:
+    """Parts already checked (`part_paths`) as one lazy frame."""
     if not paths:
-        raise PipelineError(f"{directory} has no parts")
+        raise PipelineError(f"{where or 'the parted output'} has no parts")
     return pl.scan_parquet([str(p) for p in paths])

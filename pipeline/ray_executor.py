@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.executor import ExecutionReport, Resources, WorkUnit, pending
+from pipeline.executor import ExecutionReport, Resources, WorkUnit, execution_report, open_bar, pending
 
 QUIET = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_LOG_LEVEL": "WARNING", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
 
@@ -123,7 +123,7 @@ class RayExecutor:
         counts: dict[int, dict] = {}
         n_damaged = sum(u.damaged for u in todo)
         if not todo:
-            return ExecutionReport(units=len(units), resumed=len(units), computed=0, counts=counts)
+            return execution_report(units, todo, counts, n_damaged)
         ray = connect(self.cfg)
         import ray.data
 
@@ -133,8 +133,7 @@ class RayExecutor:
             UnitActor, batch_size=1, batch_format="numpy", fn_constructor_args=(make_worker, by_index),
             compute=ray.data.ActorPoolStrategy(size=min(size, len(todo))),
             max_restarts=3, max_task_retries=3, **actor_resources)  # a unit that kills every actor it meets fails
-        total = sum(u.size for u in units)
-        bar = self.progress_bar(total, total - sum(u.size for u in todo), f"{desc} (ray, {size} actors)") if self.progress_bar else None
+        bar = open_bar(self.progress_bar, units, todo, f"{desc} (ray, {size} actors)")
         started = time.perf_counter()
         try:
             for row in ds.iter_rows():
@@ -160,5 +159,4 @@ class RayExecutor:
         if missing:
             raise PipelineError(f"{desc}: Ray returned no result for unit(s) {missing[:5]} after "
                                 f"{time.perf_counter() - started:.0f}s; rerun to resume")
-        return ExecutionReport(units=len(units), resumed=len(units) - len(todo), computed=len(todo), counts=counts,
-                               damaged=n_damaged)
+        return execution_report(units, todo, counts, n_damaged)

@@ -76,11 +76,6 @@ def statistics_table(counts: dict, max_distance: int = 30) -> pl.DataFrame:
     return df.join(paper, on=["statistic", "key"], how="left", maintain_order="left")
 
 
-def corpus_statistics(tokens: pl.DataFrame, max_distance: int = 30) -> pl.DataFrame:
-    """The corpus_stats table of tokens held in memory (one part's counts, finished)."""
-    return statistics_table(statistic_counts(tokens), max_distance)
-
-
 def format_comparison(stats: pl.DataFrame) -> str:
     lines = [f"{'statistic':<40}{'ours':>10}{'paper':>10}"]
     for row in stats.filter(pl.col("paper_value").is_not_null()).iter_rows(named=True):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+
 from pipeline import io
 from pipeline.alignment import align_pieces
 from pipeline.config import fingerprint as content_hash

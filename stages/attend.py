@@ -18,7 +18,6 @@ import resource
 import time
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import torch
 
@@ -28,7 +27,7 @@ from pipeline.errors import PipelineError
 from pipeline.executor import Resources, WorkUnit, make_executor, tqdm_bar
 from pipeline.models import load_adapter, resolve_device
 from pipeline.models.loading import local_identity, resolve_source
-from pipeline.parts import PartedOutput, part_paths, read_meta, read_part
+from pipeline.parts import PartedOutput, part_paths, read_meta, read_part, scan_parts
 from pipeline.stage import Output
 from pipeline.sums import Sums
 
@@ -96,21 +95,13 @@ class AttendWorker:
                 "seconds": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(self.adapter.device), **events}
 
 
-def merge_first_pass(paths: list[Path]) -> dict[str, np.ndarray]:
-    total: dict[str, np.ndarray] = {}
-    for path in paths:
-        for k, v in io.read_npz(path).items():
-            total[k] = total[k] + v if k in total else v
-    return total
-
-
 def run(ctx) -> dict:
     a, cfg = ctx.cfg.attend, ctx.cfg
     tokens_dir = ctx.input_path("tokens")
     inputs, vocab = part_paths(tokens_dir), read_meta(tokens_dir)
     vocab = {"pos_vocab": vocab["pos_vocab"], "dep_vocab": vocab["dep_vocab"]}
     out = PartedOutput(ctx.output_path("attend"), ctx.fingerprint, ctx.force)
-    scan = pl.scan_parquet([str(p) for p in inputs])
+    scan = scan_parts(inputs)
     per_part = [int(pl.scan_parquet(p).select(pl.col("sentence_id").n_unique()).collect(engine="streaming").item()) for p in inputs]
     row_width = int(scan.select(pl.col("position").max()).collect(engine="streaming").item() or 0) + 1
 
@@ -132,7 +123,8 @@ def run(ctx) -> dict:
     if any(m.first_pass_positions(a) for m in metrics.enabled(a)):
         first_report = executor.run(first_units, functools.partial(AttendWorker, cfg, vocab, row_width), resources,
                                     desc="attend: first pass")
-        merged = first_pass_results(a, merge_first_pass([u.outputs[0] for u in first_units]))  # cheap: always
+        parts = Sums.merge(Sums(io.read_npz(u.outputs[0])) for u in first_units)  # cheap: always
+        merged = first_pass_results(a, parts.additive)
     else:
         merged = {}
     io.write_npz(merged, first_path)
