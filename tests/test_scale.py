@@ -191,3 +191,29 @@ def test_a_corpus_part_with_no_prose_is_counted(tmp_path, tiny_gpt2, corpus_file
     split = sorted((cfg.run_dir / "corpus" / "split").glob("part-*.parquet"))
     assert len(split) == 7 and pl.read_parquet(split[-1]).height == 0 and counts["dropped_non_prose"] >= 1
     assert counts["sentences"] == table(cfg, "sentences").height > 0
+
+
+def test_corpus_statistics_merged_over_parts_match_a_slow_count(local_run):
+    """corpus_stats is the sum of five parts' counts: the same numbers as one loop over every pair of the corpus."""
+    from collections import Counter
+
+    tokens = table(local_run, "tokens")
+    pairs, related = Counter(), Counter()
+    for sentence in tokens.partition_by("sentence_id", maintain_order=True):
+        word, head = sentence["word_index"].to_list(), sentence["head_word_index"].to_list()
+        for i in range(len(word)):
+            for j in range(i):
+                pairs[i - j] += 1
+                if word[i] >= 0 and word[j] >= 0 and word[i] != word[j] and (head[i] == word[j] or head[j] == word[i]):
+                    related[i - j] += 1
+    stats = {(r["statistic"], r["key"]): r["value"] for r in table(local_run, "corpus_stats").iter_rows(named=True)}
+    for d in range(1, 31):
+        if pairs[d]:
+            assert stats[("dependency_probability_at_distance", str(d))] == pytest.approx(related[d] / pairs[d], rel=1e-12)
+    total = sum(related.values())
+    assert stats[("mean_dependency_distance", "")] == pytest.approx(sum(d * n for d, n in related.items()) / total, rel=1e-12)
+    assert stats[("share_dependencies_within_18", "")] == pytest.approx(
+        sum(n for d, n in related.items() if d <= 18) / total, rel=1e-12)
+    assert stats[("mean_sentence_pieces", "")] == pytest.approx(tokens.height / tokens["sentence_id"].n_unique(), rel=1e-12)
+    for tag, n in Counter(tokens["pos"].to_list()).items():
+        assert stats[("pos_frequency", tag)] == pytest.approx(n / tokens.height, rel=1e-12)
