@@ -21,14 +21,20 @@ class _Section(BaseModel):
 
 class CorpusConfig(_Section):
     source: Literal["wikitext_raw", "text", "jsonl", "parquet", "hub"] = "wikitext_raw"
-    path: str | None = Field(None, description="Local file (wikitext_raw, text, jsonl, parquet).")
+    path: str | None = Field(None, description="Local file (wikitext_raw, text, jsonl); for parquet also a "
+                                               "directory of .parquet files or a glob.")
     hub_name: str | None = Field(None, description="Dataset id on the hub, e.g. wikimedia/wikipedia.")
     hub_config: str | None = None
     split: str = "train"
     text_field: str = "text"
-    shuffle_buffer: int = Field(10_000, ge=1, description="Streaming shuffle buffer for hub sources.")
-    max_documents: int | None = Field(None, ge=1, description="Sample this many documents (seeded).")
-    max_sentences: int | None = Field(None, ge=1, description="Sample this many sentences (seeded).")
+    shuffle_buffer: int = Field(10_000, ge=1, description="Streaming shuffle buffer, only for hub datasets that "
+                                                          "are not Parquet (the fallback; not a uniform sample).")
+    max_documents: int | None = Field(None, ge=1, description="Sample this many documents (seeded, uniform; Parquet: "
+                                                              "from the footers, reading only the chosen row groups).")
+    max_sentences: int | None = Field(None, ge=1, description="Sample this many sentences (seeded): the quantitative analysis.")
+    exemplar_sentences: int | None = Field(None, ge=1, description="Search exemplars (section 5.4) in this many sentences: "
+                                           "the analysis sample plus further sentences of the same documents "
+                                           "(paper: 100,000); None: the analysis sample only.")
     min_words: int = Field(4, ge=1)
     min_pieces: int = Field(4, ge=2)
     max_pieces: int = Field(128, ge=2)
@@ -49,6 +55,9 @@ class CorpusConfig(_Section):
             raise ValueError(f"corpus.path is required when corpus.source is '{self.source}'")
         if self.min_pieces > self.max_pieces:
             raise ValueError("corpus.min_pieces must not exceed corpus.max_pieces")
+        if self.exemplar_sentences and self.max_sentences and self.exemplar_sentences < self.max_sentences:
+            raise ValueError(f"corpus.exemplar_sentences ({self.exemplar_sentences}) must be at least corpus.max_sentences "
+                             f"({self.max_sentences}): the exemplar pool contains the analysis sample")
         return self
 
 

@@ -18,8 +18,17 @@ from pipeline import io
 from pipeline.errors import PipelineError
 
 
+POOL = "pool"  # prefix of the exemplar pool's parts: sentences searched for exemplars only (corpus.exemplar_sentences)
+
+
 def part_name(k: int, suffix: str = ".parquet", prefix: str = "part") -> str:
     return f"{prefix}-{k:05d}{suffix}"
+
+
+def is_pool(path: Path) -> bool:
+    """A part of the exemplar pool, outside the quantitative analysis (section 5.4: exemplars from 100,000
+    sentences, statistics from 10,000 of them)."""
+    return Path(path).name.startswith(POOL + "-")
 
 
 class PartedOutput:
@@ -80,9 +89,10 @@ def read_part(path: Path) -> pl.DataFrame:
                             "run the stage that writes it again") from None
 
 
-def scan(directory: Path) -> pl.LazyFrame:
-    """All parts as one lazy frame: filters and aggregations stream over the parts."""
-    return scan_parts(part_paths(directory), directory)
+def scan(directory: Path, pool: bool = False) -> pl.LazyFrame:
+    """The analysis sample's parts (and, with pool=True, the exemplar pool's too) as one lazy frame:
+    filters and aggregations stream over the parts."""
+    return scan_parts([p for p in part_paths(directory) if pool or not is_pool(p)], directory)
 
 
 def scan_parts(paths: list[Path], where: Path | None = None) -> pl.LazyFrame:

@@ -39,11 +39,13 @@ def load(run: str | Path, data_dir: str | Path = "data", tables: tuple[str, ...]
     return out
 
 
-def scan(run: str | Path, table: str, data_dir: str | Path = "data") -> pl.LazyFrame:
-    """A parted table (sentences, tokens) as one lazy frame over its parts."""
+def scan(run: str | Path, table: str, data_dir: str | Path = "data", pool: bool = False) -> pl.LazyFrame:
+    """A parted table (sentences, tokens) as one lazy frame over its parts: the sentences of the
+    quantitative analysis, and with pool=True also those searched only for exemplars
+    (corpus.exemplar_sentences; their sentence ids follow the analysis sample's)."""
     from pipeline import parts
 
-    return parts.scan(resolve_run_dir(run, data_dir) / table)
+    return parts.scan(resolve_run_dir(run, data_dir) / table, pool)
 
 
 def read_table(path: Path) -> pl.DataFrame:

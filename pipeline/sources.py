@@ -1,10 +1,14 @@
-"""Documents from a corpus source, read through `datasets` (hub datasets and local files alike).
+"""Documents from a corpus source: hub datasets and local files.
 
 A document is a list of paragraphs; sentences never cross a paragraph. WikiText raw files are
-grouped into articles by their ` = Title = ` lines and detokenised."""
+grouped into articles by their ` = Title = ` lines and detokenised. Parquet data (local, or a
+Parquet-backed hub dataset such as wikimedia/wikipedia) is sampled uniformly from its footers
+(`pipeline.sampling`); other sources are read through `datasets`."""
 
 from __future__ import annotations
 
+import functools
+import glob
 import logging
 import re
 from dataclasses import dataclass, field
@@ -15,6 +19,7 @@ import numpy as np
 
 from pipeline.config import CorpusConfig
 from pipeline.errors import PipelineError
+from pipeline.sampling import first_line, sample_parquet
 
 log = logging.getLogger(__name__)
 
@@ -108,24 +113,85 @@ def _wikitext_documents(path: Path, counts: SourceCounts) -> Iterator[tuple[str,
         yield title, paragraphs
 
 
-def _record_documents(cfg: CorpusConfig, counts: SourceCounts, seed: int) -> Iterator[tuple[str, list[str]]]:
+def parquet_files(path: str) -> list[str]:
+    """corpus.path as one file, a directory of .parquet files, or a glob; sorted, which is the dump order."""
+    p = Path(path)
+    if p.is_file():
+        return [str(_require_file(path))]
+    files = sorted(p.glob("*.parquet")) if p.is_dir() else sorted(Path(f) for f in glob.glob(path))
+    files = [f for f in files if f.is_file()]
+    if not files:
+        raise PipelineError(f"corpus Parquet files not found: {path} (a file, a directory of .parquet files, or a glob)")
+    return [str(f) for f in files]
+
+
+def _hub_data_files(cfg: CorpusConfig) -> list[str]:
+    """The hub dataset's data files for the split as `datasets` resolves them (hf:// paths), without reading them."""
+    import datasets
+
+    try:
+        builder = datasets.load_dataset_builder(cfg.hub_name, cfg.hub_config)
+    except Exception as e:  # the hub raises many types; all mean "could not open"
+        raise PipelineError(f"could not open dataset {cfg.hub_name!r} ({cfg.hub_config}): {first_line(e)}") from None
+    data_files = builder.config.data_files or {}
+    if data_files and cfg.split not in data_files:
+        raise PipelineError(f"dataset {cfg.hub_name!r} ({cfg.hub_config}) has no split {cfg.split!r} "
+                            f"(splits: {sorted(str(k) for k in data_files)})")
+    return [str(f) for f in data_files.get(cfg.split, [])]
+
+
+def _is_parquet(files: list[str]) -> bool:
+    return bool(files) and all(f.endswith(".parquet") for f in files)
+
+
+def _sampled_records(files: list[str], opener, cfg: CorpusConfig, seed: int, counts: SourceCounts) -> Iterator[dict]:
+    """`max_documents` rows (all when unset) drawn uniformly over every row of every file."""
+    records, _ = sample_parquet(files, opener, cfg.max_documents, seed, [cfg.text_field], ["title"], counts.extra)
+    return records
+
+
+def _streamed_hub_records(cfg: CorpusConfig, seed: int, counts: SourceCounts):
+    """The fallback for hub datasets that are not Parquet: a streaming shuffle, which only mixes a
+    buffer of the first rows of a few shards (not a uniform sample of the whole dataset)."""
+    import datasets
+
+    log.warning("dataset %r (%s) is not Parquet-backed: sampling with a streaming shuffle (buffer %d), "
+                "which is not uniform over the whole dataset", cfg.hub_name, cfg.hub_config, cfg.shuffle_buffer)
+    counts.extra["sampling"] = "streaming_shuffle"
+    try:
+        ds = datasets.load_dataset(cfg.hub_name, cfg.hub_config, split=cfg.split, streaming=True)
+    except Exception as e:  # the hub raises many types; all mean "could not open"
+        raise PipelineError(f"could not open dataset {cfg.hub_name!r} ({cfg.hub_config}): {first_line(e)}") from None
+    ds = ds.shuffle(seed=seed, buffer_size=cfg.shuffle_buffer)
+    return ds.take(cfg.max_documents) if cfg.max_documents else ds
+
+
+def _open_url(url: str):
+    """hf:// paths open through huggingface_hub's HfFileSystem (fsspec), which reads only the byte ranges asked for."""
+    import fsspec
+
+    return fsspec.open(url, "rb")
+
+
+def _records(cfg: CorpusConfig, counts: SourceCounts, seed: int):
+    """The source's records (dicts with the text field and maybe a title)."""
     import datasets
 
     if cfg.source == "hub":
-        try:
-            ds = datasets.load_dataset(cfg.hub_name, cfg.hub_config, split=cfg.split, streaming=True)
-        except Exception as e:  # the hub raises many types; all mean "could not open"
-            raise PipelineError(f"could not open dataset {cfg.hub_name!r} ({cfg.hub_config}): "
-                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-        ds = ds.shuffle(seed=seed, buffer_size=cfg.shuffle_buffer)
-        if cfg.max_documents:
-            ds = ds.take(cfg.max_documents)
-    else:
-        path = _require_file(cfg.path)
-        builder = {"text": "text", "jsonl": "json", "parquet": "parquet"}[cfg.source]
-        kwargs = {"sample_by": "paragraph", "encoding_errors": "replace"} if builder == "text" else {}
-        ds = datasets.load_dataset(builder, data_files=str(path), split="train", streaming=True, **kwargs)
-    for record in ds:
+        files = _hub_data_files(cfg)
+        if _is_parquet(files):
+            return _sampled_records(files, _open_url, cfg, seed, counts)
+        return _streamed_hub_records(cfg, seed, counts)
+    if cfg.source == "parquet":
+        return _sampled_records(parquet_files(cfg.path), functools.partial(open, mode="rb"), cfg, seed, counts)
+    path = _require_file(cfg.path)
+    builder = {"text": "text", "jsonl": "json"}[cfg.source]
+    kwargs = {"sample_by": "paragraph", "encoding_errors": "replace"} if builder == "text" else {}
+    return datasets.load_dataset(builder, data_files=str(path), split="train", streaming=True, **kwargs)
+
+
+def _record_documents(cfg: CorpusConfig, counts: SourceCounts, seed: int) -> Iterator[tuple[str, list[str]]]:
+    for record in _records(cfg, counts, seed):
         counts.records += 1
         if cfg.text_field not in record:
             raise PipelineError(f"corpus records have no field {cfg.text_field!r} (fields: {sorted(record)})")
@@ -156,10 +222,11 @@ def _documents(cfg: CorpusConfig, seed: int, counts: SourceCounts) -> Iterator[D
 
 def iter_documents(cfg: CorpusConfig, seed: int, counts: SourceCounts) -> Iterator[Document]:
     """The documents of the source, streamed (never all in memory), or a seeded sample of `max_documents`:
-    hub sources are shuffled in a stream; local files are read twice, once to count their documents
-    so that the sample is uniform over the whole file."""
+    Parquet data (local or hub) is sampled uniformly from its footers, reading only the chosen row
+    groups; other hub datasets are shuffled in a stream; other local files are read twice, once to
+    count their documents so that the sample is uniform over the whole file."""
     keep = None
-    if cfg.source != "hub" and cfg.max_documents:
+    if cfg.source not in ("hub", "parquet") and cfg.max_documents:
         n = sum(1 for _ in _documents(cfg, seed, SourceCounts()))
         if cfg.max_documents < n:
             keep = set(np.random.default_rng(seed).choice(n, cfg.max_documents, replace=False).tolist())

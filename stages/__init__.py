@@ -4,7 +4,7 @@ the contract of pipeline/stage.py (NAME, VERSION, INPUTS, OUTPUTS, CONFIG, run).
 
 import importlib
 
-STAGE_NAMES = ("corpus", "annotate", "attend", "aggregate", "report")
+STAGE_NAMES = ("corpus", "annotate", "attend", "aggregate", "patterns", "report")
 
 
 def load_stages() -> tuple:

@@ -89,12 +89,15 @@ def findings_table(findings: list[Finding]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=FINDINGS_SCHEMA, orient="row")
 
 
-def build_tables(sums: Sums, meta: dict, tokens: pl.LazyFrame, sentences: pl.LazyFrame) -> dict[str, pl.DataFrame]:
-    """tokens and sentences are lazy scans of their parts: metrics filter or aggregate them as they stream."""
+def build_tables(sums: Sums, meta: dict, tokens_dir, sentences_dir) -> dict[str, pl.DataFrame]:
+    """Metrics read tokens and sentences as lazy scans of their parts, filtered or aggregated as they stream:
+    the analysis sample's ("tokens", "sentences"), and with the exemplar pool ("pool_tokens", "pool_sentences")."""
     active = computed_metrics(meta)
     heads, layers = head_table(sums, active), layer_table(sums, active)
     tables = {"head_metrics": heads, "layer_metrics": layers}
-    inputs = {"tokens": tokens, "sentences": sentences, "pos_vocab": meta["pos_vocab"], "dep_vocab": meta["dep_vocab"]}
+    inputs = {"tokens": scan(tokens_dir), "sentences": scan(sentences_dir),
+              "pool_tokens": scan(tokens_dir, pool=True), "pool_sentences": scan(sentences_dir, pool=True),
+              "pos_vocab": meta["pos_vocab"], "dep_vocab": meta["dep_vocab"]}
     findings = []
     for m in registry():
         made = m.tables(sums, inputs) if m in active else {}
@@ -106,7 +109,7 @@ def build_tables(sums: Sums, meta: dict, tokens: pl.LazyFrame, sentences: pl.Laz
 
 def run(ctx) -> dict:
     sums, meta = load_sums(ctx.run_dir)
-    tables = build_tables(sums, meta, scan(ctx.input_path("tokens")), scan(ctx.input_path("sentences")))
+    tables = build_tables(sums, meta, ctx.input_path("tokens"), ctx.input_path("sentences"))
     for name, df in tables.items():
         ctx.write_parquet(df, f"{name}.parquet")
     f = dict(zip(tables["findings"]["statistic"], tables["findings"]["value"]))

@@ -11,7 +11,8 @@ char_start, char_end, word_index (-1: no word), pos (Universal POS, spaCy pos_),
 head_word_index. A piece with no word (trailing whitespace) gets pos SPACE, tag _SP, dep "_"; a
 prepended BOS piece at position 0 gets pos/tag BOS, dep "_". `tokens/meta.json` lists the parts and
 the tag vocabularies, which come from the spaCy model's label sets (known before any parsing), not
-from the corpus."""
+from the corpus. The exemplar pool's parts (pool-NNNNN) are annotated alike; corpus_stats counts the
+analysis sample only."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from pipeline.executor import Resources, WorkUnit, make_executor, tqdm_bar
 from pipeline.models.loading import (bos_token_id, load_tokenizer, local_identity, max_positions, resolve_source,
                                      tokenizer_source)
 from pipeline.nlp import installed_version, load_spacy, processes, spacy_identity
-from pipeline.parts import PartedOutput, part_paths, read_part
+from pipeline.parts import PartedOutput, is_pool, part_paths, read_part
 from pipeline.stage import Output, check_schema
 from pipeline.syntax_stats import STATS_SCHEMA, add_counts, format_comparison, statistic_counts, statistics_table
 
@@ -244,12 +245,14 @@ def run(ctx) -> dict:
     inputs = part_paths(ctx.input_path("sentences"))
     out = PartedOutput(ctx.output_path("tokens"), ctx.fingerprint, ctx.force)
     sizes = [int(pl.scan_parquet(p).select(pl.len()).collect(engine="streaming").item()) for p in inputs]
-    units = [WorkUnit(k, (p,), (out.path(k), out.path(k, ".json")), size=n) for k, (p, n) in enumerate(zip(inputs, sizes))]
+    units = [WorkUnit(k, (p,), (out.directory / p.name, out.directory / p.with_suffix(".json").name), size=n)
+             for k, (p, n) in enumerate(zip(inputs, sizes))]  # each tokens part named as its sentences part
     executor = make_executor(cfg.executor, tqdm_bar("sent"))
     n_process = 1 if cfg.executor.kind == "ray" else processes(cfg.annotate.n_process)
     report = executor.run(units, functools.partial(AnnotateWorker, cfg, ctx.cache_dir, n_process), Resources(),
                           desc="annotate: parsing")
-    parts = [io.read_json(u.outputs[1]) for u in units]
+    parts = [io.read_json(u.outputs[1]) for u in units if not is_pool(u.outputs[0])]  # statistics: the analysis sample
+    pool_sentences = sum(io.read_json(u.outputs[1])["sentences"] for u in units if is_pool(u.outputs[0]))
     totals = functools.reduce(add_counts, parts)
     too_long = totals.pop("sentences_too_long")
     out.finish({"parts": [u.outputs[0].name for u in units], **vocab})
@@ -260,6 +263,7 @@ def run(ctx) -> dict:
     totals["parse_cache_hits"] = sum(c["parse_cache_hits"] for c in report.counts.values())
     return {
         **{k: v for k, v in totals.items() if k != "sentences_in"},
+        "exemplar_pool_sentences_only": pool_sentences,
         "parts": len(units), "parts_resumed": report.resumed, "parts_damaged_recomputed": report.damaged,
         "parts_empty": sum(n == 0 for n in sizes),
         f"sentences_too_long_{cfg.model.too_long}": too_long,

@@ -8,8 +8,10 @@ whose sums merge into attend/first_pass.npz: a global step, timed separately. Ev
 written atomically when finished, so a killed run resumes at the first missing part.
 
 Outputs in attend/: first-NNNNN.npz (first-pass sums per part), first_pass.npz (merged, finished),
-part-NNNNN.npz (sums per part), and meta.json (vocabularies, shapes, model identity, metric status,
-the parts), written last: it marks the stage complete."""
+part-NNNNN.npz (sums per part), pool-NNNNN.npz (exemplar candidates of the exemplar pool's parts,
+searched in a pass of their own that reduces nothing else: forward passes at the exemplars' cost only),
+and meta.json (vocabularies, shapes, model identity, metric status, the parts), written last: it
+marks the stage complete."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from pipeline.errors import PipelineError
 from pipeline.executor import Resources, WorkUnit, make_executor, tqdm_bar
 from pipeline.models import load_adapter, resolve_device
 from pipeline.models.loading import local_identity, resolve_source
-from pipeline.parts import PartedOutput, part_paths, read_meta, read_part, scan_parts
+from pipeline.parts import PartedOutput, is_pool, part_paths, read_meta, read_part, scan_parts
 from pipeline.stage import Output
 from pipeline.sums import Sums
 
@@ -61,11 +63,16 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class AttendWorker:
-    """A tokens part → its first-pass sums (first_pass=None) or its main-pass sums; the model loaded once."""
+PASSES = ("first", "main", "exemplars")
 
-    def __init__(self, cfg, vocab: dict, row_width: int, first_pass_path: Path | None = None):
-        self.cfg, self.vocab, self.row_width = cfg, vocab, row_width
+
+class AttendWorker:
+    """A tokens part → its sums of one pass, the model loaded once: "first" (the first-pass sums), "main" (every
+    enabled metric, given the merged first pass) or "exemplars" (exemplar candidates only: the exemplar pool)."""
+
+    def __init__(self, cfg, vocab: dict, row_width: int, kind: str, first_pass_path: Path | None = None):
+        assert kind in PASSES, kind
+        self.cfg, self.vocab, self.row_width, self.kind = cfg, vocab, row_width, kind
         self.adapter = model_adapter(cfg)
         self.first_pass = None
         if first_pass_path is not None:
@@ -81,16 +88,17 @@ class AttendWorker:
                                 "with the model's own")
         events = {"batches_halved_oom": 0}
         started = time.perf_counter()
-        if self.first_pass is None:
+        if self.kind == "first":
             io.write_npz(first_pass_sums(self.adapter, arrays, a, events), unit.outputs[0])
+            if progress:
+                progress(len(arrays.lengths))
         else:
-            reduction = Reduction(a, len(arrays.pos_vocab), len(arrays.dep_vocab), first_pass=self.first_pass,
-                                  row_width=self.row_width)
+            only = tuple(m for m in metrics.enabled(a) if m.name == "exemplars") if self.kind == "exemplars" else None
+            reduction = Reduction(a, len(arrays.pos_vocab), len(arrays.dep_vocab), metrics=only,
+                                  first_pass=self.first_pass, row_width=self.row_width)
             sums = (reduce_sentences(self.adapter, arrays, arrays.length_order(), reduction, a.token_budget, progress, events)
                     if len(arrays.lengths) else Sums())
             sums.save(unit.outputs[0], io.write_npz)
-        if progress and self.first_pass is None:
-            progress(len(arrays.lengths))
         return {"sentences": int(len(arrays.lengths)), "tokens": int(arrays.lengths.sum()),
                 "seconds": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(self.adapter.device), **events}
 
@@ -98,12 +106,14 @@ class AttendWorker:
 def run(ctx) -> dict:
     a, cfg = ctx.cfg.attend, ctx.cfg
     tokens_dir = ctx.input_path("tokens")
-    inputs, vocab = part_paths(tokens_dir), read_meta(tokens_dir)
+    every, vocab = part_paths(tokens_dir), read_meta(tokens_dir)
+    inputs, pool = [p for p in every if not is_pool(p)], [p for p in every if is_pool(p)]
     vocab = {"pos_vocab": vocab["pos_vocab"], "dep_vocab": vocab["dep_vocab"]}
     out = PartedOutput(ctx.output_path("attend"), ctx.fingerprint, ctx.force)
-    scan = scan_parts(inputs)
-    per_part = [int(pl.scan_parquet(p).select(pl.col("sentence_id").n_unique()).collect(engine="streaming").item()) for p in inputs]
-    row_width = int(scan.select(pl.col("position").max()).collect(engine="streaming").item() or 0) + 1
+    sentences_in = {p: int(pl.scan_parquet(p).select(pl.col("sentence_id").n_unique()).collect(engine="streaming").item())
+                    for p in every}
+    per_part = [sentences_in[p] for p in inputs]
+    row_width = int(scan_parts(every).select(pl.col("position").max()).collect(engine="streaming").item() or 0) + 1
 
     # the driver's copy: identity and shapes (the local executor's worker reuses it; with Ray, the actors hold
     # the models, and the driver's stays on the CPU)
@@ -121,8 +131,8 @@ def run(ctx) -> dict:
     first_path = out.directory / "first_pass.npz"
     first_report = None
     if any(m.first_pass_positions(a) for m in metrics.enabled(a)):
-        first_report = executor.run(first_units, functools.partial(AttendWorker, cfg, vocab, row_width), resources,
-                                    desc="attend: first pass")
+        first_report = executor.run(first_units, functools.partial(AttendWorker, cfg, vocab, row_width, "first"),
+                                    resources, desc="attend: first pass")
         parts = Sums.merge(Sums(io.read_npz(u.outputs[0])) for u in first_units)  # cheap: always
         merged = first_pass_results(a, parts.additive)
     else:
@@ -132,15 +142,23 @@ def run(ctx) -> dict:
 
     units = [WorkUnit(k, (p, first_path), (out.path(k, ".npz"),), size=n) for k, (p, n) in enumerate(zip(inputs, per_part))]
     main_started = time.perf_counter()
-    report = executor.run(units, functools.partial(AttendWorker, cfg, vocab, row_width, first_path), resources,
+    report = executor.run(units, functools.partial(AttendWorker, cfg, vocab, row_width, "main", first_path), resources,
                           desc="attend: forward + reduce")
     seconds = time.perf_counter() - main_started
     done = list(report.counts.values())
     sentences_done, tokens_done = sum(c["sentences"] for c in done), sum(c["tokens"] for c in done)
-    out.finish({"parts": [u.outputs[0].name for u in units], "sentences": int(sum(per_part)), **vocab,
+
+    # the exemplar pool (section 5.4): its sentences searched for exemplars only; their parts' sums hold no additive key
+    pool_units = [WorkUnit(len(units) + k, (p,), (out.directory / p.with_suffix(".npz").name,), size=sentences_in[p])
+                  for k, p in enumerate(pool if status.get("exemplars") == "enabled" else [])]
+    pool_started = time.perf_counter()
+    pool_report = executor.run(pool_units, functools.partial(AttendWorker, cfg, vocab, row_width, "exemplars"), resources,
+                               desc="attend: exemplar pool") if pool_units else None
+    pool_seconds = time.perf_counter() - pool_started
+    out.finish({"parts": [u.outputs[0].name for u in units + pool_units], "sentences": int(sum(per_part)), **vocab,
                 "num_layers": adapter.num_layers, "num_heads": adapter.num_heads, "metrics": status,
                 "exemplars_per_head": a.exemplars_per_head, "model": identity})
-    halved = sum(c["batches_halved_oom"] for r in (first_report, report) if r for c in r.counts.values())
+    halved = sum(c["batches_halved_oom"] for r in (first_report, report, pool_report) if r for c in r.counts.values())
     return {
         "sentences": int(sum(per_part)), "parts": len(units), "parts_resumed": report.resumed,
         "parts_empty": sum(n == 0 for n in per_part), "parts_damaged_recomputed": report.damaged,
@@ -150,6 +168,7 @@ def run(ctx) -> dict:
         "tokens_per_second": round(tokens_done / seconds, 1) if seconds and tokens_done else None,
         "peak_memory_mb": round(max([peak_memory_mb(adapter.device)] + [c["peak_memory_mb"] for c in done]), 1),
         "metrics_disabled": sorted(name for name, s in status.items() if s != "enabled"),
+        "exemplar_pool_sentences_only": sum(u.size for u in pool_units), "exemplar_pool_seconds": round(pool_seconds, 2),
         "batches_halved_oom": halved,
     }
 

@@ -9,7 +9,9 @@ numbered, and written in parts (sentences/).
 
 Output `sentences/part-NNNNN.parquet`: sentence_id (int, 0..n-1 in corpus order), doc_id, doc_title,
 sentence_index (within its document), text, n_chars, n_words, n_pieces; `sentences/meta.json` lists
-the parts and the counts."""
+the parts and the counts. With `corpus.exemplar_sentences` (the paper's 100,000), further sentences
+follow in `sentences/pool-NNNNN.parquet` (ids n..): later stages annotate them and search them for
+exemplars, and compute no statistic from them."""
 
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ from pipeline.errors import PipelineError
 from pipeline.executor import Resources, WorkUnit, make_executor, tqdm_bar
 from pipeline.models.loading import load_tokenizer, local_identity, tokenizer_source
 from pipeline.nlp import installed_version, load_spacy, processes, spacy_identity
-from pipeline.parts import PartedOutput, read_part
-from pipeline.sources import SourceCounts, iter_documents
+from pipeline.parts import POOL, PartedOutput, read_part
+from pipeline.sources import SourceCounts, iter_documents, parquet_files
 from pipeline.stage import Output, check_schema, file_identity
 
 NAME = "corpus"
@@ -44,7 +46,13 @@ SPLIT_COUNTS = ("documents", "paragraphs_too_long_skipped", "sentences_split", "
 
 
 def external_inputs(cfg) -> dict:
-    corpus = {"corpus": file_identity(Path(cfg.corpus.path))} if cfg.corpus.source != "hub" and Path(cfg.corpus.path).is_file() else {}
+    if cfg.corpus.source == "parquet":  # a file, a directory or a glob: every file it names (none: the stage says so)
+        try:
+            corpus = {"corpus": [(f, file_identity(Path(f))) for f in parquet_files(cfg.corpus.path)]}
+        except PipelineError:
+            corpus = {}
+    else:
+        corpus = {"corpus": file_identity(Path(cfg.corpus.path))} if cfg.corpus.source != "hub" and Path(cfg.corpus.path).is_file() else {}
     return {**corpus, "tokenizer": local_identity(tokenizer_source(cfg.model)),
             "spacy_model": installed_version(cfg.corpus.spacy_model)}
 TERMINAL = (".", "!", "?", '."', '!"', '?"', ".'", ".)", ".”")
@@ -133,44 +141,63 @@ def write_documents(cfg, out: PartedOutput) -> dict:
     if chunk:
         flush()
     meta = {"parts": parts, "source_records": counts.records, "documents_empty": counts.empty_documents,
-            "paragraphs_invalid_utf8_skipped": counts.invalid_utf8_paragraphs}
+            "paragraphs_invalid_utf8_skipped": counts.invalid_utf8_paragraphs, "source_sampling": counts.extra}
     out.finish(meta)
     return meta
 
 
+def sample_indices(total: int, n_analysis: int | None, n_pool: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of kept sentences (corpus order): the analysis sample, uniform over all of them, and the
+    exemplar pool's further sentences, uniform over the rest. The analysis sample does not depend on the
+    pool, so adding a pool leaves every statistic of a run unchanged."""
+    rng = np.random.default_rng(seed)
+    analysis = (np.sort(rng.choice(total, n_analysis, replace=False)) if n_analysis and n_analysis < total
+                else np.arange(total))
+    extra = min(n_pool or 0, total) - len(analysis)
+    if extra <= 0:
+        return analysis, np.empty(0, dtype=np.int64)
+    rest = np.setdiff1d(np.arange(total), analysis, assume_unique=True)
+    return analysis, np.sort(rng.choice(rest, extra, replace=False))
+
+
 def select_sentences(cfg, split_paths: list[Path], kept_per_part: list[int], out: PartedOutput) -> dict:
     """The kept sentences, sampled (seeded, uniform over all parts), numbered in corpus order and written in
-    parts of corpus.part_sentences; one split part and one output part in memory at a time."""
-    total = sum(kept_per_part)
-    keep = None
-    if cfg.corpus.max_sentences and cfg.corpus.max_sentences < total:
-        keep = np.sort(np.random.default_rng(cfg.seed).choice(total, cfg.corpus.max_sentences, replace=False))
+    parts of corpus.part_sentences; one split part and one output part in memory at a time. The exemplar
+    pool's sentences (if any) follow in parts of their own (pool-NNNNN), numbered after the analysis sample."""
+    analysis, pool = sample_indices(sum(kept_per_part), cfg.corpus.max_sentences, cfg.corpus.exemplar_sentences, cfg.seed)
     size = cfg.corpus.part_sentences
-    parts, buffer, offset, next_id, pieces = [], [], 0, 0, 0
+    parts, next_id = [], 0
 
-    def flush(df: pl.DataFrame):
-        nonlocal next_id, pieces
+    def flush(df: pl.DataFrame, prefix: str, k: int):
+        nonlocal next_id
         df = df.with_columns(sentence_id=pl.int_range(next_id, next_id + df.height, dtype=pl.Int64)).select(*SCHEMA)
         check_schema(df, SCHEMA, "sentences")
-        parts.append(io.write_parquet(df, out.path(len(parts))).name)
+        parts.append(io.write_parquet(df, out.path(k, prefix=prefix)).name)
         next_id += df.height
-        pieces += int(df["n_pieces"].sum())
+        return int(df["n_pieces"].sum())
 
-    for path, n in zip(split_paths, kept_per_part):
-        df = read_part(path)
-        if keep is not None:
+    def write(keep: np.ndarray, prefix: str) -> int:
+        """The sentences at `keep` in parts named prefix-NNNNN; their pieces."""
+        buffer, offset, k, total = [], 0, 0, 0
+        for path, n in zip(split_paths, kept_per_part):
             lo, hi = np.searchsorted(keep, [offset, offset + n])
-            df = df[keep[lo:hi] - offset]
-        offset += n
-        buffer.append(df)
-        while sum(b.height for b in buffer) >= size:
-            merged = pl.concat(buffer)
-            flush(merged.head(size))
-            buffer = [merged.slice(size)]
-    remainder = pl.concat(buffer) if buffer else pl.DataFrame(schema=SPLIT_SCHEMA)
-    if remainder.height:
-        flush(remainder)
-    meta = {"parts": parts, "sentences": next_id, "mean_pieces": round(pieces / max(next_id, 1), 2)}
+            if hi > lo:
+                buffer.append(read_part(path)[keep[lo:hi] - offset])
+            offset += n
+            while sum(b.height for b in buffer) >= size:
+                merged = pl.concat(buffer)
+                total += flush(merged.head(size), prefix, k)
+                buffer, k = [merged.slice(size)], k + 1
+        remainder = pl.concat(buffer) if buffer else pl.DataFrame(schema=SPLIT_SCHEMA)
+        if remainder.height:
+            total += flush(remainder, prefix, k)
+        return total
+
+    pieces = write(analysis, "part")
+    n_analysis = next_id
+    write(pool, POOL)
+    meta = {"parts": parts, "sentences": n_analysis, "exemplar_pool_sentences": next_id,
+            "mean_pieces": round(pieces / max(n_analysis, 1), 2)}
     out.finish(meta)
     return meta
 
@@ -199,8 +226,9 @@ def run(ctx) -> dict:
         "documents": totals["documents"],
         "documents_empty": documents["documents_empty"],
         "paragraphs_invalid_utf8_skipped": documents["paragraphs_invalid_utf8_skipped"],
+        "source_sampling": documents.get("source_sampling", {}),  # how the documents were drawn, what was read
         **{k: totals[k] for k in SPLIT_COUNTS if k != "documents"},
-        "sentences": sentences["sentences"],
+        "sentences": sentences["sentences"], "exemplar_pool_sentences": sentences["exemplar_pool_sentences"],
         "parts": len(sentences["parts"]), "split_parts_resumed": report.resumed,
         "mean_pieces": sentences["mean_pieces"],
     }
@@ -212,4 +240,6 @@ def summary(counts: dict) -> str:
             f"{counts['dropped_too_few_pieces']} too short, {counts['dropped_too_many_pieces']} too long, "
             f"{counts['paragraphs_invalid_utf8_skipped']} paragraphs with invalid UTF-8 and "
             f"{counts['paragraphs_too_long_skipped']} longer than spaCy's max_length skipped); "
-            f"mean {counts['mean_pieces']} pieces")
+            f"mean {counts['mean_pieces']} pieces"
+            + (f"; exemplar pool {counts['exemplar_pool_sentences']} sentences"
+               if counts.get("exemplar_pool_sentences", 0) > counts["sentences"] else ""))

@@ -25,11 +25,11 @@ from pipeline.stage import Output, check_schema
 NAME = "report"
 VERSION = 1
 INPUTS = ("head_metrics.parquet", "layer_metrics.parquet", "pos_share.parquet", "dep_share_by_layer.parquet",
-          "exemplars.parquet", "findings.parquet", "tokens", "corpus_stats.parquet", "attend/meta.json")
+          "exemplars.parquet", "findings.parquet", "tokens", "corpus_stats.parquet", "patterns.parquet", "attend/meta.json")
 OUTPUTS = (Output("index.html", root="report"), Output("figures", root="report"),
            Output("claims.parquet", claims_check.SCHEMA))
 CONFIG = ("report",)
-NEEDED_TABLES = ("head_metrics", "layer_metrics", "pos_share", "dep_share_by_layer", "exemplars", "findings")
+NEEDED_TABLES = ("head_metrics", "layer_metrics", "pos_share", "dep_share_by_layer", "exemplars", "findings", "patterns")
 
 
 def default_exemplar_heads(heads: pl.DataFrame) -> list[tuple[int, int]]:
@@ -92,8 +92,12 @@ def build_index(tables, state: dict, drawn: dict, claims: pl.DataFrame, exemplar
                  + escape(yaml.safe_dump({"config": state.get("config"), "versions": state.get("versions")}, sort_keys=False))
                  + "</pre></details>")
     parts.append("<h2 id='findings'>Findings</h2>" + table(tables["findings"]))
-    parts.append("<h2 id='claims'>The paper's claims, checked on this run</h2><p>Criteria are spelled out per claim; "
-                 "claims about named GPT-2 heads apply only to GPT-2 small.</p>" + table(claims))
+    parts.append("<h2 id='claims'>The paper's claims, checked on this run</h2><p>Each claim is checked as the paper states "
+                 "it: <i>holds</i> means its numbers lie within the <i>tolerance</i> band (this run may differ from the paper "
+                 "in model, corpus and spaCy version) and its qualitative point holds too; <i>direction holds</i> judges the "
+                 "qualitative point alone (a sign, an ordering, a head's rank) and is blank where the sentence has none apart "
+                 "from its number. Layer spans are scaled to the model's depth; claims about named GPT-2 heads apply only to "
+                 "GPT-2 small.</p>" + table(claims))
     stats = tables.get("corpus_stats")
     if stats is not None:
         parts.append("<h2 id='corpus'>Corpus statistics</h2>" + table(stats.filter(pl.col("paper_value").is_not_null())))
@@ -134,7 +138,8 @@ def build_report(run_dir: Path, out: Path, report_cfg) -> dict:
     if missing:
         raise PipelineError(f"{run_dir} lacks {missing}: run the aggregate stage first")
     ids = tables["exemplars"]["sentence_id"].unique().implode()
-    tables["tokens"] = scan(run_dir / "tokens").filter(pl.col("sentence_id").is_in(ids)).collect(engine="streaming")  # exemplars' only
+    tables["tokens"] = (scan(run_dir / "tokens", pool=True).filter(pl.col("sentence_id").is_in(ids))
+                        .collect(engine="streaming"))  # the exemplars' sentences only
     state = run_info(run_dir)
     status = state.get("metrics", {})
     claims = claims_check.evaluate(tables, state.get("model", {}), status)

@@ -14,7 +14,7 @@ def tables(L: int = 12, H: int = 12, seed: int = 0) -> dict[str, pl.DataFrame]:
     rng = np.random.default_rng(seed)
     layer, head = np.meshgrid(np.arange(L), np.arange(H), indexing="ij")
     layer, head = layer.ravel().astype(np.int32), head.ravel().astype(np.int32)
-    distance = 2 + layer * 0.5 + rng.random(L * H)
+    distance = 2 + layer * 0.5 + 6 * rng.random(L * H)  # grows with depth, and varies within a layer
     heads = pl.DataFrame({
         "layer": layer, "head": head, "null_share": (layer * H + head) / (L * H),
         "dep_align_attending_parent": 0.1 + 0.01 * rng.random(L * H), "dep_align_receiving_parent": 0.1 + 0.01 * rng.random(L * H),
@@ -34,11 +34,18 @@ def tables(L: int = 12, H: int = 12, seed: int = 0) -> dict[str, pl.DataFrame]:
             pos_rows.append(pl.DataFrame({"layer": layer, "head": head, "direction": direction, "tag": tag,
                                           "share": share[:, k], "tag_frequency": 1 / len(TAGS)}))
     pos = pl.concat(pos_rows)
-    dep_layer = pl.DataFrame({"layer": np.repeat(np.arange(L, dtype=np.int32), 3), "label": ["nsubj", "det", "_"] * L,
-                              "share": np.tile([0.3, 0.5, 0.2], L)})
+    # Fig. 9: subjects rise with depth, the low-layer labels fall; no csubj/csubjpass (a label the parser never produced)
+    depth = np.arange(L) / max(L - 1, 1)
+    trend = {"nsubj": (0.10, 0.10), "nsubjpass": (0.01, 0.01), "aux": (0.05, -0.02), "cc": (0.03, -0.01),
+             "det": (0.15, -0.08), "expl": (0.004, -0.002), "neg": (0.006, -0.003), "punct": (0.2, 0.0)}
+    dep_share = {label: a + b * depth for label, (a, b) in trend.items()}
+    dep_share["_"] = 1 - sum(dep_share.values())
+    dep_layer = pl.DataFrame({"layer": np.repeat(np.arange(L, dtype=np.int32), len(dep_share)),
+                              "label": list(dep_share) * L, "share": np.stack(list(dep_share.values()), 1).ravel()})
     text = "The cat sat on the mat."
     tokens = pl.DataFrame({"sentence_id": [0] * 6, "position": list(range(6)), "piece": ["The", "Ġcat", "Ġsat", "Ġon", "Ġthe", "Ġmat."],
-                           "char_start": [0, 3, 7, 11, 14, 18], "char_end": [3, 7, 11, 14, 18, 23], "pos": ["DET", "NOUN", "VERB", "ADP", "DET", "NOUN"]})
+                           "char_start": [0, 3, 7, 11, 14, 18], "char_end": [3, 7, 11, 14, 18, 23], "pos": ["DET", "NOUN", "VERB", "ADP", "DET", "NOUN"],
+                           "word_index": list(range(6)), "head_word_index": [1, 2, 2, 2, 5, 3]})
     ex = pl.DataFrame({"layer": layer, "head": head, "rank": np.zeros(L * H, dtype=np.int32), "sentence_id": np.zeros(L * H, dtype=np.int64),
                        "weight": np.full(L * H, 0.9), "attending_position": np.full(L * H, 5), "receiving_position": np.full(L * H, 1),
                        "attending_piece": "Ġmat.", "receiving_piece": "Ġcat", "attending_char_start": 18, "attending_char_end": 23,
@@ -49,11 +56,26 @@ def tables(L: int = 12, H: int = 12, seed: int = 0) -> dict[str, pl.DataFrame]:
                                            "layer_max_mean_distance", "baseline_dep_pair_share"],
                              "value": [0.5, 0.5, 0.99, 3.0, 9.0, 0.7, -0.8, 4.0, 11.0, 0.1],
                              "p_value": [None, None, None, None, None, 1e-6, 1e-6, None, None, None]})
-    stats = pl.DataFrame({"statistic": ["dependency_probability_at_distance"] * 3, "key": ["1", "5", "10"], "value": [0.4, 0.07, 0.02],
-                          "paper_value": [0.42, 0.07, 0.02]})
+    probability = [0.4, 0.2, 0.12, 0.09, 0.07, 0.055, 0.045, 0.035, 0.027, 0.02, 0.016, 0.013, 0.011, 0.009, 0.007, 0.006, 0.005, 0.004]
+    paper = {"1": 0.42, "5": 0.07, "10": 0.02}
+    stats = pl.DataFrame({"statistic": ["dependency_probability_at_distance"] * 18 + ["mean_dependency_distance",
+                                        "share_dependencies_within_18", "mean_sentence_pieces"],
+                          "key": [str(d) for d in range(1, 19)] + ["", "", ""], "value": [*probability, 3.9, 0.997, 27.0],
+                          "paper_value": [paper.get(str(d)) for d in range(1, 19)] + [3.89, 0.998, 27.7]})
     return {"head_metrics": heads, "layer_metrics": layers, "pos_share": pos, "dep_share_by_layer": dep_layer,
             "exemplars": ex, "findings": findings, "tokens": tokens, "corpus_stats": stats,
-            "dep_share": pl.DataFrame({"layer": [0], "head": [0], "label": ["det"], "share": [1.0]})}
+            "dep_share": pl.DataFrame({"layer": [0], "head": [0], "label": ["det"], "share": [1.0]}),
+            "patterns": previous_piece_patterns(L, H, 6)}
+
+
+def previous_piece_patterns(L: int, H: int, n: int) -> pl.DataFrame:
+    """Every head attends from each piece to the one before it (position 0 to itself), on sentence 0."""
+    i, j = np.tril_indices(n)
+    weight = (j == np.maximum(i - 1, 0)).astype(np.float64)
+    one = pl.DataFrame({"sentence_id": np.zeros(len(i), np.int64), "attending_position": i.astype(np.int64),
+                        "receiving_position": j.astype(np.int64), "weight": weight})
+    return pl.concat([one.select(layer=pl.lit(layer, pl.Int32), head=pl.lit(head, pl.Int32), *one.columns)
+                      for layer in range(L) for head in range(H)])
 
 
 def write_run(run_dir, t: dict[str, pl.DataFrame], model: dict | None = None, metrics: dict | None = None):

@@ -87,7 +87,7 @@ def test_a_metric_is_one_new_module(finished_copy, tmp_path):
     project, config = _fresh_copy(finished_copy, tmp_path)
     (project / "pipeline" / "metrics" / "previous_piece.py").write_text(TOY_METRIC)
     # The metric's code joins the engine's: attend and what reads it re-run, corpus and annotate do not.
-    assert _ran(_run_cli(project, config)) == ["attend", "aggregate", "report"]
+    assert _ran(_run_cli(project, config)) == ["attend", "aggregate", "patterns", "report"]
     run_dir = project / "data" / "runs" / "copy"
     heads = pl.read_parquet(run_dir / "head_metrics.parquet")
     layers = pl.read_parquet(run_dir / "layer_metrics.parquet")
@@ -106,10 +106,10 @@ def test_a_code_change_reruns_the_stage_and_its_dependants_only(finished_copy, t
     assert _ran(_run_cli(project, config)) == []  # nothing changed: everything is current
     aggregate = project / "stages" / "aggregate.py"
     aggregate.write_text(aggregate.read_text() + "\n# a change to the aggregate stage's code\n")
-    assert _ran(_run_cli(project, config)) == ["aggregate", "report"]
+    assert _ran(_run_cli(project, config)) == ["aggregate", "patterns", "report"]
     entropy = project / "pipeline" / "metrics" / "entropy.py"  # code the engine uses: attend and everything after
     entropy.write_text(entropy.read_text() + "\n# a change to a metric\n")
-    assert _ran(_run_cli(project, config)) == ["attend", "aggregate", "report"]
+    assert _ran(_run_cli(project, config)) == ["attend", "aggregate", "patterns", "report"]
     figures = project / "pipeline" / "report" / "figures.py"  # drawing code: only the report draws
     figures.write_text(figures.read_text() + "\n# a change to the figure kit\n")
     assert _ran(_run_cli(project, config)) == ["report"]
@@ -120,7 +120,8 @@ def test_dependency_graph_comes_from_declared_inputs():
 
     assert dependency_graph() == {"corpus": [], "annotate": ["corpus"], "attend": ["annotate"],
                                   "aggregate": ["attend", "annotate", "corpus"],
-                                  "report": ["aggregate", "annotate", "attend"]}
+                                  "patterns": ["aggregate", "annotate"],
+                                  "report": ["aggregate", "annotate", "patterns", "attend"]}
 
 
 def test_code_fingerprint_covers_imported_project_modules_only():
@@ -163,7 +164,7 @@ def test_config_change_reruns_from_the_stage_that_reads_it(tiny_gpt2, config_fac
 
     changed = config_factory(tiny_gpt2, "report.formats=[png]", "attend.exemplars_per_head=2")
     run_pipeline(changed, echo=messages.append)
-    assert [m.split("]")[0][1:] for m in messages if "running" in m] == ["attend", "aggregate", "report"]
+    assert [m.split("]")[0][1:] for m in messages if "running" in m] == ["attend", "aggregate", "patterns", "report"]
     assert table(changed, "exemplars")["rank"].max() == 1
 
 

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from helpers import run, table
-from reference import reference_tables
+from reference import attention_maps, reference_tables
 
 METRICS = ["null_share", "dep_align_attending_parent", "dep_align_receiving_parent", "dep_align_either",
            "variability", "mean_distance", "mean_entropy"]
@@ -51,6 +51,22 @@ def test_pipeline_matches_slow_reference(tiny_run, tiny_gpt2):
                         ["layer", "head", "rank"], ["weight", "attending_position", "receiving_position"])
     for got, want in zip(ex["attention_row"].to_list(), ref_ex["attention_row"].to_list()):
         assert np.allclose(got, want, atol=1e-5)
+
+
+def test_patterns_are_each_heads_attention_on_its_top_exemplar(tiny_run, tiny_gpt2):
+    """patterns.parquet (Fig. 4) against the model run one sentence at a time: every head's lower triangle, null
+    column included, on the sentence that ranks first among its exemplars."""
+    tokens, patterns = table(tiny_run, "tokens"), table(tiny_run, "patterns")
+    top = table(tiny_run, "exemplars").filter(pl.col("rank") == 0)
+    maps = attention_maps(tiny_gpt2, tokens.filter(pl.col("sentence_id").is_in(top["sentence_id"].implode())))
+    assert patterns.select("layer", "head").unique().height == top.height == 2 * 3
+    for layer, head, sid in top.select("layer", "head", "sentence_id").iter_rows():
+        p = patterns.filter((pl.col("layer") == layer) & (pl.col("head") == head))
+        want = maps[sid][layer, head]
+        i, j = np.tril_indices(want.shape[0])
+        assert (p["sentence_id"] == sid).all() and p.height == len(i)
+        assert np.array_equal(p["attending_position"].to_numpy(), i) and np.array_equal(p["receiving_position"].to_numpy(), j)
+        assert np.allclose(p["weight"].to_numpy(), want[i, j], atol=1e-6)
 
 
 def test_layer_metrics_are_ratios_of_summed_sums(tiny_run):

@@ -21,6 +21,11 @@ def test_shipped_configs_validate():
     assert (paper.model.name, paper.corpus.hub_name, paper.corpus.max_documents, paper.corpus.max_sentences) == (
         "gpt2", "wikimedia/wikipedia", 10_000, 10_000)
     assert paper.corpus.hub_config.endswith(".en") and not paper.model.prepend_bos
+    # section 5.4: exemplars from all 100,000 sentences; spaCy 2's tags; the heads of Tables 1-3
+    assert paper.corpus.exemplar_sentences == 100_000 and paper.annotate.tagset == "paper"
+    assert paper.report.exemplar_heads == [(10, 10), (11, 2), (11, 10)]
+    with pytest.raises(PipelineError, match="exemplar_sentences"):
+        load_config(data=dict(BASE), overrides=["corpus.max_sentences=500", "corpus.exemplar_sentences=100"])
 
 
 def test_unknown_key_names_the_key_and_allowed_keys():

@@ -177,9 +177,9 @@ def test_empty_parts_are_counted_not_errors(local_run, tmp_path):
     counts = annotate.AnnotateWorker(local_run, tmp_path / "cache", 1)(unit)
     assert counts["sentences"] == 0 and counts["pieces"] == 0 and pl.read_parquet(unit.outputs[0]).height == 0
     vocab = read_meta(local_run.run_dir / "tokens")
-    for first_pass in (None, local_run.run_dir / "attend" / "first_pass.npz"):
-        out = tmp_path / f"attend-{first_pass is None}.npz"
-        worker = attend.AttendWorker(local_run, vocab, 32, first_pass)
+    for kind, first_pass in (("first", None), ("main", local_run.run_dir / "attend" / "first_pass.npz"), ("exemplars", None)):
+        out = tmp_path / f"attend-{kind}.npz"
+        worker = attend.AttendWorker(local_run, vocab, 32, kind, first_pass)
         assert worker(WorkUnit(0, (unit.outputs[0],), (out,)))["sentences"] == 0 and out.is_file()
 
 
@@ -217,3 +217,33 @@ def test_corpus_statistics_merged_over_parts_match_a_slow_count(local_run):
     assert stats[("mean_sentence_pieces", "")] == pytest.approx(tokens.height / tokens["sentence_id"].n_unique(), rel=1e-12)
     for tag, n in Counter(tokens["pos"].to_list()).items():
         assert stats[("pos_frequency", tag)] == pytest.approx(n / tokens.height, rel=1e-12)
+
+
+def test_the_exemplar_pool_adds_exemplars_and_changes_no_statistic(wikitext_300):
+    """corpus.exemplar_sentences (the paper: exemplars from 100,000 sentences, statistics from 10,000 of them).
+    The analysis sample and every statistic are those of the run without the pool; the exemplars are those of a
+    run whose analysis sample is the whole pool (here every sentence), found without attending to anything else."""
+    few = ("corpus.max_documents=4", "corpus.part_sentences=40")
+    plain = wikitext_300("plain", *few, "corpus.max_sentences=60")
+    pooled = wikitext_300("pooled", *few, "corpus.max_sentences=60", "corpus.exemplar_sentences=100000")
+    everything = wikitext_300("everything", *few, "corpus.max_sentences=100000")
+    for cfg in (plain, pooled, everything):
+        run(cfg)
+    counts = run(pooled, ["corpus"]).state["stages"]["corpus"]["counts"]
+    total = counts["sentences_after_filters"]
+    assert counts["sentences"] == 60 and counts["exemplar_pool_sentences"] == total > 100
+    pool_parts = sorted((pooled.run_dir / "sentences").glob("pool-*.parquet"))
+    assert pool_parts and pl.read_parquet(pool_parts)["sentence_id"].to_list() == list(range(60, total))
+    assert sorted(p.name for p in (pooled.run_dir / "attend").glob("pool-*.npz")) == [p.with_suffix(".npz").name for p in pool_parts]
+
+    for name in ("sentences", "tokens", "head_metrics", "layer_metrics", "pos_share", "dep_share", "findings", "corpus_stats"):
+        a, b = table(plain, name), table(pooled, name)
+        assert a.equals(b), name
+    ex, want = table(pooled, "exemplars"), table(everything, "exemplars")
+    keys = ["layer", "head", "rank"]
+    assert ex.height == want.height
+    assert np.allclose(ex.sort(keys)["weight"].to_numpy(), want.sort(keys)["weight"].to_numpy(), rtol=1e-9, atol=0)
+    assert ex.sort(keys)["text"].equals(want.sort(keys)["text"])  # the same sentences, numbered differently
+    assert (ex["sentence_id"] >= 60).any()  # some exemplars come from the pool
+    plain_ex = table(plain, "exemplars").sort(keys)
+    assert (ex.sort(keys)["weight"].to_numpy() >= plain_ex["weight"].to_numpy() - 1e-12).all()

@@ -1,9 +1,11 @@
-"""Reading corpora: WikiText detokenisation and article grouping, bad bytes, missing files."""
+"""Reading corpora: WikiText detokenisation and article grouping, bad bytes, missing files, and the
+uniform sample of Parquet dumps (local files and Parquet-backed hub datasets)."""
 
 from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 from conftest import WIKITEXT
@@ -69,3 +71,174 @@ def test_document_sampling_is_seeded(tmp_path):
     cfg = CorpusConfig(source="text", path=str(path), max_documents=10)
     pick = lambda seed: [d.paragraphs[0] for d in read_documents(cfg, seed)[0]]  # noqa: E731
     assert pick(1) == pick(1) and pick(1) != pick(2) and len(pick(1)) == 10
+
+
+# --- Parquet dumps: a uniform, seeded sample drawn from the footers (pipeline/sampling.py) ---
+
+DUMP_ROWS = [30, 70, 10, 90]        # rows per file: 200 in all
+DUMP_GROUP_ROWS = [7, 20, 10, 16]   # rows per row group, per file
+
+
+def write_dump(folder, rows=DUMP_ROWS, group_rows=DUMP_GROUP_ROWS, text_column="text"):
+    """A local 'dump' of several Parquet files; row i of the dump has doc i, title 'Doc i' and its text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    start, paths = 0, []
+    for k, (n, group) in enumerate(zip(rows, group_rows)):
+        docs = list(range(start, start + n))
+        table = pa.table({"doc": docs, "title": [f"Doc {i}" for i in docs],
+                          text_column: [f"Text of document {i}.\nIts second paragraph." for i in docs]})
+        path = folder / f"train-{k:05d}-of-{len(rows):05d}.parquet"
+        pq.write_table(table, path, row_group_size=group)
+        paths.append(str(path))
+        start += n
+    return paths
+
+
+def open_rb(path):
+    return open(path, "rb")
+
+
+def sampled_docs(paths, n, seed, counts=None):
+    from pipeline.sampling import sample_parquet
+
+    records, counts = sample_parquet(paths, open_rb, n, seed, ["text"], ["title"], counts)
+    records = list(records)
+    assert all(r["text"].startswith(f"Text of document {int(r['title'][4:])}.") for r in records)  # rows match
+    return [int(r["title"][4:]) for r in records], counts
+
+
+def test_parquet_sample_is_seeded_unique_ordered_and_sized(tmp_path):
+    paths = write_dump(tmp_path / "dump")
+    docs, counts = sampled_docs(paths, 25, seed=3)
+    assert docs == sampled_docs(paths, 25, seed=3)[0]
+    assert docs != sampled_docs(paths, 25, seed=4)[0]
+    assert len(docs) == 25 and docs == sorted(set(docs))  # the requested size, no duplicates, dump order
+    assert counts["sampling"] == "parquet_metadata" and counts["files"] == 4 and counts["total_rows"] == 200
+    assert counts["row_groups"] == 5 + 4 + 1 + 6 and counts["sampled_rows"] == 25
+
+
+def test_parquet_sample_is_uniform_over_files_and_rows(tmp_path):
+    from scipy import stats
+
+    paths = write_dump(tmp_path / "dump")
+    total, n, seeds = sum(DUMP_ROWS), 20, 400
+    included = np.zeros(total)
+    for seed in range(seeds):
+        docs, _ = sampled_docs(paths, n, seed)
+        included[docs] += 1
+    per_file = np.add.reduceat(included, np.cumsum([0] + DUMP_ROWS[:-1]))
+    expected_file = seeds * n * np.array(DUMP_ROWS) / total  # proportional to the file's rows
+    assert stats.chisquare(per_file, expected_file).pvalue > 1e-3
+    p = n / total  # each row is included with probability n/N
+    chi2 = (((included - seeds * p) ** 2) / (seeds * p * (1 - p))).sum()
+    assert stats.chi2.sf(chi2, df=total - 1) > 1e-3
+    assert included.min() > 0  # every row, in every file, can be drawn
+
+
+def test_parquet_sample_reads_only_the_chosen_row_groups(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    paths = write_dump(tmp_path / "dump")
+    reads, opened = [], []
+    real_read = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group",
+                        lambda self, i, *a, **k: reads.append(i) or real_read(self, i, *a, **k))
+
+    def spy_open(path):
+        opened.append(path)
+        return open(path, "rb")
+
+    from pipeline.sampling import sample_parquet
+    for seed in range(5):
+        reads.clear(), opened.clear()
+        records, counts = sample_parquet(paths, spy_open, 1, seed, ["text"])
+        assert len(list(records)) == 1
+        assert len(reads) == 1 and counts["row_groups_read"] == counts["row_groups_to_read"] == 1
+        assert len(opened) == len(paths) + 1  # every footer, then the one file with the chosen row
+
+    # a larger sample: exactly the row groups that hold chosen rows, computed here from the layout
+    reads.clear()
+    docs, counts = sampled_docs(paths, 12, seed=7)
+    starts = np.cumsum([0] + DUMP_ROWS[:-1])
+    holding = {(f, (d - starts[f]) // DUMP_GROUP_ROWS[f]) for d in docs for f in [np.searchsorted(starts, d, "right") - 1]}
+    assert counts["row_groups_read"] == len(reads) == len(holding) < counts["row_groups"]
+
+
+def test_parquet_sample_of_at_least_the_dump_is_the_dump(tmp_path):
+    paths = write_dump(tmp_path / "dump")
+    assert sampled_docs(paths, 200, seed=1)[0] == list(range(200))
+    assert sampled_docs(paths, 10_000, seed=1)[0] == list(range(200))
+    assert sampled_docs(paths, None, seed=1)[0] == list(range(200))
+
+
+@pytest.mark.parametrize("where", ["file", "directory", "glob"])
+def test_parquet_source_takes_a_file_a_directory_or_a_glob(tmp_path, where):
+    paths = write_dump(tmp_path / "dump")
+    path = {"file": paths[1], "directory": str(tmp_path / "dump"), "glob": str(tmp_path / "dump" / "train-*.parquet")}[where]
+    docs, counts = read_documents(CorpusConfig(source="parquet", path=path, max_documents=15), seed=2)
+    rows = 70 if where == "file" else 200
+    assert len(docs) == 15 and counts.extra["total_rows"] == rows and counts.records == 15
+    assert docs[0].paragraphs[1] == "Its second paragraph." and docs[0].title.startswith("Doc ")
+    if where != "file":
+        assert [d.title for d in docs] == [f"Doc {i}" for i in sampled_docs(paths, 15, seed=2)[0]]
+
+
+def test_parquet_source_errors_are_one_line(tmp_path):
+    paths = write_dump(tmp_path / "dump", rows=[5, 5], group_rows=[5, 5], text_column="body")
+    with pytest.raises(PipelineError, match="has no field 'text'") as e:
+        read_documents(CorpusConfig(source="parquet", path=str(tmp_path / "dump"), max_documents=3), seed=0)
+    assert "\n" not in str(e.value) and paths[0] in str(e.value)
+    (tmp_path / "bad.parquet").write_text("not parquet", encoding="utf-8")
+    with pytest.raises(PipelineError, match="Parquet footer of .*bad.parquet") as e:
+        read_documents(CorpusConfig(source="parquet", path=str(tmp_path / "bad.parquet")), seed=0)
+    assert "\n" not in str(e.value)
+    with pytest.raises(PipelineError, match="not found"):
+        read_documents(CorpusConfig(source="parquet", path=str(tmp_path / "none-*.parquet")), seed=0)
+
+
+def hub_cfg(**kw):
+    return CorpusConfig(source="hub", hub_name="wikimedia/wikipedia", hub_config="20231101.en", **kw)
+
+
+def test_hub_parquet_dataset_uses_the_parquet_sampler(tmp_path, monkeypatch):
+    import datasets
+
+    from pipeline import sources
+
+    paths = write_dump(tmp_path / "dump")
+    monkeypatch.setattr(sources, "_hub_data_files", lambda cfg: paths)  # as hf:// paths would be, but local
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the streaming path was used"))
+    docs, counts = read_documents(hub_cfg(max_documents=10), seed=5)
+    assert counts.extra["sampling"] == "parquet_metadata" and counts.extra["total_rows"] == 200
+    assert [d.title for d in docs] == [f"Doc {i}" for i in sampled_docs(paths, 10, seed=5)[0]]
+
+
+def test_hub_data_files_resolved_through_datasets(tmp_path):
+    """The real resolution (load_dataset_builder's data files) on a local dataset folder, no network."""
+    paths = write_dump(tmp_path / "dump")
+    cfg = CorpusConfig(source="hub", hub_name=str(tmp_path / "dump"), max_documents=10)
+    docs, counts = read_documents(cfg, seed=5)
+    assert counts.extra["sampling"] == "parquet_metadata" and counts.extra["files"] == 4
+    assert [d.title for d in docs] == [f"Doc {i}" for i in sampled_docs(paths, 10, seed=5)[0]]
+    with pytest.raises(PipelineError, match="no split 'validation'"):
+        read_documents(CorpusConfig(source="hub", hub_name=str(tmp_path / "dump"), split="validation"), seed=0)
+
+
+def test_hub_dataset_not_in_parquet_falls_back_to_a_streaming_shuffle(tmp_path, monkeypatch, caplog):
+    import datasets
+
+    from pipeline import sources
+
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(f'{{"title": "Doc {i}", "text": "Text {i}."}}\n' for i in range(30)), encoding="utf-8")
+    local = datasets.load_dataset
+    monkeypatch.setattr(sources, "_hub_data_files", lambda cfg: ["hf://datasets/x/y/train.jsonl"])
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda *a, **k: local("json", data_files=str(path), split="train", streaming=True))
+    with caplog.at_level("WARNING", logger="pipeline.sources"):
+        docs, counts = read_documents(hub_cfg(max_documents=5, shuffle_buffer=10), seed=0)
+    assert counts.extra == {"sampling": "streaming_shuffle"} and len(docs) == 5
+    assert "not Parquet-backed" in caplog.text

@@ -37,6 +37,34 @@ def top_row(df: pl.DataFrame, column: str, highest: bool = True) -> dict | None:
     return rows[0] if rows else None
 
 
+def defined(x) -> bool:
+    """A number that exists: not None and not NaN (a claim on an undefined number is not applicable)."""
+    return x is not None and x == x
+
+
+def in_band(x, low: float, high: float) -> bool:
+    return defined(x) and low <= x <= high
+
+
+def band(low: float, high: float) -> str:
+    """The tolerance column's text for a closed interval."""
+    return f"[{low:.3g}, {high:.3g}]"
+
+
+def layer_names(layers) -> str:
+    """{0, 1, 2} → "layers 0-2" (a contiguous span, as first/last/between give)."""
+    layers = sorted(layers)
+    if not layers:
+        return "no layers"
+    return f"layer {layers[0]}" if len(layers) == 1 else f"layers {layers[0]}-{layers[-1]}"
+
+
+def mean_in_layers(df: pl.DataFrame, column: str, layers) -> float | None:
+    """Mean of the defined values of `column` over the rows (heads or layers) of `layers`; None when there are none."""
+    d = ranked(df.filter(pl.col("layer").is_in(sorted(layers))), column)
+    return float(d[column].mean()) if d.height else None
+
+
 @dataclass(frozen=True)
 class Finding:
     """One number of the paper's section 5.3 (or ours), with the paper's value where it gives one."""
@@ -78,7 +106,13 @@ class FigureSpec:
 
 @dataclass(frozen=True)
 class Claim:
-    """A statement of the paper, the criterion that decides whether this run supports it, and the verdict."""
+    """A statement of the paper, the criterion that decides whether this run supports it, and the verdict.
+
+    `holds` judges the sentence as the paper states it: its numbers within `tolerance` (the band the run's number
+    must lie in; None for a sentence with no number) and, where it makes one, its qualitative point too.
+    `direction_holds` judges the qualitative point alone, without the number (a correlation's sign, an ordering,
+    a head's rank); None where the sentence has no point apart from its number (57% null attention) or no number
+    apart from its point (the top five heads are in the last three layers): there `holds` says it all."""
 
     claim: str
     statement: str
@@ -87,6 +121,8 @@ class Claim:
     run_value: object
     holds: bool | None
     applicable: bool = True
+    tolerance: str | None = None
+    direction_holds: bool | None = None
 
 
 @dataclass
@@ -111,12 +147,35 @@ class ClaimContext:
         value = self.f.get(statistic)
         return None if value is None or value != value else int(value)
 
-    def named_head_tops(self, claim: str, statement: str, metric: str, head: tuple[int, int], paper: str) -> "Claim":
-        """A claim that the paper's GPT-2 head `head` has the largest `metric`: applies to GPT-2 small only."""
-        top = top_row(self.tables["head_metrics"], metric)
-        run = None if top is None else f"({top['layer']}, {top['head']}): {top[metric]:.3g}"
-        return Claim(claim, statement, f"argmax head is {head}", paper, run,
-                     top is not None and (top["layer"], top["head"]) == head, self.gpt2_small and top is not None)
+    def corpus(self, statistic: str, key: str = "") -> float | None:
+        """A corpus_stats value (pipeline/syntax_stats.py); None when the table or the row is absent."""
+        stats = self.tables.get("corpus_stats")
+        if stats is None or stats.is_empty():
+            return None
+        row = stats.filter((pl.col("statistic") == statistic) & (pl.col("key") == key))
+        return float(row["value"][0]) if row.height else None
+
+    def named_head(self, claim: str, statement: str, metric: str, head: tuple[int, int], paper: str,
+                   low: float, high: float, highest: bool = True, top: int = 1) -> "Claim":
+        """A claim that the paper's GPT-2 head `head` is the head with the highest (or lowest) `metric` (top=1), or
+        among the `top` highest (lowest), with the value the paper gives. holds: its rank and its value in
+        [low, high]; direction_holds: its rank alone. Applies to GPT-2 small only; heads whose metric is undefined
+        are left out of the ranking (NaN never tops it)."""
+        order = ranked(self.tables["head_metrics"], metric, descending=highest)
+        keys = list(zip(order["layer"].to_list(), order["head"].to_list()))
+        rank = keys.index(head) + 1 if head in keys else None
+        value = order[metric][rank - 1] if rank else None
+        run = None
+        if keys:
+            run = f"({keys[0][0]}, {keys[0][1]}): {order[metric][0]:.3g}"
+            if rank != 1:
+                exists = self.tables["head_metrics"].filter((pl.col("layer") == head[0]) & (pl.col("head") == head[1])).height
+                run += f"; {head}: " + (f"{value:.3g}, rank {rank} of {len(keys)}" if rank else "undefined" if exists else "no such head")
+        extreme = "highest" if highest else "lowest"
+        where = f"is the head with the {extreme} {metric}" if top == 1 else f"ranks among the {top} {extreme} of {len(keys)} heads by {metric}"
+        ranks = rank is not None and rank <= top
+        return Claim(claim, statement, f"head {head} {where}, and its value lies in the band", paper, run,
+                     ranks and in_band(value, low, high), self.gpt2_small and bool(keys), band(low, high), ranks)
 
     def last(self, n: int) -> set[int]:
         """The last n of 12 layers, scaled to this model's depth."""
@@ -124,6 +183,11 @@ class ClaimContext:
 
     def first(self, n: int) -> set[int]:
         return set(range(0, math.ceil(n * self.L / 12)))
+
+    def between(self, a: int, b: int) -> set[int]:
+        """Layers a..b of 12, scaled to this model's depth so that it starts where first(a) ends (layers 2-4 of 12
+        are 4-9 of 24 and 5-12 of 30)."""
+        return set(range(math.ceil(a * self.L / 12), math.ceil((b + 1) * self.L / 12)))
 
 
 class Metric:

@@ -6,9 +6,13 @@ from __future__ import annotations
 import polars as pl
 import torch
 
-from pipeline.metrics.base import FigureSpec, Metric
+from pipeline.metrics.base import Claim, FigureSpec, Metric, mean_in_layers
 from pipeline.metrics.pos_share import share_table
 
+
+
+SUBJECTS = ("nsubj", "nsubjpass", "csubj", "csubjpass")  # section 5.3.2; all in en_core_web_sm's parser labels
+LOWER = ("aux", "cc", "det", "expl", "neg")              # spaCy 3 still calls negation "neg"
 
 
 class DependencyLabels(Metric):
@@ -34,6 +38,34 @@ class DependencyLabels(Metric):
         by_layer = share_table(sums["dep_to"].sum(1, keepdims=True), sums["mass"].sum(1, keepdims=True), vocab, "label")
         return {"dep_share": share_table(sums["dep_to"], sums["mass"], vocab, "label").filter(seen),
                 "dep_share_by_layer": by_layer.drop("head").filter(seen)}
+
+    def claims(self, c) -> list[Claim]:
+        """Fig. 9: each label's share of a layer's attention, averaged over the first third and over the last third of
+        the layers (scaled: first and last ⌈4L/12⌉). "More in deeper layers" is last third > first third, for the four
+        subject labels summed and for each low-layer label alone (the paper names each). A label the run's parser
+        never produced is not applicable, not false."""
+        dep = c.tables["dep_share_by_layer"]
+        first, last = c.first(4), c.last(4)
+        span = f"the first {len(first)} vs the last {len(last)} of {c.L} layers"
+
+        def thirds(labels) -> tuple[float | None, float | None]:
+            summed = (dep.filter(pl.col("label").is_in(list(labels)))
+                      .group_by("layer").agg(share=pl.col("share").sum()) if not first & last else dep.clear())
+            return mean_in_layers(summed, "share", first), mean_in_layers(summed, "share", last)
+
+        subjects = [s for s in SUBJECTS if s in set(dep["label"])]
+        low, high = thirds(subjects)
+        ok = bool(subjects) and low is not None and high is not None
+        out = [Claim("dep_subjects_deeper", "Subjects (nsubj, nsubjpass, csubj, csubjpass) are targeted more in deeper layers (Fig. 9).",
+                     f"summed share of the subject labels present, mean over {span}: last > first", "deeper",
+                     f"{low:.3g} → {high:.3g} ({', '.join(subjects)})" if ok else None, ok and high > low, ok)]
+        for label in LOWER:
+            low, high = thirds([label])
+            ok = label in set(dep["label"]) and low is not None and high is not None
+            out.append(Claim(f"dep_lower_{label}", f"'{label}' is targeted more in lower layers (Fig. 9; with aux, cc, det, expl, neg).",
+                             f"share of '{label}', mean over {span}: first > last", "lower",
+                             f"{low:.3g} → {high:.3g}" if ok else None, ok and low > high, ok))
+        return out
 
 
 METRIC = DependencyLabels()

@@ -26,8 +26,12 @@ class Exemplars(Metric):
     figures = (FigureSpec(
         "fig04_head_cards", "Head cards (Fig. 4)",
         "The most position-focused head (lowest variability), the most diffuse (highest entropy) and the one with the "
-        "largest mean distance, each with its attention from one piece of its top exemplar sentence.", "head_cards",
-        inputs=("head_metrics", "exemplars", "tokens")),)
+        "largest mean distance, each with its aggregate metrics and its whole attention pattern on its top exemplar "
+        "sentence (rows attend, columns receive; square-root colour scale, so diffuse attention stays visible; column 0 "
+        "is the null position). Orange circles: pairs of pieces whose words are in a dependency relation; the head's "
+        "dependency alignment is the share of its non-null attention on such pairs, over the corpus and on this "
+        "sentence. Red square: the sentence's largest non-null weight, which ranked it.", "head_cards",
+        inputs=("head_metrics", "exemplars", "tokens", "patterns")),)
 
     def reduce_layer(self, layer) -> dict:
         B, H, T, _ = layer.att.shape
@@ -52,8 +56,9 @@ class Exemplars(Metric):
                            "receiving_position": ex["j"].ravel().astype(np.int64), "attention_row": rows}
                           ).filter(pl.col("weight") > -np.inf)
         ids = pl.Series(df["sentence_id"].unique().sort().to_list(), dtype=pl.Int64).implode()
-        tokens = inputs["tokens"].filter(pl.col("sentence_id").is_in(ids)).collect(engine="streaming")  # lazy scans: only these sentences
-        sentences = inputs["sentences"].filter(pl.col("sentence_id").is_in(ids)).collect(engine="streaming")
+        # lazy scans (the exemplar pool included): only these sentences are read
+        tokens = inputs["pool_tokens"].filter(pl.col("sentence_id").is_in(ids)).collect(engine="streaming")
+        sentences = inputs["pool_sentences"].filter(pl.col("sentence_id").is_in(ids)).collect(engine="streaming")
         pieces = tokens.select("sentence_id", "position", "piece", "char_start", "char_end")
         for role in ("attending", "receiving"):
             df = df.join(pieces.rename({"position": f"{role}_position", "piece": f"{role}_piece",

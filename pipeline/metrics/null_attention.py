@@ -3,7 +3,7 @@ BOS token when one is prepended), which the paper treats as a no-op and leaves o
 
 from __future__ import annotations
 
-from pipeline.metrics.base import Claim, FigureSpec, Finding, Metric, ratio
+from pipeline.metrics.base import Claim, FigureSpec, Finding, Metric, band, defined, in_band, ratio
 
 
 
@@ -33,10 +33,17 @@ class NullAttention(Metric):
 
     def claims(self, c) -> list[Claim]:
         mean, top = c.f.get("null_share_mean"), c.f.get("null_share_max")
+        # ±0.10 around 57%: how much attention defaults to position 0 moves with the corpus and its sentence length,
+        # so another sample shifts the mean over heads by a few points; a model putting a third or four fifths of
+        # its attention there does not reproduce "57%".
+        # ≥ 0.95 for "over 97%": the one most null-focused head of 144, just under the ceiling of 1; two points of
+        # slack for the corpus, still a head with nearly all its attention on position 0.
         return [Claim("null_attention_mean", "On average, 57% of attention goes to the first (null) token.",
-                      "mean over heads ≥ 0.3 (a large share)", 0.57, mean, (mean or 0) >= 0.3),
+                      "mean over heads of the null share lies in the band", 0.57, mean, in_band(mean, 0.47, 0.67),
+                      defined(mean), band(0.47, 0.67)),
                 Claim("null_attention_max", "Some heads put over 97% of their attention on the first token.",
-                      "max over heads > 0.97", 0.97, top, (top or 0) > 0.97)]
+                      "max over heads of the null share lies in the band", 0.97, top, in_band(top, 0.95, 1.0),
+                      defined(top), band(0.95, 1.0))]
 
 
 METRIC = NullAttention()

@@ -4,7 +4,13 @@ Each metric declares the claims about it (pipeline/metrics/); each gives the pap
 run's value, the criterion for "holds" (written out in the table, so a reader can disagree with it),
 and whether it applies: claims naming a GPT-2 head (e.g. layer 4, head 11) apply only to GPT-2 small,
 and claims of a metric the run did not compute apply to nothing. Depth-relative claims ("the last
-three of 12 layers") are scaled to the model's depth: last ⌈3L/12⌉ layers."""
+three of 12 layers") are scaled to the model's depth: last ⌈3L/12⌉ layers.
+
+Two verdicts (pipeline/metrics/base.py, Claim): `holds` judges the sentence as stated, its numbers read within
+the `tolerance` band (a different model, corpus and spaCy version cannot give the paper's exact numbers; each
+band is justified where the claim is declared); `direction_holds` judges the sentence's qualitative point alone
+(a correlation's sign, an ordering, a head's rank), and is null where the sentence has no such point apart from
+its number, or no number apart from its point."""
 
 from __future__ import annotations
 
@@ -15,8 +21,10 @@ import polars as pl
 from pipeline.metrics import registry
 from pipeline.metrics.base import ClaimContext
 
-SCHEMA = {"claim": pl.String, "statement": pl.String, "criterion": pl.String, "paper_value": pl.String,
-          "run_value": pl.String, "applicable": pl.Boolean, "holds": pl.Boolean}
+# A bootstrap confidence interval of the run's value will add "paper_in_ci" (pl.Boolean) after direction_holds.
+SCHEMA = {"claim": pl.String, "statement": pl.String, "criterion": pl.String, "tolerance": pl.String,
+          "paper_value": pl.String, "run_value": pl.String, "applicable": pl.Boolean, "holds": pl.Boolean,
+          "direction_holds": pl.Boolean}
 
 
 def _fmt(x) -> str:
@@ -32,6 +40,7 @@ def evaluate(tables: dict[str, pl.DataFrame], model: dict, metric_status: dict |
         computed = metric_status is None or metric_status.get(metric.name, "enabled") == "enabled"
         for c in metric.claims(context):
             applicable = bool(c.applicable) and computed
-            rows.append((c.claim, c.statement, c.criterion, _fmt(c.paper_value), _fmt(c.run_value), applicable,
-                         bool(c.holds) if applicable and c.holds is not None else None))
+            rows.append((c.claim, c.statement, c.criterion, c.tolerance, _fmt(c.paper_value), _fmt(c.run_value),
+                         applicable, bool(c.holds) if applicable and c.holds is not None else None,
+                         bool(c.direction_holds) if applicable and c.direction_holds is not None else None))
     return pl.DataFrame(rows, schema=SCHEMA, orient="row")

@@ -164,26 +164,53 @@ def head_card_specs(heads: pl.DataFrame, exemplars: pl.DataFrame) -> list[dict]:
     return cards
 
 
-def head_cards(heads: pl.DataFrame, exemplars: pl.DataFrame, tokens: pl.DataFrame) -> plt.Figure:
-    """Fig. 4-style cards: a head's aggregate metrics and, on its top exemplar sentence, the attention
-    from the attending piece to every piece before it."""
+def related_pairs(sent: pl.DataFrame) -> np.ndarray:
+    """[n, n] bool: pieces i and j of two different words, one the dependency head of the other (the pairs
+    that dependency alignment counts, Eq. 4)."""
+    word, head = sent["word_index"].to_numpy(), sent["head_word_index"].to_numpy()
+    w_i, w_j = word[:, None], word[None, :]
+    real = (w_i >= 0) & (w_j >= 0) & (w_i != w_j)
+    return real & ((head[:, None] == w_j) | (head[None, :] == w_i))
+
+
+def pattern_matrix(patterns: pl.DataFrame, layer: int, head: int, n: int) -> np.ndarray:
+    p = patterns.filter((pl.col("layer") == layer) & (pl.col("head") == head))
+    out = np.zeros((n, n))
+    out[p["attending_position"].to_numpy(), p["receiving_position"].to_numpy()] = p["weight"].to_numpy()
+    return out
+
+
+def head_cards(heads: pl.DataFrame, exemplars: pl.DataFrame, tokens: pl.DataFrame, patterns: pl.DataFrame) -> plt.Figure:
+    """Fig. 4-style cards: a head's aggregate metrics and its whole attention pattern on its top exemplar
+    sentence (rows attend, columns receive), with the pairs in a dependency relation marked and the share
+    of the sentence's non-null attention on them (the head's dependency alignment on this sentence)."""
+    from matplotlib.colors import PowerNorm
+
     cards = head_card_specs(heads, exemplars)
-    fig, axes = plt.subplots(len(cards), 1, figsize=(13, 2.9 * len(cards)), layout="constrained", squeeze=False)
-    for ax, card in zip(axes[:, 0], cards):
+    fig, axes = plt.subplots(1, max(len(cards), 1), figsize=(6.2 * max(len(cards), 1), 7.4), layout="constrained",
+                             squeeze=False)
+    for ax, card in zip(axes[0], cards):
         ex = card["exemplar"]
         sent = tokens.filter(pl.col("sentence_id") == ex["sentence_id"]).sort("position")
-        labels = _piece_labels(sent, ex["text"])
-        row = np.asarray(ex["attention_row"] or np.zeros(len(labels)))[: len(labels)]
-        colors = ["tab:gray"] * len(labels)
-        colors[ex["receiving_position"]] = "tab:red"
-        ax.bar(range(len(labels)), row, color=colors)
-        ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
-        ax.get_xticklabels()[ex["attending_position"]].set_fontweight("bold")
-        ax.set_ylabel("attention")
-        ax.set_ylim(0, 1)
-        ax.set_title(f"Layer {card['layer']}, head {card['head']} — {card['why']}: variability {card['variability']:.3f}, "
+        labels, n = _piece_labels(sent, ex["text"]), sent.height
+        matrix = pattern_matrix(patterns, card["layer"], card["head"], n)
+        related = related_pairs(sent)
+        nonnull = np.tril(np.ones((n, n), bool)) & (np.arange(n)[None, :] >= 1) & (np.arange(n)[:, None] >= 1)
+        mass = matrix[nonnull].sum()
+        on_sentence = matrix[nonnull & related].sum() / mass if mass > 0 else float("nan")
+        ax.imshow(matrix, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1), interpolation="nearest")
+        ri, rj = np.nonzero(related & nonnull)
+        ax.scatter(rj, ri, s=max(2.0, 900 / n ** 1.3), facecolors="none", edgecolors="tab:orange", linewidths=0.8)
+        ax.scatter([ex["receiving_position"]], [ex["attending_position"]], marker="s", s=max(6.0, 2500 / n ** 1.3),
+                   facecolors="none", edgecolors="tab:red", linewidths=1.2)
+        size = max(3.0, min(8.0, 280 / max(n, 1)))
+        ax.set_xticks(range(n), labels, rotation=90, fontsize=size)
+        ax.set_yticks(range(n), labels, fontsize=size)
+        ax.set_xlabel("receiving piece j")
+        ax.set_ylabel("attending piece i")
+        ax.set_title(f"Layer {card['layer']}, head {card['head']}: {card['why']}\nvariability {card['variability']:.3f}, "
                      f"mean distance {card['mean_distance']:.2f}, entropy {card['mean_entropy']:.2f}\n"
-                     f"attention from “{labels[ex['attending_position']]}” (bold) in its top exemplar; red: the maximum",
+                     f"dependency alignment {card['dep_align_either']:.3f} (corpus), {on_sentence:.3f} (this sentence)",
                      fontsize=9, loc="left")
     return fig
 
