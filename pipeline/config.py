@@ -85,6 +85,31 @@ class AttendConfig(_Section):
     variability_positions: int = Field(10, ge=0, description="N of footnote 3; 0 disables.")
     entropy_null_threshold: float = Field(0.9, gt=0.0, le=1.0, description="Footnote 4.")
     exemplars_per_head: int = Field(5, ge=1, le=100)
+    # Beyond the paper (each switchable: 0 or false turns it off, and its cost with it)
+    positional_offsets: int = Field(20, ge=0, le=512, description="Positional profile: attention share at offsets "
+                                    "i - j = 1..this per head (Gu et al. 2024's sink rate, head roles); 0 disables.")
+    dependency_accuracy: bool = Field(True, description="Clark et al. (2019) per-relation accuracy of each head's "
+                                      "most-attended piece, with offset baselines.")
+    norm_weighting: bool = Field(True, description="Kobayashi et al. (2020): every metric also under ‖α_ij f_h(x_j)‖.")
+    bootstrap_replicates: int = Field(200, ge=0, le=2000, description="Poisson bootstrap over sentences: replicates "
+                                      "for confidence intervals of head and layer metrics and correlations; 0 disables.")
+    bootstrap_seed: int = Field(0, description="Seed of the bootstrap's per-sentence weights.")
+
+
+class RolesConfig(_Section):
+    """Thresholds that label each head's role (head_roles.parquet): written here, so a reader can change them."""
+
+    positional_share: float = Field(0.5, gt=0.0, le=1.0, description="positional: one offset takes at least this share.")
+    sink_null_share: float = Field(0.9, gt=0.0, le=1.0, description="sink: null share at least this.")
+    sink_rate_epsilon: float = Field(0.3, gt=0.0, le=1.0, description="Gu et al. (2024): a head is a sink when its mean "
+                                     "attention to the first position exceeds this (the sink rate's ε).")
+    broad_entropy_quantile: float = Field(0.75, gt=0.0, lt=1.0, description="broad: mean entropy in this upper "
+                                          "quantile of all heads.")
+    syntactic_ratio: float = Field(3.0, gt=1.0, description="syntactic: dependency alignment at least this × the baseline.")
+
+
+class AggregateConfig(_Section):
+    roles: RolesConfig = RolesConfig()
 
 
 class ExecutorConfig(_Section):
@@ -113,6 +138,7 @@ class Config(_Section):
     annotate: AnnotateConfig = AnnotateConfig()
     model: ModelConfig = ModelConfig()
     attend: AttendConfig = AttendConfig()
+    aggregate: AggregateConfig = AggregateConfig()
     executor: ExecutorConfig = ExecutorConfig()
     report: ReportConfig = ReportConfig()
 

@@ -3,8 +3,10 @@
 The corpus is held as flat arrays (`TokenArrays`); `plan_batches` cuts length-sorted sentences into
 batches that fit a padded-token budget; for each batch the model adapter hands over each layer's
 attention [B, H, T, T] as the layer produces it, and every enabled metric of the registry reduces
-it on the device into sums [H, ...] (pipeline/metrics/). Pair features of all metrics are stacked
-and reduced with one batched matmul. Nothing of the attention maps outlives its layer.
+it on the device into per-sentence sums [B, H, ...] (pipeline/metrics/), which the engine adds over
+the batch ([H, ...]) and, for the bootstrap (pipeline/bootstrap.py), weighs with each sentence's
+Poisson multiplicities ([R, H] per head-level sum). Pair features of all metrics are stacked and
+reduced with one batched matmul. Nothing of the attention maps outlives its layer.
 
 Conventions (α_ij: attention from piece i to piece j ≤ i, positions 0-based): position 0 is the
 null token; unless a sum says so, pairs with j = 0 and attending rows i = 0 are left out; rows
@@ -20,6 +22,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from pipeline.bootstrap import PREFIX as BOOT, poisson_weights
 from pipeline.errors import PipelineError
 from pipeline.metrics import enabled
 from pipeline.metrics.base import Metric
@@ -169,6 +172,14 @@ class BatchContext:
         return torch.nn.functional.one_hot(values, n).to(torch.float32) * receivable[..., None]
 
     @cached
+    def boot_weights(self) -> torch.Tensor | None:   # [R, B] Poisson multiplicities, or None without a bootstrap
+        R = getattr(self.cfg, "bootstrap_replicates", 0)
+        if not R:
+            return None
+        w = poisson_weights(self.batch.sentence_ids.cpu().numpy(), R, self.cfg.bootstrap_seed)
+        return torch.from_numpy(w).to(device=self.device, dtype=self.sum_dtype)
+
+    @cached
     def pos_onehot(self) -> torch.Tensor:
         return self.onehot(self.batch.pos, self.n_pos)
 
@@ -227,14 +238,14 @@ class Reduction:
 
     def layer(self, ctx: BatchContext, att: torch.Tensor, index: int, names, pairs) -> dict[str, torch.Tensor]:
         view = LayerView(ctx, att, index)
-        out = {}
+        per_sentence = {}
         if pairs is not None:
             B, H, T, _ = view.att.shape
-            summed = torch.bmm(view.att.reshape(B, H, T * T), pairs).to(ctx.sum_dtype).sum(0)  # [H, K]
-            out.update({name: summed[:, k] for k, name in enumerate(names)})
+            summed = torch.bmm(view.att.reshape(B, H, T * T), pairs).to(ctx.sum_dtype)  # [B, H, K]
+            per_sentence.update({name: summed[..., k] for k, name in enumerate(names)})
         for m in self.metrics:
-            out.update(m.reduce_layer(view))
-        return out
+            per_sentence.update(m.reduce_layer(view))
+        return over_batch(per_sentence, ctx.boot_weights)
 
     def batch(self, adapter, batch: Batch) -> Sums:
         """One forward pass; each layer is reduced inside the model's forward, as it is produced."""
@@ -245,8 +256,22 @@ class Reduction:
         stacked = stack_layers(per_layer)
         additive = {k: v for k, v in stacked.items() if not k.startswith(EXEMPLAR_PREFIX)}
         for m in self.metrics:
-            additive.update(m.batch_sums(ctx))
+            additive.update({k: v.sum(0) for k, v in m.batch_sums(ctx).items()})
         return Sums(additive, exemplar_candidates(stacked, batch.sentence_ids), self.cfg.exemplars_per_head)
+
+
+def over_batch(per_sentence: dict[str, torch.Tensor], weights: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Per-sentence sums [B, H, ...] → their sum over the batch [H, ...]; a head-level sum ([B, H]) also gets its
+    bootstrap replicates, weights [R, B] @ sums → boot.<key> [R, H]. Exemplar candidates stay per sentence."""
+    out = {}
+    for key, value in per_sentence.items():
+        if key.startswith(EXEMPLAR_PREFIX):
+            out[key] = value
+            continue
+        out[key] = value.sum(0)
+        if weights is not None and value.ndim == 2:
+            out[BOOT + key] = weights @ value
+    return out
 
 
 def stack_layers(per_layer: list[dict]) -> dict[str, torch.Tensor]:

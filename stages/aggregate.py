@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from pipeline import io
+from pipeline import bootstrap, io, roles
+from pipeline.config import AggregateConfig
 from pipeline.metrics import registry
 from pipeline.metrics.base import Finding
 from pipeline.parts import part_paths, read_meta, scan
@@ -26,18 +27,27 @@ from pipeline.sums import Sums
 NAME = "aggregate"
 VERSION = 1
 INPUTS = ("attend", "tokens", "sentences")
-CONFIG = ()
+CONFIG = ("aggregate",)
 FINDINGS_SCHEMA = {"statistic": pl.String, "value": pl.Float64, "p_value": pl.Float64, "n": pl.Int64,
-                   "paper_value": pl.Float64}
+                   "paper_value": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64}
+
+
+def ratio_names() -> list[str]:
+    return [c for m in registry() for c in m.columns]
+
+
+def ci_names() -> list[str]:
+    """<column>_ci_low, <column>_ci_high of every ratio column: the bootstrap's 95% interval (NaN without one)."""
+    return [f"{c}_ci_{side}" for c in ratio_names() for side in ("low", "high")]
 
 
 def head_schema() -> dict:
-    columns = [c for m in registry() for c in m.columns] + [c for m in registry() for c in m.raw_columns]
+    columns = ratio_names() + ci_names() + [c for m in registry() for c in m.raw_columns]
     return {"layer": pl.Int32, "head": pl.Int32, **{c: pl.Float64 for c in columns}}
 
 
 def layer_schema() -> dict:
-    columns = [c for m in registry() for c in m.columns] + [c for m in registry() for c in m.layer_extra_columns]
+    columns = ratio_names() + ci_names() + [c for m in registry() for c in m.layer_extra_columns]
     return {"layer": pl.Int32, **{c: pl.Float64 for c in columns}}
 
 
@@ -57,59 +67,105 @@ def computed_metrics(meta: dict) -> list:
     return [m for m in registry() if status.get(m.name) == "enabled"]
 
 
-def metric_columns(sums: Sums, active: list, shape: tuple, get) -> dict[str, np.ndarray]:
-    columns, raw = {}, {}
+def ratio_columns(active: list, shape: tuple, get) -> dict[str, np.ndarray]:
+    """{ratio column: array of `shape`}: NaN for a metric not computed, or whose sums `get` lacks (a replicate
+    has only head-level sums)."""
+    columns = {}
     for m in registry():
-        values = m.ratios(get) if m in active else {}
-        columns.update({c: np.asarray(values.get(c, np.full(shape, np.nan)), dtype=np.float64).ravel() for c in m.columns})
-        raw.update({c: (np.asarray(get(c), dtype=np.float64) if m in active else np.full(shape, np.nan)).ravel()
-                    for c in m.raw_columns})
-    return columns, raw
+        try:
+            values = m.ratios(get) if m in active else {}
+        except KeyError:
+            values = {}
+        columns.update({c: np.broadcast_to(np.asarray(values.get(c, np.nan), dtype=np.float64), shape) for c in m.columns})
+    return columns
 
 
-def head_table(sums: Sums, active: list) -> pl.DataFrame:
+def ci_columns(replicates: dict[str, np.ndarray], shape: tuple) -> dict[str, np.ndarray]:
+    out = {}
+    for c in ratio_names():
+        low, high = bootstrap.interval(replicates[c]) if c in replicates else (np.full(shape, np.nan),) * 2
+        out[f"{c}_ci_low"], out[f"{c}_ci_high"] = low.ravel(), high.ravel()
+    return out
+
+
+def head_table(sums: Sums, active: list, boot: dict) -> pl.DataFrame:
     L, H = sums["mass"].shape
     layer, head = np.meshgrid(np.arange(L), np.arange(H), indexing="ij")
-    columns, raw = metric_columns(sums, active, (L, H), lambda k: sums[k])
+    columns = {c: v.ravel() for c, v in ratio_columns(active, (L, H), lambda k: sums[k]).items()}
+    replicates = ratio_columns(active, (len(boot["mass"]), L, H), lambda k: boot[k]) if boot else {}
+    raw = {c: (np.asarray(sums[c], dtype=np.float64) if m in active else np.full((L, H), np.nan)).ravel()
+           for m in registry() for c in m.raw_columns}
     return pl.DataFrame({"layer": layer.ravel().astype(np.int32), "head": head.ravel().astype(np.int32),
-                         **columns, **raw}, schema=head_schema())
+                         **columns, **ci_columns(replicates, (L, H)), **raw}, schema=head_schema())
 
 
-def layer_table(sums: Sums, active: list) -> pl.DataFrame:
+def layer_table(sums: Sums, active: list, boot: dict) -> pl.DataFrame:
     L = sums["mass"].shape[0]
-    columns, _ = metric_columns(sums, active, (L,), lambda k: sums[k].sum(axis=1))
+    columns = ratio_columns(active, (L,), lambda k: sums[k].sum(axis=1))
+    replicates = ratio_columns(active, (len(boot["mass"]), L), lambda k: boot[k].sum(axis=2)) if boot else {}
+    columns.update(ci_columns(replicates, (L,)))
     for m in registry():
         extra = m.layer_columns(sums) if m in active else {}
         columns.update({c: np.asarray(extra.get(c, np.full(L, np.nan)), dtype=np.float64) for c in m.layer_extra_columns})
     return pl.DataFrame({"layer": np.arange(L, dtype=np.int32), **columns}, schema=layer_schema())
 
 
-def findings_table(findings: list[Finding]) -> pl.DataFrame:
-    rows = [(f.statistic, f.value, f.p_value, f.n, f.paper_value) for f in findings]
+def replicate_findings(sums: Sums, active: list, boot: dict, heads: pl.DataFrame,
+                       layers: pl.DataFrame) -> dict[str, list[float]]:
+    """{finding: its value in each bootstrap replicate}: every metric's findings on the replicate's head and layer
+    ratios (correlations, means, SDs and peaks alike); sums without replicates keep their full-corpus value."""
+    L, H = sums["mass"].shape
+    out: dict[str, list[float]] = {}
+    for r in range(len(boot.get("mass", ()))):
+        head_r = ratio_columns(active, (L, H), lambda k: boot[k][r])
+        layer_r = ratio_columns(active, (L,), lambda k: boot[k][r].sum(axis=1))
+        heads_r = heads.with_columns(**{c: pl.Series(v.ravel()) for c, v in head_r.items()})
+        layers_r = layers.with_columns(**{c: pl.Series(v) for c, v in layer_r.items()})
+        sums_r = Sums({k: boot[k][r] if k in boot else v for k, v in sums.additive.items()})
+        for m in active:
+            for f in m.findings(heads_r, layers_r, sums_r):
+                out.setdefault(f.statistic, []).append(f.value)
+    return out
+
+
+def findings_table(findings: list[Finding], replicates: dict[str, list[float]]) -> pl.DataFrame:
+    """A finding whose replicates all equal its value rests on sums the bootstrap does not replicate (only head-level
+    sums are): it gets no interval rather than a false one of zero width."""
+    rows = []
+    for f in findings:
+        values = np.asarray(replicates.get(f.statistic, []), dtype=np.float64)
+        varies = values.size and not np.all((values == f.value) | (np.isnan(values) & np.isnan(f.value)))
+        low, high = bootstrap.interval(values) if varies else (None, None)
+        rows.append((f.statistic, f.value, f.p_value, f.n, f.paper_value, None if low is None else float(low),
+                     None if high is None else float(high)))
     return pl.DataFrame(rows, schema=FINDINGS_SCHEMA, orient="row")
 
 
-def build_tables(sums: Sums, meta: dict, tokens_dir, sentences_dir) -> dict[str, pl.DataFrame]:
+def build_tables(sums: Sums, meta: dict, tokens_dir, sentences_dir, aggregate_cfg=None) -> dict[str, pl.DataFrame]:
     """Metrics read tokens and sentences as lazy scans of their parts, filtered or aggregated as they stream:
-    the analysis sample's ("tokens", "sentences"), and with the exemplar pool ("pool_tokens", "pool_sentences")."""
+    the analysis sample's ("tokens", "sentences"), and with the exemplar pool ("pool_tokens", "pool_sentences");
+    also the head and layer tables and the thresholds of head roles (aggregate.roles; defaults when None)."""
+    roles_cfg = (aggregate_cfg or AggregateConfig()).roles
     active = computed_metrics(meta)
-    heads, layers = head_table(sums, active), layer_table(sums, active)
+    boot = bootstrap.replicate_sums(sums.additive)
+    heads, layers = head_table(sums, active, boot), layer_table(sums, active, boot)
     tables = {"head_metrics": heads, "layer_metrics": layers}
     inputs = {"tokens": scan(tokens_dir), "sentences": scan(sentences_dir),
               "pool_tokens": scan(tokens_dir, pool=True), "pool_sentences": scan(sentences_dir, pool=True),
-              "pos_vocab": meta["pos_vocab"], "dep_vocab": meta["dep_vocab"]}
-    findings = []
+              "pos_vocab": meta["pos_vocab"], "dep_vocab": meta["dep_vocab"],
+              "head_metrics": heads, "layer_metrics": layers, "roles": roles_cfg}
+    findings = [roles.sink_rate(heads, roles_cfg.sink_rate_epsilon)]  # Gu et al. (2024), from null_share
     for m in registry():
         made = m.tables(sums, inputs) if m in active else {}
         tables.update({name: made.get(name, pl.DataFrame(schema=schema)) for name, schema in m.table_schemas.items()})
         findings += m.findings(heads, layers, sums) if m in active else []
-    tables["findings"] = findings_table(findings)
+    tables["findings"] = findings_table(findings, replicate_findings(sums, active, boot, heads, layers))
     return tables
 
 
 def run(ctx) -> dict:
     sums, meta = load_sums(ctx.run_dir)
-    tables = build_tables(sums, meta, ctx.input_path("tokens"), ctx.input_path("sentences"))
+    tables = build_tables(sums, meta, ctx.input_path("tokens"), ctx.input_path("sentences"), ctx.cfg.aggregate)
     for name, df in tables.items():
         ctx.write_parquet(df, f"{name}.parquet")
     f = dict(zip(tables["findings"]["statistic"], tables["findings"]["value"]))

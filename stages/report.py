@@ -25,11 +25,13 @@ from pipeline.stage import Output, check_schema
 NAME = "report"
 VERSION = 1
 INPUTS = ("head_metrics.parquet", "layer_metrics.parquet", "pos_share.parquet", "dep_share_by_layer.parquet",
-          "exemplars.parquet", "findings.parquet", "tokens", "corpus_stats.parquet", "patterns.parquet", "attend/meta.json")
+          "exemplars.parquet", "findings.parquet", "tokens", "corpus_stats.parquet", "patterns.parquet", "attend/meta.json",
+          "dep_accuracy.parquet", "positional_profile.parquet", "head_roles.parquet")
 OUTPUTS = (Output("index.html", root="report"), Output("figures", root="report"),
            Output("claims.parquet", claims_check.SCHEMA))
 CONFIG = ("report",)
-NEEDED_TABLES = ("head_metrics", "layer_metrics", "pos_share", "dep_share_by_layer", "exemplars", "findings", "patterns")
+NEEDED_TABLES = ("head_metrics", "layer_metrics", "pos_share", "dep_share_by_layer", "exemplars", "findings", "patterns",
+                 "dep_accuracy", "positional_profile", "head_roles")
 
 
 def default_exemplar_heads(heads: pl.DataFrame) -> list[tuple[int, int]]:

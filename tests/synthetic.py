@@ -6,6 +6,8 @@ import numpy as np
 import polars as pl
 
 from pipeline import io
+from pipeline.config import RolesConfig
+from pipeline.roles import head_roles
 
 TAGS = ["NOUN", "PROPN", "DET", "PUNCT", "VERB"]
 
@@ -62,7 +64,15 @@ def tables(L: int = 12, H: int = 12, seed: int = 0) -> dict[str, pl.DataFrame]:
                                         "share_dependencies_within_18", "mean_sentence_pieces"],
                           "key": [str(d) for d in range(1, 19)] + ["", "", ""], "value": [*probability, 3.9, 0.997, 27.0],
                           "paper_value": [paper.get(str(d)) for d in range(1, 19)] + [3.89, 0.998, 27.7]})
+    # Positional profile (pipeline/metrics/positional.py): shares decreasing with the offset, and head roles from them
+    profile = rng.random((L * H, 20)) / np.arange(1, 21) ** 2
+    profile *= 0.9 / profile.sum(1, keepdims=True)
+    positional = pl.DataFrame({"layer": np.repeat(layer, 20), "head": np.repeat(head, 20),
+                               "offset": np.tile(np.arange(1, 21, dtype=np.int32), L * H), "share": profile.ravel()})
+    roles = head_roles(heads.with_columns(max_offset_share=pl.Series(profile.max(1)),
+                                          argmax_offset=pl.Series(profile.argmax(1) + 1.0)), layers, RolesConfig())
     return {"head_metrics": heads, "layer_metrics": layers, "pos_share": pos, "dep_share_by_layer": dep_layer,
+            "positional_profile": positional, "head_roles": roles, "dep_accuracy": dep_accuracy(L, H),
             "exemplars": ex, "findings": findings, "tokens": tokens, "corpus_stats": stats,
             "dep_share": pl.DataFrame({"layer": [0], "head": [0], "label": ["det"], "share": [1.0]}),
             "patterns": previous_piece_patterns(L, H, 6)}
@@ -89,3 +99,17 @@ def write_run(run_dir, t: dict[str, pl.DataFrame], model: dict | None = None, me
                                                                  "num_heads": 12}, "stages": {}, "metrics": metrics or {}},
                   run_dir / "run.json")
     return run_dir
+
+
+def dep_accuracy(L: int, H: int) -> pl.DataFrame:
+    """Clark et al.'s accuracy (pipeline/metrics/dependency_accuracy.py): one head per relation clearly above its
+    offset baseline, the rest at it."""
+    rows = []
+    for k, relation in enumerate(["det", "nsubj", "amod", "prep"]):
+        for layer in range(L):
+            for head in range(H):
+                best = (layer * H + head) == (k * 7) % (L * H)
+                rows.append((layer, head, relation, "dependent_to_head", 0.9 if best else 0.3, 50, 1, 0.3))
+    return pl.DataFrame(rows, schema={"layer": pl.Int32, "head": pl.Int32, "relation": pl.String, "direction": pl.String,
+                                      "accuracy": pl.Float64, "n": pl.Int64, "baseline_offset": pl.Int32,
+                                      "baseline_accuracy": pl.Float64}, orient="row")

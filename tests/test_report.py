@@ -180,6 +180,7 @@ def test_build_report_and_compare(tmp_path):
 
 def test_report_without_variability(tmp_path):
     """attend.variability_positions = 0 leaves variability undefined: the report still builds."""
+    from pipeline.report import figure_specs
     from stages.report import build_report
 
     t = tables()
@@ -188,7 +189,7 @@ def test_report_without_variability(tmp_path):
                         metrics={"variability": "disabled: attend.variability_positions is 0"})
     counts = build_report(run_dir, tmp_path / "reports" / "novar", ReportConfig())
     html = (tmp_path / "reports" / "novar" / "index.html").read_text()
-    assert counts["figures"] == 8 and "largest mean distance" in html
+    assert counts["figures"] == len(figure_specs()) - 1 and "largest mean distance" in html
     assert "variability was not computed (disabled: attend.variability_positions is 0)" in html
     assert not (tmp_path / "reports" / "novar" / "figures" / "fig10_variability.png").exists()
 
@@ -484,3 +485,28 @@ def test_every_claim_has_a_true_then_false_test_here():
               "distance_dep_alignment_r", "l5h1_top_distance", "layers_2_4_short_and_aligned",
               "distance_layers_0_1_above_2_4", "mean_sentence_pieces", "early_layers_high_entropy", "l5h1_low_entropy"}
     assert set(_claim(tables())) == tested
+
+
+def test_paper_value_inside_or_outside_the_bootstrap_interval():
+    t = tables()
+    with_ci = t["findings"].with_columns(ci_low=pl.when(pl.col("statistic") == "null_share_mean").then(0.5).otherwise(None),
+                                         ci_high=pl.when(pl.col("statistic") == "null_share_mean").then(0.6).otherwise(None))
+    row = _claim({**t, "findings": with_ci})["null_attention_mean"]
+    assert row["paper_in_ci"] is True and row["ci_95"] == "[0.5, 0.6]"
+    narrow = with_ci.with_columns(ci_high=pl.when(pl.col("statistic") == "null_share_mean").then(0.55).otherwise(None))
+    assert _claim({**t, "findings": narrow})["null_attention_mean"]["paper_in_ci"] is False
+    assert _claim(t)["null_attention_mean"]["paper_in_ci"] is None  # no bootstrap: no verdict
+    heads = t["head_metrics"].with_columns(mean_distance_ci_low=pl.col("mean_distance") - 1.0,
+                                           mean_distance_ci_high=pl.col("mean_distance") + 1.0)
+    l5h1 = heads.filter((pl.col("layer") == 5) & (pl.col("head") == 1))["mean_distance"][0]
+    assert _claim({**t, "head_metrics": heads})["l5h1_top_distance"]["paper_in_ci"] is (abs(l5h1 - 14.2) <= 1.0)
+
+
+def test_layer_figures_draw_the_bootstrap_interval_when_there_is_one():
+    layers = tables(L=4, H=2)["layer_metrics"]
+    assert not figures.dependency_alignment(layers).axes[0].collections  # no interval: no band
+    banded = layers.with_columns(dep_align_either_ci_low=pl.col("dep_align_either") - 0.01,
+                                 dep_align_either_ci_high=pl.col("dep_align_either") + 0.02)
+    band = figures.dependency_alignment(banded).axes[0].collections[0].get_paths()[0].vertices
+    assert np.isclose(band[:, 1].min(), (banded["dep_align_either"] - 0.01).min())
+    assert np.isclose(band[:, 1].max(), (banded["dep_align_either"] + 0.02).max())

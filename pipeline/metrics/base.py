@@ -12,6 +12,7 @@ replaced by that reason, and its claims are not applicable."""
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -81,7 +82,9 @@ def pearson(heads: pl.DataFrame, x: str, y: str, statistic: str, paper_value: fl
 
     d = heads.select(x, y).drop_nulls().drop_nans()
     if d.height >= 3 and d[x].std() > 0 and d[y].std() > 0:
-        r, p = stats.pearsonr(d[x].to_numpy(), d[y].to_numpy())
+        with warnings.catch_warnings():  # a column constant up to rounding (a bootstrap replicate of a closed form)
+            warnings.simplefilter("ignore", stats.ConstantInputWarning)
+            r, p = stats.pearsonr(d[x].to_numpy(), d[y].to_numpy())
         return Finding(statistic, float(r), float(p), d.height, paper_value)
     return Finding(statistic, float("nan"), float("nan"), d.height, paper_value)
 
@@ -123,6 +126,8 @@ class Claim:
     applicable: bool = True
     tolerance: str | None = None
     direction_holds: bool | None = None
+    interval: tuple | None = None        # the bootstrap's 95% interval of the run's number (pipeline/bootstrap.py)
+    paper_number: float | None = None    # the paper's number, where paper_value is text (default: paper_value)
 
 
 @dataclass
@@ -136,6 +141,8 @@ class ClaimContext:
         findings = self.tables["findings"]
         self.f = dict(zip(findings["statistic"], findings["value"]))
         self.p = dict(zip(findings["statistic"], findings["p_value"]))
+        bounds = findings.select("statistic", "ci_low", "ci_high").rows() if "ci_low" in findings.columns else []
+        self.intervals = {s: (lo, hi) for s, lo, hi in bounds if lo is not None and hi is not None}
         self.L = self.tables["layer_metrics"].height
 
     @property
@@ -155,8 +162,21 @@ class ClaimContext:
         row = stats.filter((pl.col("statistic") == statistic) & (pl.col("key") == key))
         return float(row["value"][0]) if row.height else None
 
+    def ci(self, statistic: str) -> tuple | None:
+        """The bootstrap interval of a finding; None when the run had no bootstrap."""
+        return self.intervals.get(statistic)
+
+    def head_ci(self, head: tuple[int, int], metric: str) -> tuple | None:
+        heads = self.tables["head_metrics"]
+        if f"{metric}_ci_low" not in heads.columns:
+            return None
+        row = heads.filter((pl.col("layer") == head[0]) & (pl.col("head") == head[1]))
+        bounds = row.select(f"{metric}_ci_low", f"{metric}_ci_high").rows()
+        return bounds[0] if bounds and all(defined(b) for b in bounds[0]) else None
+
     def named_head(self, claim: str, statement: str, metric: str, head: tuple[int, int], paper: str,
-                   low: float, high: float, highest: bool = True, top: int = 1) -> "Claim":
+                   low: float, high: float, highest: bool = True, top: int = 1,
+                   paper_number: float | None = None) -> "Claim":
         """A claim that the paper's GPT-2 head `head` is the head with the highest (or lowest) `metric` (top=1), or
         among the `top` highest (lowest), with the value the paper gives. holds: its rank and its value in
         [low, high]; direction_holds: its rank alone. Applies to GPT-2 small only; heads whose metric is undefined
@@ -175,7 +195,8 @@ class ClaimContext:
         where = f"is the head with the {extreme} {metric}" if top == 1 else f"ranks among the {top} {extreme} of {len(keys)} heads by {metric}"
         ranks = rank is not None and rank <= top
         return Claim(claim, statement, f"head {head} {where}, and its value lies in the band", paper, run,
-                     ranks and in_band(value, low, high), self.gpt2_small and bool(keys), band(low, high), ranks)
+                     ranks and in_band(value, low, high), self.gpt2_small and bool(keys), band(low, high), ranks,
+                     self.head_ci(head, metric), paper_number)
 
     def last(self, n: int) -> set[int]:
         """The last n of 12 layers, scaled to this model's depth."""
@@ -209,11 +230,12 @@ class Metric:
         return {}
 
     def reduce_layer(self, layer) -> dict:
-        """{sum key: [H, ...] tensor} from one layer's attention (an engine.LayerView)."""
+        """{sum key: [B, H, ...] tensor per sentence} from one layer's attention (an engine.LayerView); the engine
+        adds them over the batch, and gives a head-level sum ([B, H]) its bootstrap replicates."""
         return {}
 
     def batch_sums(self, batch) -> dict:
-        """{sum key: tensor} that do not depend on attention (pair counts)."""
+        """{sum key: [B, ...] tensor per sentence} that do not depend on attention (pair counts)."""
         return {}
 
     def first_pass_positions(self, attend_cfg) -> int:

@@ -30,7 +30,7 @@ class DependencyLabels(Metric):
 
     def reduce_layer(self, layer) -> dict:
         ctx = layer.batch
-        return {"dep_to": torch.einsum("bhj,bjd->bhd", layer.received, ctx.dep_onehot).to(ctx.sum_dtype).sum(0)}
+        return {"dep_to": torch.einsum("bhj,bjd->bhd", layer.received, ctx.dep_onehot).to(ctx.sum_dtype)}
 
     def tables(self, sums, inputs) -> dict:
         vocab = inputs["dep_vocab"]

@@ -17,7 +17,8 @@ class Distance(Metric):
     columns = ("mean_distance",)
     figures = (FigureSpec(
         "fig11_mean_distance", "Mean attention distance (Fig. 11)",
-        "Eq. 6: attention-weighted mean of i − j over non-null attention, by layer and head (left) and by layer (right).",
+        "Eq. 6: attention-weighted mean of i − j over non-null attention, by layer and head (left) and by layer (right, "
+        "with the bootstrap's 95% interval over sentences).",
         "distance_by_layer_and_head", inputs=("head_metrics", "layer_metrics")),)
 
     def pair_features(self, batch) -> dict:
@@ -56,7 +57,8 @@ class Distance(Metric):
                          "heads are in the same layer.", "SD across heads lies in the band, and the mean SD within a "
                          "layer is at least half of it; direction: the latter alone", 3.6,
                          None if not defined(sd) else f"{sd:.3g} (within layers: " + ("n/a" if within_sd is None else f"{within_sd:.3g}") + ")",
-                         in_band(sd, 2.7, 4.5) and spread is not False, defined(sd), band(2.7, 4.5), spread))
+                         in_band(sd, 2.7, 4.5) and spread is not False, defined(sd), band(2.7, 4.5), spread,
+                         c.ci("sd_mean_distance")))
         # ±0.15 in r: over 144 heads the sampling error of r alone is about ±0.1 (95%), and a corpus shifts it
         # further; 0.46-0.76 is still "moderate", and -0.88 to -0.58 still a strong negative correlation.
         for claim, statement, key, paper, low, high, sign in (
@@ -70,11 +72,11 @@ class Distance(Metric):
             direction = defined(r) and r * sign > 0 and significant
             out.append(Claim(claim, statement, f"r lies in the band and p < 0.001; direction: r {'>' if sign > 0 else '<'} 0 "
                              "with p < 0.001", paper, None if not defined(r) else f"r = {r:.3g}, p = " + (f"{p:.2g}" if defined(p) else "n/a"),
-                             in_band(r, low, high) and significant, defined(r), band(low, high), direction))
+                             in_band(r, low, high) and significant, defined(r), band(low, high), direction, c.ci(key)))
         # ±3 pieces (a fifth) around 14.2: a head attending to repeated phrases spans about as far as the sentences
         # are long, so the corpus' sentence length sets it (27.7 pieces in the paper's).
         out.append(c.named_head("l5h1_top_distance", "Layer 5, head 1 has the largest mean attention distance (14.2).",
-                                "mean_distance", (5, 1), "(5, 1): 14.2", 11.2, 17.2))
+                                "mean_distance", (5, 1), "(5, 1): 14.2", 11.2, 17.2, paper_number=14.2))
         out.extend(self.layer_claims(c, layers))
         pieces = c.corpus("mean_sentence_pieces")
         # ±4 pieces (a seventh) around 27.7: a property of the corpus, not the model: another Wikipedia sample and

@@ -33,9 +33,9 @@ class Entropy(Metric):
         rows = ctx.attending[:, None, :]
         skipped = rows & (null > ctx.cfg.entropy_null_threshold)
         counted = rows & ~skipped & (row_mass > 0)
-        return {"entropy_sum": torch.where(counted, entropy, 0.0).to(ctx.sum_dtype).sum((0, 2)),
-                "entropy_rows": counted.to(ctx.sum_dtype).sum((0, 2)),
-                "entropy_skipped": skipped.to(ctx.sum_dtype).sum((0, 2))}
+        return {"entropy_sum": torch.where(counted, entropy, 0.0).to(ctx.sum_dtype).sum(2),
+                "entropy_rows": counted.to(ctx.sum_dtype).sum(2),
+                "entropy_skipped": skipped.to(ctx.sum_dtype).sum(2)}
 
     def ratios(self, get) -> dict:
         return {"mean_entropy": ratio(get("entropy_sum"), get("entropy_rows"))}
@@ -53,7 +53,8 @@ class Entropy(Metric):
         # logarithm's base (0.41 bits is 0.28 nats, inside the band).
         lowest = math.ceil(0.1 * c.tables["head_metrics"].height)
         out.append(c.named_head("l5h1_low_entropy", "Layer 5, head 1 has one of the lowest mean entropies (0.41).",
-                                "mean_entropy", (5, 1), "(5, 1): 0.41", 0.26, 0.56, highest=False, top=lowest))
+                                "mean_entropy", (5, 1), "(5, 1): 0.41", 0.26, 0.56, highest=False, top=lowest,
+                                paper_number=0.41))
         return out
 
 

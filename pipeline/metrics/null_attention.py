@@ -40,10 +40,10 @@ class NullAttention(Metric):
         # slack for the corpus, still a head with nearly all its attention on position 0.
         return [Claim("null_attention_mean", "On average, 57% of attention goes to the first (null) token.",
                       "mean over heads of the null share lies in the band", 0.57, mean, in_band(mean, 0.47, 0.67),
-                      defined(mean), band(0.47, 0.67)),
+                      defined(mean), band(0.47, 0.67), interval=c.ci("null_share_mean")),
                 Claim("null_attention_max", "Some heads put over 97% of their attention on the first token.",
                       "max over heads of the null share lies in the band", 0.97, top, in_band(top, 0.95, 1.0),
-                      defined(top), band(0.95, 1.0))]
+                      defined(top), band(0.95, 1.0), interval=c.ci("null_share_max"))]
 
 
 METRIC = NullAttention()

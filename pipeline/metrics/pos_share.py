@@ -54,8 +54,8 @@ class PosShare(Metric):
     def reduce_layer(self, layer) -> dict:
         ctx, sum_dtype = layer.batch, layer.batch.sum_dtype
         sent = layer.row_mass * ctx.attending_f[:, None, :]
-        return {"pos_to": torch.einsum("bhj,bjp->bhp", layer.received, ctx.pos_onehot).to(sum_dtype).sum(0),
-                "pos_from": torch.einsum("bhi,bip->bhp", sent, ctx.pos_onehot).to(sum_dtype).sum(0)}
+        return {"pos_to": torch.einsum("bhj,bjp->bhp", layer.received, ctx.pos_onehot).to(sum_dtype),
+                "pos_from": torch.einsum("bhi,bip->bhp", sent, ctx.pos_onehot).to(sum_dtype)}
 
     def tables(self, sums, inputs) -> dict:
         tokens = inputs["tokens"]  # a lazy scan of the analysis sample's parts: aggregated as it streams

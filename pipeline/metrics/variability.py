@@ -65,8 +65,8 @@ class Variability(Metric):
         mask = window_mask(ctx, N)[:, None]
         win = layer.att[:, :, :N, :N] * mask
         mean = layer.first_pass["window_mean"][layer.index, :, :N, :N].float()
-        return {"var_abs_dev": ((win - mean[None]).abs() * mask).to(ctx.sum_dtype).sum((0, 2, 3)),
-                "var_mass": win.to(ctx.sum_dtype).sum((0, 2, 3))}
+        return {"var_abs_dev": ((win - mean[None]).abs() * mask).to(ctx.sum_dtype).sum((2, 3)),
+                "var_mass": win.to(ctx.sum_dtype).sum((2, 3))}
 
     def ratios(self, get) -> dict:
         return {"variability": ratio(get("var_abs_dev"), 2 * get("var_mass"))}
@@ -86,7 +86,8 @@ class Variability(Metric):
         # [0, 0.014], 0.004 + 0.01: a head attending to the previous piece hardly varies with the content; a corpus
         # moves its tiny deviations by thousandths, and 0.014 is still far below a content-dependent head.
         out.append(c.named_head("l4h11_most_position_focused", "Layer 4, head 11 is the most position-focused head "
-                                "(variability 0.004).", "variability", (4, 11), "(4, 11): 0.004", 0.0, 0.014, highest=False))
+                                "(variability 0.004).", "variability", (4, 11), "(4, 11): 0.004", 0.0, 0.014, highest=False,
+                                paper_number=0.004))
         return out
 
 

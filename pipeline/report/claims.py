@@ -21,16 +21,25 @@ import polars as pl
 from pipeline.metrics import registry
 from pipeline.metrics.base import ClaimContext
 
-# A bootstrap confidence interval of the run's value will add "paper_in_ci" (pl.Boolean) after direction_holds.
+# ci_95: the bootstrap's 95% interval of the run's number (attend.bootstrap_replicates); paper_in_ci: whether the
+# paper's number lies in it (null where the claim has no single number, or the run no bootstrap).
 SCHEMA = {"claim": pl.String, "statement": pl.String, "criterion": pl.String, "tolerance": pl.String,
           "paper_value": pl.String, "run_value": pl.String, "applicable": pl.Boolean, "holds": pl.Boolean,
-          "direction_holds": pl.Boolean}
+          "direction_holds": pl.Boolean, "ci_95": pl.String, "paper_in_ci": pl.Boolean}
 
 
 def _fmt(x) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
     return f"{x:.3g}" if isinstance(x, float) else str(x)
+
+
+def _paper_in_interval(c, applicable: bool) -> tuple[str | None, bool | None]:
+    number = c.paper_number if c.paper_number is not None else c.paper_value
+    if not applicable or c.interval is None or not isinstance(number, (int, float)):
+        return None, None
+    low, high = c.interval
+    return f"[{low:.3g}, {high:.3g}]", bool(low <= number <= high)
 
 
 def evaluate(tables: dict[str, pl.DataFrame], model: dict, metric_status: dict | None = None) -> pl.DataFrame:
@@ -42,5 +51,6 @@ def evaluate(tables: dict[str, pl.DataFrame], model: dict, metric_status: dict |
             applicable = bool(c.applicable) and computed
             rows.append((c.claim, c.statement, c.criterion, c.tolerance, _fmt(c.paper_value), _fmt(c.run_value),
                          applicable, bool(c.holds) if applicable and c.holds is not None else None,
-                         bool(c.direction_holds) if applicable and c.direction_holds is not None else None))
+                         bool(c.direction_holds) if applicable and c.direction_holds is not None else None,
+                         *_paper_in_interval(c, applicable)))
     return pl.DataFrame(rows, schema=SCHEMA, orient="row")

@@ -78,6 +78,20 @@ def tag_small_multiples(pos: pl.DataFrame, direction: str, min_frequency: float 
     return fig
 
 
+def _interval(df: pl.DataFrame, column: str) -> tuple:
+    """The bootstrap's 95% interval of a column ([low], [high] arrays), or (None, None) without one."""
+    low, high = f"{column}_ci_low", f"{column}_ci_high"
+    if low not in df.columns or df[low].is_nan().all():
+        return None, None
+    return df[low].to_numpy(), df[high].to_numpy()
+
+
+def _interval_band(ax, df: pl.DataFrame, column: str, x, color) -> None:
+    low, high = _interval(df, column)
+    if low is not None:
+        ax.fill_between(x, low, high, color=color, alpha=0.2, lw=0)
+
+
 def dependency_alignment(layers: pl.DataFrame) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(max(5, 0.25 * layers.height + 3), 3.8), layout="constrained")
     x = layers["layer"].to_numpy()
@@ -86,6 +100,7 @@ def dependency_alignment(layers: pl.DataFrame) -> plt.Figure:
             ("dep_align_attending_parent", "baseline_attending_parent", "attending piece is parent", "tab:green"),
             ("dep_align_receiving_parent", "baseline_receiving_parent", "receiving piece is parent", "tab:purple")):
         ax.plot(x, layers[column], marker="o", ms=3, label=label, color=color)
+        _interval_band(ax, layers, column, x, color)
         if baseline in layers.columns:
             ax.axhline(layers[baseline][0], color=color, ls="--", lw=1, label=f"baseline: {label}")
     ax.set_xlabel("layer")
@@ -125,18 +140,132 @@ def dependency_labels(dep_by_layer: pl.DataFrame, top: int = 12) -> plt.Figure:
     return fig
 
 
+DIRECTION_NAMES = {"dependent_to_head": "dependent → head", "head_to_dependent": "head → dependent"}
+DIRECTION_COLOURS = {"dependent_to_head": "tab:blue", "head_to_dependent": "tab:orange"}
+
+
+def best_dependency_heads(dep_accuracy: pl.DataFrame) -> pl.DataFrame:
+    """Per (relation, direction) of dep_accuracy.parquet: the head with the highest accuracy (ties: the lowest layer,
+    then head), with its n and the baseline."""
+    d = dep_accuracy.filter(pl.col("accuracy").is_not_null() & pl.col("accuracy").is_not_nan())
+    return (d.sort(["accuracy", "layer", "head"], descending=[True, False, False])
+            .group_by("relation", "direction", maintain_order=True).first())
+
+
+def dependency_accuracy(dep_accuracy: pl.DataFrame, top: int = 15) -> plt.Figure:
+    """Clark et al. (2019), Table 1, as bars: for the `top` relations with the most cases (both directions), one row
+    per direction that has cases, the best head's accuracy (wide bar, coloured by direction) and the best fixed-offset
+    baseline (narrow grey bar), most frequent relation at the top."""
+    best = best_dependency_heads(dep_accuracy)
+    frequency = best.group_by("relation").agg(pl.col("n").sum()).sort(["n", "relation"], descending=[True, False])
+    rows = [r for relation in frequency["relation"].head(top).to_list()
+            for r in best.filter(pl.col("relation") == relation).sort("direction").iter_rows(named=True)]
+    fig, ax = plt.subplots(figsize=(8.5, 0.34 * len(rows) + 1.8), layout="constrained")
+    if not rows:
+        ax.text(0.5, 0.5, "no dependency cases in this run", ha="center", va="center")
+        ax.axis("off")
+        return fig
+    y = np.arange(len(rows))
+    ax.barh(y, [r["accuracy"] for r in rows], height=0.75, color=[DIRECTION_COLOURS[r["direction"]] for r in rows])
+    ax.barh(y, [r["baseline_accuracy"] for r in rows], height=0.3, color="0.35")
+    for k, r in enumerate(rows):
+        ax.text(min(max(r["accuracy"], r["baseline_accuracy"]), 1.0) + 0.01, k,
+                f"L{r['layer']} H{r['head']}; baseline offset −{r['baseline_offset']}", va="center", fontsize=7)
+    ax.set_yticks(y, [f"{r['relation']} ({DIRECTION_NAMES[r['direction']]}), n={r['n']:,}" for r in rows], fontsize=8)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlim(0, 1.45)
+    ax.set_xticks(np.linspace(0, 1, 6))
+    ax.set_xlabel("accuracy: share of cases whose most-attended non-null piece lies in the related word")
+    handles = [matplotlib.patches.Patch(color=c, label=f"best head, {DIRECTION_NAMES[d]}") for d, c in DIRECTION_COLOURS.items()]
+    fig.legend(handles=[*handles, matplotlib.patches.Patch(color="0.35", label="best fixed offset (baseline)")],
+               fontsize=8, loc="outside lower center", ncols=3)
+    ax.set_title("Best single head per dependency relation vs. a fixed offset (after Clark et al. 2019)", fontsize=10)
+    return fig
+
+
 def distance_by_layer_and_head(heads: pl.DataFrame, layers: pl.DataFrame) -> plt.Figure:
     values = grid(heads, "mean_distance")
     w, h = _size(*values.shape)
     fig, (left, right) = plt.subplots(1, 2, figsize=(w + 4, h), layout="constrained", width_ratios=[max(values.shape[1], 4), 4])
     draw_heatmap(left, values, "by layer and head", label="mean distance (pieces)")
-    right.barh(layers["layer"], layers["mean_distance"], color="tab:blue", height=0.8)
+    low, high = _interval(layers, "mean_distance")
+    error = None if low is None else np.abs(np.vstack([layers["mean_distance"] - low, high - layers["mean_distance"]]))
+    right.barh(layers["layer"], layers["mean_distance"], color="tab:blue", height=0.8, xerr=error, ecolor="black",
+               capsize=2)  # the bootstrap's 95% interval, where the run has one
     right.set_ylim(layers.height - 0.5, -0.5)  # rows line up with the heatmap's
     right.set_yticks(_ticks(layers.height))
     right.set_xlabel("mean distance (pieces)")
     right.set_ylabel("layer")
     right.set_title("by layer")
     fig.suptitle("Mean attention distance")
+    return fig
+
+
+def positional_profile(profile: pl.DataFrame) -> plt.Figure:
+    """positional_profile.parquet. Left: per layer, the mean over its heads of the share at each offset d = i − j
+    (heads without non-null attention left out), one line per layer coloured by depth. Right: layer × offset, the
+    largest share of any head of the layer, so that a head fixed on one offset stands out."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    by_layer = (profile.with_columns(pl.col("share").fill_nan(None)).group_by("layer", "offset")
+                .agg(mean=pl.col("share").mean(), peak=pl.col("share").max()))
+    L, D = int(profile["layer"].max()) + 1, int(profile["offset"].max())
+    mean, peak = np.full((L, D), np.nan), np.full((L, D), np.nan)
+    at = (by_layer["layer"].to_numpy(), by_layer["offset"].to_numpy() - 1)
+    mean[at] = by_layer["mean"].cast(pl.Float64).to_numpy()
+    peak[at] = by_layer["peak"].cast(pl.Float64).to_numpy()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, min(max(3.8, 1.5 + 0.3 * L), 14)), layout="constrained")
+    cmap, norm = plt.get_cmap(CMAP), Normalize(0, max(L - 1, 1))
+    offsets = np.arange(1, D + 1)
+    for layer in range(L):
+        left.plot(offsets, mean[layer], color=cmap(norm(layer)), marker="o", ms=2.5, lw=1.2)
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=left, label="layer", ticks=_ticks(L))
+    left.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    left.set_xlabel("offset d = i − j (pieces)")
+    left.set_ylabel("share of non-null attention")
+    left.set_title("mean over the heads of each layer")
+    im = right.imshow(peak, aspect="auto", cmap=CMAP, vmin=0, interpolation="nearest")
+    ticks = _ticks(D)
+    right.set_xticks(ticks, [str(t + 1) for t in ticks])
+    right.set_yticks(_ticks(L))
+    right.set_xlabel("offset d = i − j (pieces)")
+    right.set_ylabel("layer")
+    right.set_title("largest share of any head of the layer")
+    fig.colorbar(im, ax=right, label="share of non-null attention")
+    fig.suptitle("Positional profile: attention at each offset")
+    return fig
+
+
+ROLE_COLOURS = {"sink": "0.3", "positional": "tab:orange", "syntactic": "tab:blue", "broad": "tab:green", "mixed": "0.85"}
+
+
+def head_roles_map(roles: pl.DataFrame) -> plt.Figure:
+    """head_roles.parquet as a layer × head map, one colour per role (pipeline/roles.py; the legend counts the heads
+    of each). White dots: heads whose mean attention to position 0 exceeds the sink rate's ε; the title gives their
+    share of all heads, the attention sink rate of Gu et al. (2024)."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    names = list(ROLE_COLOURS)
+    codes = grid(roles.with_columns(code=pl.col("role").replace_strict(names, list(range(len(names))), default=None,
+                                                                      return_dtype=pl.Float64)), "code")
+    L, H = codes.shape
+    w, h = _size(L, H)
+    fig, ax = plt.subplots(figsize=(w + 2.5, h), layout="constrained")
+    draw_heatmap(ax, codes, colorbar=False, vmin=-0.5, vmax=len(names) - 0.5,
+                 cmap=ListedColormap([ROLE_COLOURS[n] for n in names]))
+    sinks = roles.filter(pl.col("above_sink_epsilon"))
+    ax.scatter(sinks["head"].to_numpy(), sinks["layer"].to_numpy(), s=max(4.0, min(30.0, 3000 / (L * H))), c="white",
+               edgecolors="black", linewidths=0.5)
+    counts = dict(roles.group_by("role").len().iter_rows())
+    handles = [Patch(facecolor=ROLE_COLOURS[n], edgecolor="0.5", label=f"{n} ({counts.get(n, 0)})") for n in names]
+    handles.append(Line2D([], [], marker="o", ls="", markerfacecolor="white", markeredgecolor="black",
+                          label="mean attention to\nposition 0 > ε"))
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
+    rate = sinks.height / roles.height if roles.height else float("nan")
+    ax.set_title(f"Head roles\nattention sink rate (Gu et al. 2024): {rate:.0%} of heads")
     return fig
 
 

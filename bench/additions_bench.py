@@ -1,0 +1,98 @@
+"""What each measurement beyond the paper costs on attend's main pass, made to survive a noisy machine.
+
+    python bench/additions_bench.py --config configs/offline.yaml [--sentences 300] [--rounds 5] [--set KEY=VALUE ...]
+
+One model, one slice of sentences (evenly spaced over the length-sorted corpus), and these variants of the
+main pass (variability's first pass is not part of it; its cost is the same in every variant):
+  paper          the paper's metrics only: every addition switched off
+  +positional    the positional profile (attend.positional_offsets)
+  +dep_accuracy  Clark et al.'s dependency accuracy (attend.dependency_accuracy)
+  +bootstrap     Poisson bootstrap replicates (attend.bootstrap_replicates)
+  +norm          norm-weighted attention (attend.norm_weighting), where the model supports it
+  all            every addition on (the defaults)
+Variants take turns in a rotated order in each round; the report gives each variant's median time and its
+ratio to `paper`, computed within each round and then the median (never across rounds). Results also go to
+.bench/additions-<device>.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+OFF = {"positional_offsets": 0, "dependency_accuracy": False, "bootstrap_replicates": 0, "norm_weighting": False}
+ON = {"positional_offsets": 20, "dependency_accuracy": True, "bootstrap_replicates": 200, "norm_weighting": True}
+VARIANTS = {"paper": {}, "+positional": {"positional_offsets": ON["positional_offsets"]},
+            "+dep_accuracy": {"dependency_accuracy": True}, "+bootstrap": {"bootstrap_replicates": ON["bootstrap_replicates"]},
+            "+norm": {"norm_weighting": True}, "all": ON}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/offline.yaml")
+    p.add_argument("--sentences", type=int, default=300)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    args = p.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import torch
+
+    from pipeline.config import load_config
+    from pipeline.engine import Reduction, TokenArrays, reduce_sentences
+    from pipeline.models import load_adapter, resolve_device
+    from pipeline.parts import read_meta, scan
+    from pipeline.runner import run_pipeline
+
+    cfg = load_config(args.config, [f"corpus.max_sentences={args.sentences}", f"run_name=bench-additions-{args.sentences}",
+                                    *args.overrides])
+    run_pipeline(cfg, ["corpus", "annotate"], echo=lambda *a: None)
+    vocab = read_meta(cfg.run_dir / "tokens")
+    arrays = TokenArrays.from_frame(scan(cfg.run_dir / "tokens").collect(), vocab["pos_vocab"], vocab["dep_vocab"])
+    device = resolve_device(cfg.model.device)
+    adapter = load_adapter(cfg.model, device)
+    order, tokens = arrays.length_order(), int(arrays.lengths.sum())
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def once(name: str) -> float:
+        a = cfg.attend.model_copy(update={**OFF, **VARIANTS[name], "variability_positions": 0})
+        reduction = Reduction(a, len(arrays.pos_vocab), len(arrays.dep_vocab), row_width=int(arrays.lengths.max()))
+        sync()
+        started = time.perf_counter()
+        reduce_sentences(adapter, arrays, order, reduction, a.token_budget)
+        sync()
+        return time.perf_counter() - started
+
+    once("all")  # warm-up: caches, allocator, first-call overheads
+    names = list(VARIANTS)
+    seconds = {n: [] for n in names}
+    for r in range(args.rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:  # rotated: no variant always runs first
+            seconds[n].append(once(n))
+        print(f"round {r + 1}: " + ", ".join(f"{n} {seconds[n][-1]:.2f}s" for n in names), flush=True)
+    ratios = {n: statistics.median(seconds[n][k] / seconds["paper"][k] for k in range(args.rounds)) for n in names}
+    result = {"device": device.type, "model": cfg.model.name, "sentences": len(order), "tokens": tokens,
+              "rounds": args.rounds, "torch_threads": torch.get_num_threads(),
+              "variants": {n: {"seconds_median": statistics.median(seconds[n]), "seconds_min": min(seconds[n]),
+                               "seconds_max": max(seconds[n]), "ratio_to_paper_median": ratios[n],
+                               "tokens_per_s_median": tokens / statistics.median(seconds[n])} for n in names}}
+    print(f"\n{len(order)} sentences, {tokens} tokens, {cfg.model.name} on {device.type}, {args.rounds} rounds")
+    print(f"{'variant':<16}{'median s':>10}{'min–max s':>16}{'× paper':>10}{'tokens/s':>11}")
+    for n in names:
+        v = result["variants"][n]
+        print(f"{n:<16}{v['seconds_median']:>10.2f}{v['seconds_min']:>8.2f}–{v['seconds_max']:<7.2f}"
+              f"{v['ratio_to_paper_median']:>10.3f}{v['tokens_per_s_median']:>11.0f}")
+    out = ROOT / ".bench" / f"additions-{device.type}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""Positional profiles, head roles and the sink rate (pipeline/metrics/positional.py, pipeline/roles.py): against a
+slow reference (loops over i and j, one sentence at a time), a closed form under uniform attention, roles on
+synthetic head tables made to hold and to fail, and the metric switched off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from conftest import make_config, write_corpus
+from helpers import ANALYSIS, run, table
+from pipeline import roles
+from pipeline.config import RolesConfig
+from pipeline.metrics import positional
+from pipeline.report import figures
+from pipeline.runner import run_pipeline
+from reference import attention_maps
+from stages import STAGE_NAMES
+
+D = 20  # attend.positional_offsets' default
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_gpt2, tmp_path_factory):
+    """Every stage, report included, on the tiny random model with the default config."""
+    base = tmp_path_factory.mktemp("positional")
+    cfg = make_config(base, tiny_gpt2, write_corpus(base / "corpus.txt"))
+    run(cfg, stages=STAGE_NAMES)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def maps(tiny_run, tiny_gpt2):
+    return attention_maps(tiny_gpt2, table(tiny_run, "tokens"))
+
+
+def reference_offsets(maps: dict, D: int) -> tuple[np.ndarray, np.ndarray]:
+    """[L, H, D] Σ α_ij over i − j = d (j ≥ 1) and [L, H] Σ α_ij over 1 ≤ j ≤ i, rows i ≥ 1: loops over i and j."""
+    L, H = next(iter(maps.values())).shape[:2]
+    num, mass = np.zeros((L, H, D)), np.zeros((L, H))
+    for A in maps.values():
+        n = A.shape[2]
+        for layer in range(L):
+            for head in range(H):
+                a = A[layer, head]
+                for i in range(1, n):
+                    for j in range(1, i + 1):
+                        mass[layer, head] += a[i, j]
+                        if 1 <= i - j <= D:
+                            num[layer, head, i - j - 1] += a[i, j]
+    return num, mass
+
+
+def test_offset_shares_match_slow_reference(tiny_run, maps):
+    num, mass = reference_offsets(maps, D)
+    L, H = mass.shape
+    want = num / mass[..., None]
+    profile = table(tiny_run, "positional_profile").sort("layer", "head", "offset")
+    assert profile.height == L * H * D and profile["offset"].unique().sort().to_list() == list(range(1, D + 1))
+    assert np.allclose(profile["share"].to_numpy().reshape(L, H, D), want, atol=1e-5)
+    heads = table(tiny_run, "head_metrics").sort("layer", "head")
+    assert np.allclose(heads["previous_piece_share"].to_numpy(), want[..., 0].ravel(), atol=1e-5)
+    assert np.allclose(heads["max_offset_share"].to_numpy(), want.max(-1).ravel(), atol=1e-5)
+    ordered = np.sort(want, -1)
+    clear = (ordered[..., -1] - ordered[..., -2]).ravel() > 1e-4  # argmax compared where no near-tie can swap it
+    assert clear.any()
+    assert np.array_equal(heads["argmax_offset"].to_numpy()[clear], (want.argmax(-1) + 1).ravel()[clear])
+    layers = table(tiny_run, "layer_metrics").sort("layer")  # each layer's summed numerators over its summed mass
+    assert np.allclose(layers["previous_piece_share"].to_numpy(), num[..., 0].sum(1) / mass.sum(1), atol=1e-5)
+    assert np.allclose(layers["max_offset_share"].to_numpy(), (num.sum(1) / mass.sum(1)[:, None]).max(-1), atol=1e-5)
+
+
+def harmonic(n: int) -> float:
+    return sum(1 / k for k in range(1, n + 1))
+
+
+def test_uniform_attention_offset_shares_closed_form(uniform_gpt2, config_factory):
+    """α_ij = 1/(i+1) for j ≤ i. Offset d takes 1/(i+1) from each row i ≥ d + 1 (so that j = i − d ≥ 1): in a
+    sentence of n pieces Σ_{i=d+1}^{n−1} 1/(i+1) = H_n − H_{d+1} (0 when n ≤ d + 1, H the harmonic numbers), of its
+    non-null mass Σ_{i=1}^{n−1} i/(i+1) = n − H_n. Share(d) = Σ_s max(0, H_n − H_{d+1}) / Σ_s (n − H_n), decreasing
+    in d: the largest share is the previous piece's. With D ≥ the longest sentence the shares sum to 1 less the
+    share of the diagonal (d = 0, α_ii = 1/(i+1): in the mass, not in the profile)."""
+    cfg = config_factory(uniform_gpt2, "attend.positional_offsets=128")
+    run(cfg)
+    lengths = table(cfg, "tokens").group_by("sentence_id").len()["len"].to_list()
+    mass = sum(n - harmonic(n) for n in lengths)
+    expected = np.array([sum(max(0.0, harmonic(n) - harmonic(d + 1)) for n in lengths) / mass for d in range(1, 129)])
+    profile = table(cfg, "positional_profile").sort("layer", "head", "offset")
+    shares = profile["share"].to_numpy().reshape(2 * 3, 128)
+    assert np.allclose(shares, expected[None], atol=1e-6)
+    assert (shares[:, max(lengths) - 1:] == 0).all()  # no sentence reaches that far
+    diagonal = sum(1 / (i + 1) for n in lengths for i in range(1, n)) / mass  # d = 0: α_ii, in the mass, not the profile
+    assert np.allclose(shares.sum(1), 1 - diagonal, atol=1e-6)
+    heads = table(cfg, "head_metrics")
+    assert np.allclose(heads["previous_piece_share"].to_numpy(), expected[0], atol=1e-6)
+    assert np.allclose(heads["max_offset_share"].to_numpy(), expected[0], atol=1e-6)
+    assert (heads["argmax_offset"] == 1).all()
+    head_roles = table(cfg, "head_roles")
+    assert not head_roles["is_positional"].any() and not head_roles["is_sink"].any()  # share(1) ≈ 0.16, null ≈ 0.1
+
+
+def synthetic(L: int = 2, H: int = 6) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Heads of layer 0, one per case (defaults of RolesConfig: sink 0.9, positional 0.5, syntactic 3 × baseline,
+    broad: mean entropy in the upper quarter), layer 1 a copy with another baseline."""
+    rows = [  # null_share, max_offset_share, argmax_offset, dep_align_either, mean_entropy
+        (0.95, 0.80, 1.0, 0.40, 1.0),      # 0: sink, also positional and syntactic: the role is sink
+        (0.50, 0.60, 2.0, 0.40, 2.0),      # 1: positional (and syntactic): positional
+        (0.20, 0.40, 1.0, 0.31, 3.0),      # 2: syntactic (0.31 ≥ 3 × 0.1)
+        (0.20, 0.30, 3.0, 0.29, 6.0),      # 3: 0.29 < 0.3, not syntactic; broad (entropy at the top)
+        (0.90, 0.50, 1.0, 0.10, 2.5),      # 4: null and offset share exactly at their thresholds: sink
+        (np.nan, np.nan, np.nan, np.nan, np.nan),  # 5: a head without attention meets nothing: mixed
+    ]
+    rows = rows[:H]
+    heads = pl.DataFrame([(layer, h, *r) for layer in range(L) for h, r in enumerate(rows)], orient="row",
+                         schema={"layer": pl.Int32, "head": pl.Int32, "null_share": pl.Float64,
+                                 "max_offset_share": pl.Float64, "argmax_offset": pl.Float64,
+                                 "dep_align_either": pl.Float64, "mean_entropy": pl.Float64})
+    layers = pl.DataFrame({"layer": pl.Series(range(L), dtype=pl.Int32), "baseline_dep_pair_share": [0.1, 0.2][:L]})
+    return heads, layers
+
+
+def test_roles_hold_and_fail_with_their_thresholds():
+    heads, layers = synthetic()
+    got = roles.head_roles(heads, layers, RolesConfig())
+    assert got.schema == pl.Schema(roles.SCHEMA)
+    first = got.filter(pl.col("layer") == 0).sort("head")
+    assert first["role"].to_list() == ["sink", "positional", "syntactic", "broad", "sink", "mixed"]
+    assert first["is_sink"].to_list() == [True, False, False, False, True, False]
+    assert first["is_positional"].to_list() == [True, True, False, False, True, False]
+    assert first["is_syntactic"].to_list() == [True, True, True, False, False, False]
+    # entropies of both layers' defined heads: 1, 2, 3, 6, 2.5 twice; the 0.75 quantile is 3, met by 3 and 6
+    assert first["broad_entropy_threshold"][0] == pytest.approx(np.quantile([1, 2, 3, 6, 2.5] * 2, 0.75))
+    assert first["is_broad"].to_list() == [False, False, True, True, False, False]
+    assert np.allclose(first["syntactic_threshold"].to_numpy(), 0.3)
+    # layer 1: the same heads, a baseline of 0.2: 0.4 ≥ 0.6 fails, so nothing there is syntactic
+    second = got.filter(pl.col("layer") == 1).sort("head")
+    assert not second["is_syntactic"].any() and second["role"].to_list()[2] == "broad"
+    # each threshold moved past its heads makes the criterion fail, and the next role in order shows
+    stricter = roles.head_roles(heads, layers, RolesConfig(sink_null_share=0.99, positional_share=0.7,
+                                                           syntactic_ratio=4.5, broad_entropy_quantile=0.95))
+    first = stricter.filter(pl.col("layer") == 0).sort("head")
+    assert first["role"].to_list() == ["positional", "mixed", "mixed", "broad", "mixed", "mixed"]
+    assert not first["is_sink"].any() and not first["is_syntactic"].any()
+    looser = roles.head_roles(heads, layers, RolesConfig(sink_null_share=0.5))
+    assert looser.filter(pl.col("layer") == 0).sort("head")["role"].to_list()[:2] == ["sink", "sink"]
+
+
+def test_sink_rate_is_the_share_of_heads_above_epsilon(tiny_run, maps):
+    """Gu et al. (2024): a head's mean attention to the first position, α_i0 averaged over attending rows i ≥ 1,
+    counted directly from the attention maps, against the sink_rate finding and the null_share column."""
+    L, H = next(iter(maps.values())).shape[:2]
+    first = np.zeros((L, H))
+    rows = 0
+    for A in maps.values():
+        for i in range(1, A.shape[2]):
+            first += A[:, :, i, 0]
+            rows += 1
+    mean_first = first / rows
+    heads = table(tiny_run, "head_metrics").sort("layer", "head")
+    assert np.allclose(heads["null_share"].to_numpy(), mean_first.ravel(), atol=1e-5)
+    findings = table(tiny_run, "findings")
+    rate = findings.filter(pl.col("statistic") == "sink_rate")
+    assert rate.height == 1 and rate["n"][0] == L * H
+    assert rate["value"][0] == pytest.approx((mean_first > RolesConfig().sink_rate_epsilon).mean())
+    assert table(tiny_run, "head_roles").sort("layer", "head")["above_sink_epsilon"].to_list() == \
+        (mean_first > RolesConfig().sink_rate_epsilon).ravel().tolist()
+    ordered = np.sort(mean_first.ravel())
+    for epsilon in (ordered[1:] + ordered[:-1]) / 2:  # every epsilon between two heads' values
+        assert roles.sink_rate(heads, float(epsilon)).value == pytest.approx((mean_first > epsilon).mean())
+    # the pipeline's head_roles is roles.head_roles on its own head and layer tables
+    again = roles.head_roles(heads, table(tiny_run, "layer_metrics"), RolesConfig())
+    assert again.equals(table(tiny_run, "head_roles").sort("layer", "head"))
+
+
+def test_sink_epsilon_comes_from_the_config(tiny_gpt2, config_factory):
+    cfg = config_factory(tiny_gpt2, "aggregate.roles.sink_rate_epsilon=0.01", "attend.variability_positions=0")
+    run(cfg)
+    heads = table(cfg, "head_metrics")
+    want = float((heads["null_share"] > 0.01).mean())
+    findings = dict(zip(table(cfg, "findings")["statistic"], table(cfg, "findings")["value"]))
+    assert findings["sink_rate"] == pytest.approx(want)
+    changed = config_factory(tiny_gpt2, "aggregate.roles.sink_rate_epsilon=1.0", "attend.variability_positions=0")
+    lines = []
+    run_pipeline(changed, ANALYSIS, echo=lines.append)
+    assert [line.split("]")[0][1:] for line in lines if "] running" in line] == ["aggregate", "patterns"]
+    findings = dict(zip(table(changed, "findings")["statistic"], table(changed, "findings")["value"]))
+    assert findings["sink_rate"] == 0.0
+
+
+def test_figures_from_the_tables(tiny_run):
+    report = Path(tiny_run.reports_dir) / tiny_run.run_name
+    for spec in positional.METRIC.figures:
+        assert (report / "figures" / f"{spec.stem}.png").is_file()
+        assert spec.title in (report / "index.html").read_text()
+    profile = table(tiny_run, "positional_profile")
+    fig = figures.positional_profile(profile)
+    left, right = fig.axes[0], next(ax for ax in fig.axes if ax.images)  # the others: colour bars
+    per_layer = profile.group_by("layer", "offset").agg(mean=pl.col("share").mean(), peak=pl.col("share").max())
+    L = profile["layer"].max() + 1
+    for layer, line in zip(range(L), left.get_lines()):
+        want = per_layer.filter(pl.col("layer") == layer).sort("offset")
+        assert np.allclose(line.get_ydata(), want["mean"].to_numpy()) and list(line.get_xdata()) == list(range(1, D + 1))
+    peak = per_layer.sort("layer", "offset")["peak"].to_numpy().reshape(L, D)
+    assert np.allclose(right.images[0].get_array(), peak)
+    head_roles = table(tiny_run, "head_roles")
+    fig = figures.head_roles_map(head_roles)
+    ax = fig.axes[0]
+    codes = head_roles.sort("layer", "head")["role"].replace_strict(list(figures.ROLE_COLOURS), range(5)).to_numpy()
+    assert np.array_equal(np.asarray(ax.images[0].get_array()), codes.reshape(ax.images[0].get_array().shape))
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    counts = dict(head_roles.group_by("role").len().iter_rows())
+    assert labels[:5] == [f"{role} ({counts.get(role, 0)})" for role in figures.ROLE_COLOURS]
+    assert f"{head_roles['above_sink_epsilon'].mean():.0%}" in ax.get_title()
+    # a synthetic table with every role: one colour each
+    heads, layers = synthetic()
+    fig = figures.head_roles_map(roles.head_roles(heads, layers, RolesConfig()))
+    shown = np.asarray(fig.axes[0].images[0].get_array())
+    assert shown.shape == (2, 6) and set(np.unique(shown)) == {0, 1, 2, 3, 4}
+
+
+def test_zero_offsets_disables_the_metric(tiny_gpt2, config_factory):
+    cfg = config_factory(tiny_gpt2, "attend.positional_offsets=0", "attend.variability_positions=0")
+    state = run(cfg, stages=STAGE_NAMES).state
+    assert state["metrics"]["positional"] == "disabled: attend.positional_offsets is 0"
+    heads = table(cfg, "head_metrics")
+    for column in positional.METRIC.columns:
+        assert heads[column].is_nan().all(), column
+    for name, schema in positional.METRIC.table_schemas.items():
+        t = table(cfg, name)
+        assert t.is_empty() and t.schema == pl.Schema(schema), name
+    findings = dict(zip(table(cfg, "findings")["statistic"], table(cfg, "findings")["value"]))
+    assert 0.0 <= findings["sink_rate"] <= 1.0  # from null_share: not part of the positional metric
+    html = (Path(cfg.reports_dir) / cfg.run_name / "index.html").read_text()
+    assert "positional was not computed (disabled: attend.positional_offsets is 0)" in html
