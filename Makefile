@@ -31,7 +31,8 @@ $(STAGES): setup
 test: setup browser
 	$(PY) -m pytest
 
-bench: setup
+bench: setup   # the cost of each measurement beyond the paper, then the attend stage against its floors
+	$(PY) bench/additions_bench.py --config configs/offline.yaml $(ARGS)
 	$(PY) bench/attend_bench.py --config configs/offline.yaml $(ARGS)
 
 # Headless Chromium for the report's browser test (Debian's package; skipped when apt is not usable).

@@ -21,10 +21,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config field, e.g. corpus.max_sentences=500 (repeatable)")
     run.add_argument("--force", action="store_true", help="redo the selected stages even if up to date")
-    cmp = sub.add_parser("compare", help="write an HTML page comparing two runs side by side")
-    cmp.add_argument("run_a")
+    cmp = sub.add_parser("compare", help="write an HTML page comparing two runs side by side, with heads matched")
+    cmp.add_argument("run_a", help="run name (data/runs/NAME) or run directory")
     cmp.add_argument("run_b")
-    cmp.add_argument("--out", default=None, help="output HTML (default reports/compare-A-vs-B.html)")
+    cmp.add_argument("--out", default=None, help="output folder (default reports/compare-A-B): index.html, head_matches.parquet")
     show = sub.add_parser("config", help="print the resolved config")
     show.add_argument("--config", required=True)
     show.add_argument("--set", dest="overrides", action="append", default=[])

@@ -93,7 +93,7 @@ class AttendConfig(_Section):
     norm_weighting: bool = Field(True, description="Kobayashi et al. (2020): every metric also under ‖α_ij f_h(x_j)‖.")
     bootstrap_replicates: int = Field(200, ge=0, le=2000, description="Poisson bootstrap over sentences: replicates "
                                       "for confidence intervals of head and layer metrics and correlations; 0 disables.")
-    bootstrap_seed: int = Field(0, description="Seed of the bootstrap's per-sentence weights.")
+    bootstrap_seed: int = Field(0, ge=0, description="Seed of the bootstrap's per-sentence weights.")
 
 
 class RolesConfig(_Section):

@@ -8,6 +8,12 @@ the batch ([H, ...]) and, for the bootstrap (pipeline/bootstrap.py), weighs with
 Poisson multiplicities ([R, H] per head-level sum). Pair features of all metrics are stacked and
 reduced with one batched matmul. Nothing of the attention maps outlives its layer.
 
+Norm weighting (attend.norm_weighting; Kobayashi et al. 2020): where the model adapter gives the
+norms n_j = ‖f_h(x_j)‖ of what each head adds per attended piece, every metric but the exemplars is
+reduced a second time on α'_ij = α_ij n_j, under keys `norm.<key>` (and `boot.norm.<key>`); rows of α'
+do not sum to 1, but every metric is a ratio of sums, so each stays defined. The first pass does the
+same, and each weighting's main pass reads its own ᾱ.
+
 Conventions (α_ij: attention from piece i to piece j ≤ i, positions 0-based): position 0 is the
 null token; unless a sum says so, pairs with j = 0 and attending rows i = 0 are left out; rows
 i ≥ length (right padding) are zeroed before any metric sees them. Sums are float64 (float32 on
@@ -26,7 +32,7 @@ from pipeline.bootstrap import PREFIX as BOOT, poisson_weights
 from pipeline.errors import PipelineError
 from pipeline.metrics import enabled
 from pipeline.metrics.base import Metric
-from pipeline.sums import EXEMPLAR_PREFIX, Sums
+from pipeline.sums import EXEMPLAR_PREFIX, NORM_PREFIX, Sums
 
 
 @dataclass
@@ -188,9 +194,19 @@ class BatchContext:
         return self.onehot(self.batch.dep, self.n_dep)
 
 
+def norm_weighting_reason(attend_cfg, adapter) -> str | None:
+    """Why a run has no norm-weighted sums (off in the config, or a model family whose value path the adapter
+    does not know), or None when it has them."""
+    if not attend_cfg.norm_weighting:
+        return "attend.norm_weighting is false"
+    return adapter.value_norms_reason
+
+
 class LayerView:
     """One layer's attention for one batch, padding rows zeroed, with the intermediates that
-    several metrics share."""
+    several metrics share. `prefix` is its weighting's: "" for attention, "norm." for norm-weighted."""
+
+    prefix = ""
 
     def __init__(self, batch: BatchContext, att: torch.Tensor, index: int, padding_masked: bool = True):
         self.batch, self.index = batch, index
@@ -199,7 +215,18 @@ class LayerView:
 
     @property
     def first_pass(self) -> dict:
-        return self.batch.first_pass
+        """The first pass's results under this view's weighting (attention's keys are unprefixed)."""
+        first = self.batch.first_pass
+        if not self.prefix:
+            return first
+        return {k[len(self.prefix):]: v for k, v in first.items() if k.startswith(self.prefix)}
+
+    def norm_weighted(self, norms: torch.Tensor) -> "NormWeightedView":
+        return NormWeightedView(self, norms)
+
+    @functools.cached_property
+    def null_row_share(self) -> torch.Tensor:  # [B, H, T]: α_i0 / Σ_j α_ij, which is α_i0 (rows sum to 1)
+        return self.att[..., 0]
 
     @functools.cached_property
     def nonnull(self) -> torch.Tensor:  # [B, H, T, T-1]: α_ij for j ≥ 1
@@ -214,6 +241,24 @@ class LayerView:
         return torch.einsum("bhij,bi->bhj", self.att, self.batch.attending_f)
 
 
+class NormWeightedView(LayerView):
+    """The same layer under norm weighting: α'_ij = α_ij n_j, n_j = ‖f_h(x_j)‖ (Kobayashi et al. 2020), the norm
+    of what head h adds to piece i for piece j. Norms of padding pieces are zeroed (they are never attended, and
+    a padding piece's norm must not turn a zero weight into NaN)."""
+
+    prefix = NORM_PREFIX
+
+    def __init__(self, raw: LayerView, norms: torch.Tensor):
+        self.batch, self.index, self.H = raw.batch, raw.index, raw.H
+        norms = norms.float().masked_fill(~raw.batch.in_sentence[:, None, :], 0.0)
+        self.att = raw.att.float() * norms[:, :, None, :]
+
+    @functools.cached_property
+    def null_row_share(self) -> torch.Tensor:  # [B, H, T]: α'_i0 / Σ_j α'_ij (0 for a row without weight)
+        total = self.att.sum(-1)
+        return torch.where(total > 0, self.att[..., 0] / total.clamp_min(1e-30), 0.0)
+
+
 class Reduction:
     """The enabled metrics of a run and how they reduce one batch."""
 
@@ -221,7 +266,12 @@ class Reduction:
                  first_pass: dict | None = None, row_width: int = 0):
         self.cfg, self.n_pos, self.n_dep = attend_cfg, n_pos, n_dep
         self.metrics = enabled(attend_cfg) if metrics is None else metrics
+        self.norm_metrics = tuple(m for m in self.metrics if m.norm_weighting)
         self.first_pass, self.row_width = first_pass, row_width
+
+    def norm_weighted(self, adapter) -> bool:
+        """Whether this batch's metrics are also reduced on norm-weighted attention."""
+        return bool(self.norm_metrics) and norm_weighting_reason(self.cfg, adapter) is None
 
     def context(self, batch: Batch) -> BatchContext:
         return BatchContext(batch, self.n_pos, self.n_dep, self.cfg, self.first_pass, self.row_width)
@@ -236,41 +286,57 @@ class Reduction:
             return names, None
         return names, torch.stack(feats, dim=-1).reshape(ctx.B, ctx.T * ctx.T, -1)
 
-    def layer(self, ctx: BatchContext, att: torch.Tensor, index: int, names, pairs) -> dict[str, torch.Tensor]:
-        view = LayerView(ctx, att, index)
-        per_sentence = {}
+    @staticmethod
+    def reduce(view: LayerView, metrics, names, pairs) -> dict[str, torch.Tensor]:
+        """Per-sentence sums [B, H, ...] of one view of a layer (either weighting), keys with the view's prefix."""
+        ctx, per_sentence = view.batch, {}
         if pairs is not None:
             B, H, T, _ = view.att.shape
             summed = torch.bmm(view.att.reshape(B, H, T * T), pairs).to(ctx.sum_dtype)  # [B, H, K]
             per_sentence.update({name: summed[..., k] for k, name in enumerate(names)})
-        for m in self.metrics:
+        for m in metrics:
             per_sentence.update(m.reduce_layer(view))
-        return over_batch(per_sentence, ctx.boot_weights)
+        return {view.prefix + k: v for k, v in per_sentence.items()}
+
+    def layer(self, ctx: BatchContext, att: torch.Tensor, index: int, names, pairs,
+              norms: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        view = LayerView(ctx, att, index)
+        per_sentence = self.reduce(view, self.metrics, names, pairs)
+        if norms is not None:
+            per_sentence.update(self.reduce(view.norm_weighted(norms), self.norm_metrics, names, pairs))
+        return over_batch(per_sentence, lambda: ctx.boot_weights)
 
     def batch(self, adapter, batch: Batch) -> Sums:
-        """One forward pass; each layer is reduced inside the model's forward, as it is produced."""
+        """One forward pass; each layer is reduced inside the model's forward, as it is produced. Sums that do not
+        depend on attention (pair counts) are kept under both weightings, so that each weighting's sums are whole."""
         ctx = self.context(batch)
         names, pairs = self.pair_matrix(ctx)
-        per_layer = adapter.map_attention(batch.input_ids, batch.attention_mask,
-                                          lambda index, att: self.layer(ctx, att, index, names, pairs))
+        norm = self.norm_weighted(adapter)
+        per_layer = adapter.map_attention(
+            batch.input_ids, batch.attention_mask,
+            lambda index, att, norms=None: self.layer(ctx, att, index, names, pairs, norms), value_norms=norm)
         stacked = stack_layers(per_layer)
         additive = {k: v for k, v in stacked.items() if not k.startswith(EXEMPLAR_PREFIX)}
         for m in self.metrics:
-            additive.update({k: v.sum(0) for k, v in m.batch_sums(ctx).items()})
+            counts = {k: v.sum(0) for k, v in m.batch_sums(ctx).items()}
+            additive.update(counts)
+            if norm and m.norm_weighting:
+                additive.update({NORM_PREFIX + k: v for k, v in counts.items()})
         return Sums(additive, exemplar_candidates(stacked, batch.sentence_ids), self.cfg.exemplars_per_head)
 
 
-def over_batch(per_sentence: dict[str, torch.Tensor], weights: torch.Tensor | None) -> dict[str, torch.Tensor]:
+def over_batch(per_sentence: dict[str, torch.Tensor], weights) -> dict[str, torch.Tensor]:
     """Per-sentence sums [B, H, ...] → their sum over the batch [H, ...]; a head-level sum ([B, H]) also gets its
-    bootstrap replicates, weights [R, B] @ sums → boot.<key> [R, H]. Exemplar candidates stay per sentence."""
+    bootstrap replicates, weights() [R, B] @ sums → boot.<key> [R, H]. Exemplar candidates stay per sentence.
+    `weights` is called only when there is a head-level sum (an exemplar-only pass draws none)."""
     out = {}
     for key, value in per_sentence.items():
         if key.startswith(EXEMPLAR_PREFIX):
             out[key] = value
             continue
         out[key] = value.sum(0)
-        if weights is not None and value.ndim == 2:
-            out[BOOT + key] = weights @ value
+        if value.ndim == 2 and (w := weights()) is not None:
+            out[BOOT + key] = w @ value
     return out
 
 
@@ -336,43 +402,61 @@ def reduce_fitting(adapter, arrays: TokenArrays, rows: np.ndarray, reduction: Re
                          adapter.device, events)
 
 
+def first_pass_of_layer(metric: Metric, view: LayerView, norms: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """One layer's first-pass sums under attention and, given the norms, under norm weighting (norm.<key>)."""
+    out = metric.first_pass_layer(view)
+    if norms is not None and metric.norm_weighting:
+        weighted = view.norm_weighted(norms)
+        out.update({weighted.prefix + k: v for k, v in metric.first_pass_layer(weighted).items()})
+    return out
+
+
 def first_pass_sums(adapter, arrays: TokenArrays, attend_cfg, events: dict | None = None) -> dict[str, np.ndarray]:
     """Metrics that need corpus-wide quantities before the main pass (variability's ᾱ over the first N
     positions) get a pass over the first N pieces of every sentence: causal attention there depends on
-    nothing later. Returns {"<metric>.<key>": sum} over these sentences: additive over parts."""
+    nothing later. Returns {"<metric>.<key>": sum} over these sentences, and under norm weighting also
+    {"norm.<metric>.<key>": sum}: additive over parts."""
     out = {}
     order = arrays.length_order()
+    norm = norm_weighting_reason(attend_cfg, adapter) is None
     for metric in enabled(attend_cfg):
         N = metric.first_pass_positions(attend_cfg)
         if not N or not len(order):
             continue
         total = Sums()
         prefix = np.minimum(arrays.lengths[order], N)
+        weighted = norm and metric.norm_weighting
 
-        def first_pass_batch(rows, metric=metric, N=N):
+        def first_pass_batch(rows, metric=metric, N=N, weighted=weighted):
             batch = arrays.batch(order[rows], adapter.device, max_len=N)
             ctx = BatchContext(batch, len(arrays.pos_vocab), len(arrays.dep_vocab), attend_cfg)
             per_layer = adapter.map_attention(
                 batch.input_ids, batch.attention_mask,
-                lambda index, att: metric.first_pass_layer(LayerView(ctx, att, index, padding_masked=False)))
+                lambda index, att, norms=None: first_pass_of_layer(
+                    metric, LayerView(ctx, att, index, padding_masked=False), norms), value_norms=weighted)
             stacked = stack_layers(per_layer)
-            return Sums({**stacked, **metric.first_pass_batch(ctx)})
+            counts = metric.first_pass_batch(ctx)
+            return Sums({**stacked, **counts, **({NORM_PREFIX + k: v for k, v in counts.items()} if weighted else {})})
 
         for rows in plan_batches(prefix, attend_cfg.token_budget):
             total = total + fit_in_memory(first_pass_batch, rows, prefix, adapter.device, events)
-        out.update({f"{metric.name}.{k}": v for k, v in total.to_numpy().additive.items()})
+        for k, v in total.to_numpy().additive.items():
+            weighting = NORM_PREFIX if k.startswith(NORM_PREFIX) else ""
+            out[f"{weighting}{metric.name}.{k[len(weighting):]}"] = v
     return out
 
 
 def first_pass_results(attend_cfg, sums: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The merged first-pass sums of all parts → {array name: array} for the main pass."""
+    """The merged first-pass sums of all parts → {array name: array} for the main pass; those of norm weighting
+    (norm.<metric>.<key>) → norm.<name>, which the norm-weighted view reads as <name>."""
     results = {}
     for metric in enabled(attend_cfg):
         if metric.first_pass_positions(attend_cfg):
-            prefix = metric.name + "."
-            mine = {k[len(prefix):]: v for k, v in sums.items() if k.startswith(prefix)}
-            if mine:
-                results.update(metric.first_pass_result(mine))
+            for weighting in ("", NORM_PREFIX):
+                prefix = weighting + metric.name + "."
+                mine = {k[len(prefix):]: v for k, v in sums.items() if k.startswith(prefix)}
+                if mine:
+                    results.update({weighting + k: v for k, v in metric.first_pass_result(mine).items()})
     return results
 
 

@@ -3,7 +3,12 @@
     from pipeline import results
     run = results.load("data/runs/offline")
     run["head_metrics"].sort("dep_align_either", descending=True).head()
-    tokens = results.scan("data/runs/offline", "tokens")   # parted tables, lazily: filter before collect()"""
+    tokens = results.scan("data/runs/offline", "tokens")   # parted tables, lazily: filter before collect()
+    paper = results.of_weighting(run)                       # the paper's analysis: attention weights only
+    norm = results.of_weighting(run, "norm")                # the same tables under norm weighting
+
+Tables computed under each weighting (head_metrics, pos_share, findings, ...) have a first column
+`weighting`: "attention" (the paper's α_ij) or "norm" (α_ij ‖f_h(x_j)‖, Kobayashi et al. 2020)."""
 
 from __future__ import annotations
 
@@ -37,6 +42,21 @@ def load(run: str | Path, data_dir: str | Path = "data", tables: tuple[str, ...]
     out = {p.stem: read_table(p) for p in paths}
     out.update({t: scan(run_dir, t).collect() for t in (tables or ()) if t in PARTED and (run_dir / t).is_dir()})
     return out
+
+
+WEIGHTING = "weighting"  # the column of tables made under each weighting: "attention" or "norm"
+
+
+def weighting_rows(df: pl.DataFrame, weighting: str = "attention") -> pl.DataFrame:
+    """One weighting's rows, without the column; a table without it (exemplars, tokens) as it is."""
+    if WEIGHTING not in df.columns:
+        return df
+    return df.filter(pl.col(WEIGHTING) == weighting).drop(WEIGHTING)
+
+
+def of_weighting(tables: dict[str, pl.DataFrame], weighting: str = "attention") -> dict[str, pl.DataFrame]:
+    """Every table of a run under one weighting (see weighting_rows): "attention" is the paper's analysis."""
+    return {name: weighting_rows(df, weighting) for name, df in tables.items()}
 
 
 def scan(run: str | Path, table: str, data_dir: str | Path = "data", pool: bool = False) -> pl.LazyFrame:

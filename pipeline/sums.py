@@ -15,7 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.bootstrap import PREFIX as BOOT_PREFIX
+
 EXEMPLAR_PREFIX = "ex_"  # exemplar fields in an .npz file: ex_value, ex_sentence_id, ex_i, ex_j, ex_row
+NORM_PREFIX = "norm."    # sums of norm-weighted attention (Kobayashi et al. 2020): norm.<key>, boot.norm.<key>
+WEIGHTINGS = {"attention": "", "norm": NORM_PREFIX}  # weighting → the prefix of its sums
 
 
 def merge_exemplars(a: dict | None, b: dict | None, k: int) -> dict | None:
@@ -63,6 +67,20 @@ class Sums:
 
     def __contains__(self, key: str) -> bool:
         return key in self.additive
+
+    def of_weighting(self, weighting: str) -> "Sums":
+        """The sums of one weighting ("attention" or "norm") under the plain key names (mass, boot.mass, ...), so
+        that every metric reads either weighting with the same code; the exemplars (raw attention only) go along.
+        A view: no array is copied."""
+        prefix, additive = WEIGHTINGS[weighting], {}
+        for key, value in self.additive.items():
+            boot = BOOT_PREFIX if key.startswith(BOOT_PREFIX) else ""
+            name = key[len(boot):]
+            if prefix and name.startswith(prefix):
+                additive[boot + name[len(prefix):]] = value
+            elif not prefix and not name.startswith(NORM_PREFIX):
+                additive[key] = value
+        return Sums(additive, self.exemplars, self.k)
 
     def to_numpy(self) -> "Sums":
         def host(v):

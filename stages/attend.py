@@ -11,7 +11,8 @@ Outputs in attend/: first-NNNNN.npz (first-pass sums per part), first_pass.npz (
 part-NNNNN.npz (sums per part), pool-NNNNN.npz (exemplar candidates of the exemplar pool's parts,
 searched in a pass of their own that reduces nothing else: forward passes at the exemplars' cost only),
 and meta.json (vocabularies, shapes, model identity, metric status, the parts), written last: it
-marks the stage complete."""
+marks the stage complete. The metric status has an entry `norm_weighting` too: whether the sums also
+hold every metric under norm-weighted attention (keys norm.*), or why not."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ import polars as pl
 import torch
 
 from pipeline import io, metrics
-from pipeline.engine import Reduction, TokenArrays, first_pass_results, first_pass_sums, reduce_sentences
+from pipeline.engine import (Reduction, TokenArrays, first_pass_results, first_pass_sums, norm_weighting_reason,
+                             reduce_sentences)
 from pipeline.errors import PipelineError
 from pipeline.executor import Resources, WorkUnit, make_executor, tqdm_bar
 from pipeline.models import load_adapter, resolve_device
@@ -118,7 +120,9 @@ def run(ctx) -> dict:
     # the driver's copy: identity and shapes (the local executor's worker reuses it; with Ray, the actors hold
     # the models, and the driver's stays on the CPU)
     adapter = model_adapter(cfg, "cpu" if cfg.executor.kind == "ray" else None)
-    identity, status = adapter.identity(), metrics.status(a)
+    identity = adapter.identity()
+    norm_reason = norm_weighting_reason(a, adapter)  # the same test the workers' passes make
+    status = {**metrics.status(a), metrics.NORM_WEIGHTING: "enabled" if norm_reason is None else f"disabled: {norm_reason}"}
     ctx.record("model", identity)
     ctx.record("device", {"type": adapter.device.type, "torch_threads": torch.get_num_threads(),
                           "name": torch.cuda.get_device_name(adapter.device) if adapter.device.type == "cuda" else None})

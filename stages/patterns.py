@@ -29,7 +29,8 @@ INPUTS = ("exemplars.parquet", "tokens")
 SCHEMA = {"layer": pl.Int32, "head": pl.Int32, "sentence_id": pl.Int64, "attending_position": pl.Int64,
           "receiving_position": pl.Int64, "weight": pl.Float64}
 OUTPUTS = (Output("patterns.parquet", SCHEMA),)
-CONFIG = ("model", "attend.token_budget")
+CONFIG = ("model",)
+TUNING = ("attend.token_budget",)  # batch size: the same patterns
 
 
 def external_inputs(cfg) -> dict:

@@ -2,7 +2,9 @@
 claims.parquet (the paper's section 5.3 statements checked against this run).
 
 Needs only the Parquet tables and run.json: figures can be redrawn without the model. Which figures
-and claims exist, and in which order, the metrics declare (pipeline/metrics/)."""
+and claims exist, and in which order, the metrics declare (pipeline/metrics/). The paper's figures and
+every claim read the attention weighting's rows; the norm-weighted rows go to one figure that sets
+the two side by side (pipeline/report/__init__.py, NORM_FIGURE), as tables named "norm.<table>"."""
 
 from __future__ import annotations
 
@@ -13,13 +15,15 @@ import yaml
 
 from pipeline import io
 from pipeline.errors import PipelineError
-from pipeline.metrics import registry
+from pipeline.metrics import NORM_WEIGHTING, registry, weightings
+from pipeline.report import NORM_FIGURE, figure_specs
 from pipeline.report import claims as claims_check
 from pipeline.report import figures
 from pipeline.report.html import embedded_png, escape, page, render_exemplar, table
+from pipeline.report.views import views_section
 from pipeline.results import info as run_info
 from pipeline.parts import scan
-from pipeline.results import load
+from pipeline.results import load, of_weighting
 from pipeline.stage import Output, check_schema
 
 NAME = "report"
@@ -55,14 +59,31 @@ def render(spec, tables: dict):
     return draw(*(tables[name] for name in spec.inputs), **spec.options)
 
 
+def split_weightings(tables: dict[str, pl.DataFrame], status: dict) -> dict[str, pl.DataFrame]:
+    """The run's tables as the report reads them: the attention weighting's rows under each table's name (the
+    paper's analysis, and every claim), and, when the run computed it, the norm weighting's as "norm.<name>"."""
+    out = of_weighting(tables, "attention")
+    if "norm" in weightings(status):
+        out.update({f"norm.{name}": df for name, df in of_weighting(tables, "norm").items() if "weighting" in tables[name].columns})
+    return out
+
+
+def figure_state(spec, status: dict) -> str:
+    """"enabled", or why the figure is not drawn: its metric, or the norm weighting, was not computed."""
+    if spec is NORM_FIGURE:
+        state = status.get(NORM_WEIGHTING, "disabled: the attend stage of this run did not record it")
+        return state if state == "enabled" else f"norm weighting was not computed ({state})"
+    metric = next(m for m in registry() if spec in m.figures)
+    state = status.get(metric.name, "enabled")
+    return state if state == "enabled" else f"{metric.name} was not computed ({state})"
+
+
 def draw_all(tables: dict[str, pl.DataFrame], out: Path, formats, status: dict) -> dict[str, dict | str]:
-    """{figure stem: {format: path}}, or the reason a disabled metric's figure is not drawn."""
+    """{figure stem: {format: path}}, or the reason a figure is not drawn."""
     drawn = {}
-    for metric in registry():
-        state = status.get(metric.name, "enabled")
-        for spec in metric.figures:
-            drawn[spec.stem] = (figures.save(render(spec, tables), out / "figures", spec.stem, formats)
-                                if state == "enabled" else f"{metric.name} was not computed ({state})")
+    for spec in figure_specs():
+        state = figure_state(spec, status)
+        drawn[spec.stem] = figures.save(render(spec, tables), out / "figures", spec.stem, formats) if state == "enabled" else state
     return drawn
 
 
@@ -70,7 +91,7 @@ def build_index(tables, state: dict, drawn: dict, claims: pl.DataFrame, exemplar
     model = state.get("model", {})
     stages = state.get("stages", {})
     parts = [f"<h1>Attention statistics: {escape(state.get('run_name', ''))}</h1>",
-             "<nav>" + "".join(f"<a href='#{s}'>{s}</a>" for s in ("run", "findings", "claims", "corpus", "figures", "exemplars")) + "</nav>",
+             "<nav>" + "".join(f"<a href='#{s}'>{s}</a>" for s in ("run", "findings", "claims", "corpus", "views", "figures", "exemplars")) + "</nav>",
              "<h2 id='run'>Run</h2>"]
     counts = stages.get("attend", {}).get("counts", {})
     annotate = stages.get("annotate", {}).get("counts", {})
@@ -103,17 +124,17 @@ def build_index(tables, state: dict, drawn: dict, claims: pl.DataFrame, exemplar
     stats = tables.get("corpus_stats")
     if stats is not None:
         parts.append("<h2 id='corpus'>Corpus statistics</h2>" + table(stats.filter(pl.col("paper_value").is_not_null())))
+    parts.append(views_section(tables))
     parts.append("<h2 id='figures'>Figures</h2>")
-    for metric in registry():
-        for spec in metric.figures:
-            files = drawn.get(spec.stem, {})
-            if isinstance(files, str):
-                parts.append(f"<figure id='{spec.stem}'><h3>{escape(spec.title)}</h3><p class='disabled'>{escape(files)}</p></figure>")
-                continue
-            links = " · ".join(f"<a href='figures/{spec.stem}.{fmt}'>{fmt.upper()}</a>" for fmt in files)
-            img = f"<img src='{embedded_png(files['png'])}' alt='{escape(spec.title)}'>" if "png" in files else ""
-            parts.append(f"<figure id='{spec.stem}'><h3>{escape(spec.title)}</h3>{img}"
-                         f"<figcaption>{escape(spec.caption)} {links}</figcaption></figure>")
+    for spec in figure_specs():
+        files = drawn.get(spec.stem, {})
+        if isinstance(files, str):
+            parts.append(f"<figure id='{spec.stem}'><h3>{escape(spec.title)}</h3><p class='disabled'>{escape(files)}</p></figure>")
+            continue
+        links = " · ".join(f"<a href='figures/{spec.stem}.{fmt}'>{fmt.upper()}</a>" for fmt in files)
+        img = f"<img src='{embedded_png(files['png'])}' alt='{escape(spec.title)}'>" if "png" in files else ""
+        parts.append(f"<figure id='{spec.stem}'><h3>{escape(spec.title)}</h3>{img}"
+                     f"<figcaption>{escape(spec.caption)} {links}</figcaption></figure>")
     parts.append("<h2 id='exemplars'>Exemplar sentences (Tables 1–3)</h2><p>Sentences ranked by the head's largest "
                  "token-to-token weight (excluding position 0); the attending piece is <b>bold</b>, the piece receiving "
                  "the attention <i><u>italic and underlined</u></i>.</p>")
@@ -135,15 +156,16 @@ def build_index(tables, state: dict, drawn: dict, claims: pl.DataFrame, exemplar
 
 
 def build_report(run_dir: Path, out: Path, report_cfg) -> dict:
-    tables = load(run_dir, tables=(*NEEDED_TABLES, "corpus_stats"))  # its inputs only: never its own output
-    missing = [t for t in NEEDED_TABLES if t not in tables]
+    loaded = load(run_dir, tables=(*NEEDED_TABLES, "corpus_stats"))  # its inputs only: never its own output
+    missing = [t for t in NEEDED_TABLES if t not in loaded]
     if missing:
         raise PipelineError(f"{run_dir} lacks {missing}: run the aggregate stage first")
+    state = run_info(run_dir)
+    status = state.get("metrics", {})
+    tables = split_weightings(loaded, status)
     ids = tables["exemplars"]["sentence_id"].unique().implode()
     tables["tokens"] = (scan(run_dir / "tokens", pool=True).filter(pl.col("sentence_id").is_in(ids))
                         .collect(engine="streaming"))  # the exemplars' sentences only
-    state = run_info(run_dir)
-    status = state.get("metrics", {})
     claims = claims_check.evaluate(tables, state.get("model", {}), status)
     check_schema(claims, claims_check.SCHEMA, "claims.parquet")
     io.write_parquet(claims, run_dir / "claims.parquet")

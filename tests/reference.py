@@ -23,8 +23,12 @@ def attention_maps(model_dir, tokens: pl.DataFrame) -> dict[int, np.ndarray]:
     return maps
 
 
-def reference_tables(model_dir, tokens: pl.DataFrame, window: int = 10, threshold: float = 0.9, k: int = 3):
-    maps = attention_maps(model_dir, tokens)
+def reference_tables(model_dir, tokens: pl.DataFrame, window: int = 10, threshold: float = 0.9, k: int = 3,
+                     maps: dict[int, np.ndarray] | None = None):
+    """maps: {sentence id: [L, H, n, n] weights} to use instead of the model's attention (norm-weighted attention,
+    whose rows do not sum to 1: every statistic is a ratio of sums, and footnote 4 compares position 0's share of
+    the row with the threshold)."""
+    maps = attention_maps(model_dir, tokens) if maps is None else maps
     feats = {sid: g.sort("position") for (sid,), g in tokens.group_by("sentence_id")}
     L, H = next(iter(maps.values())).shape[:2]
     heads, pos_rows, dep_rows, exemplars = [], [], [], []
@@ -59,7 +63,7 @@ def reference_tables(model_dir, tokens: pl.DataFrame, window: int = 10, threshol
                         dep_to[dep[j]] += w
                         if w > top[0]:
                             top = (w, i, j)
-                    if a[i, 0] > threshold:
+                    if a[i, 0] / sum(a[i, j] for j in range(0, i + 1)) > threshold:
                         continue
                     rest = sum(a[i, j] for j in range(1, i + 1))
                     entropy = -sum((a[i, j] / rest) * math.log(a[i, j] / rest) for j in range(1, i + 1) if a[i, j] > 0)

@@ -88,6 +88,23 @@ def previous_piece_patterns(L: int, H: int, n: int) -> pl.DataFrame:
                       for layer in range(L) for head in range(H)])
 
 
+WEIGHTED = ("head_metrics", "layer_metrics", "pos_share", "dep_share", "dep_share_by_layer", "positional_profile",
+            "dep_accuracy", "head_roles", "findings")  # the tables made under each weighting (stages/aggregate.py)
+
+
+def with_norm_weighting(t: dict[str, pl.DataFrame], scale: float = 0.5) -> dict[str, pl.DataFrame]:
+    """The tables of a run with norm weighting: each weighted table's rows once as "attention" and again as "norm",
+    with null shares, shares and findings multiplied by `scale` under "norm", so that a consumer reading the wrong
+    weighting's rows shows. Write it with metrics={"norm_weighting": "enabled"}."""
+    out = dict(t)
+    for name in WEIGHTED:
+        df = t[name]
+        norm = df.with_columns(pl.col(c) * scale for c in ("null_share", "share", "value") if c in df.columns)
+        out[name] = pl.concat([frame.select(pl.lit(weighting).alias("weighting"), *frame.columns)
+                               for weighting, frame in (("attention", df), ("norm", norm))])
+    return out
+
+
 def write_run(run_dir, t: dict[str, pl.DataFrame], model: dict | None = None, metrics: dict | None = None):
     for name, df in t.items():
         if name in ("sentences", "tokens"):  # corpus-sized tables are parted

@@ -18,6 +18,7 @@ import yaml
 from conftest import ROOT, SPACY_MODEL, write_corpus
 from helpers import run, table
 from pipeline.errors import PipelineError
+from pipeline.results import weighting_rows
 from stages import STAGE_NAMES
 
 TOY_METRIC = '''"""Attention to the previous piece: a toy metric that lives in this module alone."""
@@ -89,8 +90,8 @@ def test_a_metric_is_one_new_module(finished_copy, tmp_path):
     # The metric's code joins the engine's: attend and what reads it re-run, corpus and annotate do not.
     assert _ran(_run_cli(project, config)) == ["attend", "aggregate", "patterns", "report"]
     run_dir = project / "data" / "runs" / "copy"
-    heads = pl.read_parquet(run_dir / "head_metrics.parquet")
-    layers = pl.read_parquet(run_dir / "layer_metrics.parquet")
+    heads = weighting_rows(pl.read_parquet(run_dir / "head_metrics.parquet"))  # attention weights: the closed form's
+    layers = weighting_rows(pl.read_parquet(run_dir / "layer_metrics.parquet"))
     # Uniform attention: α_i,i-1 = 1/(i+1); non-null (i - 1 ≥ 1) from row 2 on; mass Σ i/(i+1) over rows i ≥ 1.
     lengths = pl.read_parquet(sorted((run_dir / "tokens").glob("part-*.parquet"))).group_by("sentence_id").len()["len"].to_list()
     rows = [i for n in lengths for i in range(1, n)]

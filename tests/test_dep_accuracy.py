@@ -138,7 +138,9 @@ class OneLayer:
     def __init__(self, att):
         self.att = att
 
-    def map_attention(self, input_ids, attention_mask, fn):
+    value_norms_reason = "a stand-in without value vectors"
+
+    def map_attention(self, input_ids, attention_mask, fn, value_norms=False):
         return [fn(0, self.att)]
 
 

@@ -43,7 +43,7 @@ def test_smollm2_offline_run_produces_sane_tables(smollm_run):
 
 
 def test_padding_does_not_leak_with_rotary_positions(smollm_run):
-    """Batch of one (no padding) vs one padded batch of all sentences: same sums."""
+    """Batch of one (no padding) vs one padded batch of all sentences: same sums, norm-weighted ones included."""
     import torch
 
     from pipeline.engine import Reduction, TokenArrays, reduce_sentences
@@ -57,5 +57,6 @@ def test_padding_does_not_leak_with_rotary_positions(smollm_run):
     for budget in (16, 4096):
         reduction = Reduction(attend, len(arrays.pos_vocab), len(arrays.dep_vocab))
         results.append(reduce_sentences(adapter, arrays, order, reduction, budget))
-    for key in ("mass", "mass_null", "distance", "entropy_sum", "pos_to", "dep_attending_parent"):
+    for key in ("mass", "mass_null", "distance", "entropy_sum", "pos_to", "dep_attending_parent",
+                "norm.mass", "norm.mass_null", "norm.distance", "norm.entropy_sum", "norm.pos_to"):  # value norms too
         assert np.allclose(results[0][key], results[1][key], rtol=1e-4, atol=1e-6), key

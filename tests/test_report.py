@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.report import claims, figures
 from pipeline.config import ReportConfig
-from synthetic import tables, write_run
+from synthetic import tables, with_norm_weighting, write_run
 
 
 def test_heatmap_cells_are_the_table_values():
@@ -162,8 +162,8 @@ def test_build_report_and_compare(tmp_path):
 
     FIGURES = [(f.stem, f.title, f.caption) for f in figure_specs()]
 
-    for name, seed in (("a", 0), ("b", 1)):
-        write_run(tmp_path / "data" / "runs" / name, tables(seed=seed))
+    for name, seed in (("a", 0), ("b", 1)):  # runs with norm weighting: every figure is drawn
+        write_run(tmp_path / "data" / "runs" / name, with_norm_weighting(tables(seed=seed)), metrics={"norm_weighting": "enabled"})
         counts = build_report(tmp_path / "data" / "runs" / name, tmp_path / "reports" / name, ReportConfig(exemplar_heads=[(2, 3), (99, 0)]))
     html = (tmp_path / "reports" / "a" / "index.html").read_text()
     assert counts["figures"] == len(FIGURES)
@@ -175,7 +175,7 @@ def test_build_report_and_compare(tmp_path):
     assert pl.read_parquet(tmp_path / "data" / "runs" / "a" / "claims.parquet").height >= 14
     out = compare_runs("a", "b", data_dir=str(tmp_path / "data"), reports_dir=str(tmp_path / "reports"))
     page = open(out).read()
-    assert page.count("<img") == 2 * len(FIGURES) and "a vs b" in page
+    assert page.count("<img") == 4 and "a vs b" in page  # the 4 layer-level figures of synthetic tables, by relative depth
 
 
 def test_report_without_variability(tmp_path):
@@ -189,7 +189,8 @@ def test_report_without_variability(tmp_path):
                         metrics={"variability": "disabled: attend.variability_positions is 0"})
     counts = build_report(run_dir, tmp_path / "reports" / "novar", ReportConfig())
     html = (tmp_path / "reports" / "novar" / "index.html").read_text()
-    assert counts["figures"] == len(figure_specs()) - 1 and "largest mean distance" in html
+    assert counts["figures"] == len(figure_specs()) - 2 and "largest mean distance" in html  # and no norm weighting
+    assert "norm weighting was not computed (disabled: the attend stage of this run did not record it)" in html
     assert "variability was not computed (disabled: attend.variability_positions is 0)" in html
     assert not (tmp_path / "reports" / "novar" / "figures" / "fig10_variability.png").exists()
 

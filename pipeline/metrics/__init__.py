@@ -31,6 +31,14 @@ def registry() -> tuple[Metric, ...]:
     return tuple(sorted(found, key=lambda m: (m.order, m.name)))
 
 
+NORM_WEIGHTING = "norm_weighting"  # its entry in a run's metric status: not a metric, every metric's second weighting
+
+
+def weightings(status: dict) -> tuple[str, ...]:
+    """The weightings a run's sums hold, from its metric status: attention always, norm when it was computed."""
+    return ("attention", "norm") if status.get(NORM_WEIGHTING) == "enabled" else ("attention",)
+
+
 def status(attend_cfg) -> dict[str, str]:
     """{metric name: "enabled" | "disabled: <why>"} for a run's attend config."""
     out = {}

@@ -142,7 +142,7 @@ class ClaimContext:
         self.f = dict(zip(findings["statistic"], findings["value"]))
         self.p = dict(zip(findings["statistic"], findings["p_value"]))
         bounds = findings.select("statistic", "ci_low", "ci_high").rows() if "ci_low" in findings.columns else []
-        self.intervals = {s: (lo, hi) for s, lo, hi in bounds if lo is not None and hi is not None}
+        self.intervals = {s: (lo, hi) for s, lo, hi in bounds if defined(lo) and defined(hi)}
         self.L = self.tables["layer_metrics"].height
 
     @property
@@ -220,6 +220,7 @@ class Metric:
     layer_extra_columns: tuple[str, ...] = ()  # further layer_metrics columns, from layer_columns()
     table_schemas: dict[str, dict] = {}  # extra tables it writes: name → polars schema
     figures: tuple[FigureSpec, ...] = ()
+    norm_weighting: bool = True          # also reduced on norm-weighted attention α_ij·‖f_h(x_j)‖ (sums norm.<key>)
 
     def disabled_reason(self, attend_cfg) -> str | None:
         return None
@@ -231,7 +232,9 @@ class Metric:
 
     def reduce_layer(self, layer) -> dict:
         """{sum key: [B, H, ...] tensor per sentence} from one layer's attention (an engine.LayerView); the engine
-        adds them over the batch, and gives a head-level sum ([B, H]) its bootstrap replicates."""
+        adds them over the batch, and gives a head-level sum ([B, H]) its bootstrap replicates. Under norm weighting
+        the view holds α'_ij = α_ij n_j, whose rows do not sum to 1: a metric reads weights, never assumes they are
+        probabilities (layer.null_row_share is the share of position 0 in a row under either weighting)."""
         return {}
 
     def batch_sums(self, batch) -> dict:

@@ -1,6 +1,8 @@
 """Attention entropy (Eq. 7, footnote 4; Fig. 12): the entropy of each piece's attention over
 positions 1..i, renormalised without position 0, skipping pieces that put more than
-attend.entropy_null_threshold (0.9) of their attention on position 0; the mean over pieces."""
+attend.entropy_null_threshold (0.9) of their attention on position 0; the mean over pieces. Under norm
+weighting the skip rule compares position 0's share of the norm-weighted row, α'_i0 / Σ_j α'_ij, with
+the threshold (α_i0 itself is that share only when rows sum to 1)."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ class Entropy(Metric):
 
     def reduce_layer(self, layer) -> dict:
         ctx = layer.batch
-        nonnull, row_mass, null = layer.nonnull, layer.row_mass, layer.att[..., 0]
+        nonnull, row_mass, null = layer.nonnull, layer.row_mass, layer.null_row_share
         plogp = torch.special.xlogy(nonnull, nonnull).sum(-1)
         safe = row_mass.clamp_min(1e-30)
         entropy = torch.log(safe) - plogp / safe

@@ -23,6 +23,7 @@ class Exemplars(Metric):
     order = 80
     description = "Per head, the top-k sentences by their largest non-null weight, with the attending piece's row."
     table_schemas = {"exemplars": SCHEMA}
+    norm_weighting = False  # the sentences and their rows of attention, as the paper shows them
     figures = (FigureSpec(
         "fig04_head_cards", "Head cards (Fig. 4)",
         "The most position-focused head (lowest variability), the most diffuse (highest entropy) and the one with the "

@@ -2,11 +2,23 @@
 
 It says whether attention is causal and where the null position sits, hands over each layer's
 attention map as the layer produces it (forward hooks on the self-attention modules, so no more
-than one layer's maps is alive at a time), and can expose the residual stream after every layer and
-the unembedding (final norm, then the tied input embeddings) for analyses such as the logit lens."""
+than one layer's maps is alive at a time), with the norms of what each head adds to the residual
+stream per attended piece when asked (norm-weighted attention), and can expose the residual stream
+after every layer and the unembedding (final norm, then the tied input embeddings) for analyses
+such as the logit lens.
+
+Norm-weighted attention (Kobayashi et al. 2020, "Attention is Not Only a Weight: Analyzing
+Transformers with Vector Norms"): head h adds α_ij f_h(x_j) to piece i, f_h(x) = (x W_V^h + b_V^h) W_O^h
+(W_O^h: the head's rows of the output projection; its bias is not per head and is left out, as
+Kobayashi et al. do), so ‖α_ij f_h(x_j)‖ = α_ij ‖f_h(x_j)‖. The value vectors v = x W_V + b_V are taken
+from the value projection's own output (a forward hook), so they are not computed twice, and
+‖f_h(x)‖ = ‖v R_hᵀ‖ with R_h the [d, d] factor of W_O^hᵀ = Q_h R_h (made once per layer; R_hᵀ R_h is
+G_h = W_O^h W_O^hᵀ, so this is √(v G_h vᵀ)): B·T·H·d² per layer, not the B·T·H·d·D of projecting every
+value vector through W_O^h."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -15,6 +27,73 @@ from pipeline.config import ModelConfig
 from pipeline.errors import PipelineError
 from pipeline.models.families import Family, family_of, refuse_unsupported
 from pipeline.models.loading import load_with, model_identity, resolve_dtype, resolve_source
+
+
+@dataclass(frozen=True)
+class ValuePath:
+    """One layer's way from its values to the residual stream, per head: the module whose output holds the value
+    vectors, their columns in it (n_kv key/value heads of d), and for each key/value head the factors R_hᵀ of the
+    heads that read it, side by side ([n_kv, d, group·d]; grouped-query attention: group = H / n_kv heads share one
+    key/value head, heads k·group..(k+1)·group − 1 read head k, as transformers' repeat_kv lays them out)."""
+
+    projection: torch.nn.Module
+    columns: slice
+    head_dim: int
+    kv_heads: int
+    factors: torch.Tensor  # [n_kv, d, group·d] float32
+
+    def norms(self, projected: torch.Tensor) -> torch.Tensor:
+        """The projection's output [B, T, ...] → ‖f_h(x_j)‖ = ‖v R_hᵀ‖ [B, H, T], float32 whatever the model's
+        dtype: one batched matmul over the key/value heads."""
+        v = projected[..., self.columns].float()
+        B, T, _ = v.shape
+        v = v.reshape(B * T, self.kv_heads, self.head_dim).transpose(0, 1)               # [n_kv, BT, d]
+        u = torch.bmm(v, self.factors).reshape(self.kv_heads, B * T, -1, self.head_dim)  # [n_kv, BT, group, d]
+        return torch.linalg.vector_norm(u, dim=-1).permute(1, 0, 2).reshape(B, T, -1).transpose(1, 2)
+
+
+def value_factors(per_head: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """W_O^h [H, d, D] → R_hᵀ with W_O^hᵀ = Q_h R_h (QR; Q_h has orthonormal columns), so that ‖v W_O^h‖ = ‖v R_hᵀ‖
+    and R_hᵀ R_h = W_O^h W_O^hᵀ = G_h: d² per head and piece instead of d·D, without the cancellation of forming
+    v G_h vᵀ. Made once, in float64 on the CPU (Apple MPS has no float64); grouped by key/value head for norms()."""
+    w = per_head.detach().to("cpu", torch.float64)
+    R = torch.linalg.qr(w.transpose(1, 2), mode="r").R  # [H, d, d]
+    H, d, _ = R.shape
+    grouped = R.transpose(1, 2).reshape(kv_heads, H // kv_heads, d, d).permute(0, 2, 1, 3).reshape(kv_heads, d, -1)
+    return grouped.to(per_head.device, torch.float32)
+
+
+def gpt2_value_path(attention, num_heads: int) -> ValuePath:
+    """GPT-2: c_attn is a Conv1D (x @ W + b, W [D, 3D]) whose output is [q | k | v]; c_proj's weight is [H·d, D],
+    rows h·d:(h+1)·d being W_O^h. Every head has its own values."""
+    D, d = attention.embed_dim, attention.head_dim
+    per_head = attention.c_proj.weight.reshape(num_heads, d, -1)
+    return ValuePath(attention.c_attn, slice(2 * D, 3 * D), d, num_heads, value_factors(per_head, num_heads))
+
+
+def llama_value_path(attention, num_heads: int) -> ValuePath:
+    """Llama and its kin: v_proj is a Linear with n_kv·d outputs (its bias, where it has one, included); o_proj's
+    weight is [D, H·d] (y = x Wᵀ), so W_O^h = o_proj.weight[:, h·d:(h+1)·d]ᵀ. Grouped-query attention: head h reads
+    key/value head h // (H / n_kv)."""
+    d = attention.head_dim
+    per_head = attention.o_proj.weight.T.reshape(num_heads, d, -1)  # [H, d, D]
+    kv_heads = attention.v_proj.out_features // d
+    return ValuePath(attention.v_proj, slice(None), d, kv_heads, value_factors(per_head, kv_heads))
+
+
+VALUE_PATHS = {"gpt2": (gpt2_value_path, ("c_attn", "c_proj")), "llama": (llama_value_path, ("v_proj", "o_proj"))}
+
+
+def value_norms_reason(family: Family, config, attention_modules) -> str | None:
+    """Why this model's value norms cannot be computed, or None when they can."""
+    if family.values is None:
+        return (f"value norms are not implemented for the {family.name} family "
+                "(pipeline/models/families.py: Family.values)")
+    if getattr(config, "clip_qkv", None) is not None:
+        return "the model clips its value vectors (clip_qkv), which the value norms would leave out"
+    _, modules = VALUE_PATHS[family.values]
+    missing = [name for name in modules if not all(hasattr(m, name) for m in attention_modules)]
+    return f"the {family.name} attention modules lack {', '.join(missing)}" if missing else None
 
 
 class ModelAdapter:
@@ -31,6 +110,8 @@ class ModelAdapter:
         self.attention_modules = [getattr(block, self.family.attention) for block in self.blocks]
         if len(self.attention_modules) != self.num_layers:
             raise PipelineError(f"found {len(self.attention_modules)} attention modules for {self.num_layers} layers")
+        self.value_norms_reason = value_norms_reason(self.family, config, self.attention_modules)
+        self._value_paths: dict[int, ValuePath] = {}  # per layer, made on first use: the weights never change
 
     @property
     def vocab_size(self) -> int:
@@ -39,8 +120,18 @@ class ModelAdapter:
     def identity(self) -> dict:
         return {**model_identity(self.model, self.cfg), "family": self.family.name, "causal": self.causal}
 
-    def _hooked(self, modules, hook, input_ids, attention_mask):
-        handles = [m.register_forward_hook(hook(index)) for index, m in enumerate(modules)]
+    def value_path(self, index: int) -> ValuePath:
+        if index not in self._value_paths:
+            if self.value_norms_reason is not None:
+                raise PipelineError(f"no value norms for this model: {self.value_norms_reason}")
+            make, _ = VALUE_PATHS[self.family.values]
+            with torch.inference_mode():
+                self._value_paths[index] = make(self.attention_modules[index], self.num_heads)
+        return self._value_paths[index]
+
+    def _hooked(self, hooks, input_ids, attention_mask):
+        """One forward pass with forward hooks [(module, hook)] in place."""
+        handles = [module.register_forward_hook(hook) for module, hook in hooks]
         try:
             with torch.inference_mode():
                 self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
@@ -48,11 +139,15 @@ class ModelAdapter:
             for h in handles:
                 h.remove()
 
-    def map_attention(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, fn: Callable) -> list:
+    def map_attention(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, fn: Callable,
+                      value_norms: bool = False) -> list:
         """fn(layer index, attention [B, H, T, T]) for every layer, called inside the forward pass as the
-        layer produces it; returns fn's results in layer order."""
+        layer produces it; returns fn's results in layer order. With value_norms, fn(index, attention, norms)
+        also gets n[b, h, j] = ‖f_h(x_j)‖ [B, H, T] (float32), from the layer's value projection, which runs
+        just before its attention output is produced."""
         results = [None] * self.num_layers
         seen = [False] * self.num_layers
+        norms: dict[int, torch.Tensor] = {}
 
         def hook(index):
             def on_output(module, args, output):
@@ -60,11 +155,20 @@ class ModelAdapter:
                 if weights is None:
                     raise PipelineError("the model's attention returned no weights; it must be loaded with "
                                         "attn_implementation='eager'")
-                results[index] = fn(index, weights)
+                results[index] = fn(index, weights, norms.pop(index)) if value_norms else fn(index, weights)
                 seen[index] = True
             return on_output
 
-        self._hooked(self.attention_modules, hook, input_ids, attention_mask)
+        def value_hook(index, path):
+            def on_projection(module, args, output):
+                norms[index] = path.norms(output)
+            return on_projection
+
+        hooks = [(m, hook(index)) for index, m in enumerate(self.attention_modules)]
+        if value_norms:
+            paths = [self.value_path(index) for index in range(self.num_layers)]
+            hooks += [(path.projection, value_hook(index, path)) for index, path in enumerate(paths)]
+        self._hooked(hooks, input_ids, attention_mask)
         if not all(seen):
             raise PipelineError(f"attention of layers {[k for k, s in enumerate(seen) if not s]} was never produced")
         return results
@@ -78,7 +182,7 @@ class ModelAdapter:
                 out[index] = (output[0] if isinstance(output, tuple) else output).detach()
             return on_output
 
-        self._hooked(self.blocks, hook, input_ids, attention_mask)
+        self._hooked([(block, hook(index)) for index, block in enumerate(self.blocks)], input_ids, attention_mask)
         return out
 
     def unembed(self, residual: torch.Tensor) -> torch.Tensor:

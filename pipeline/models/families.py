@@ -1,7 +1,8 @@
 """Model families: where a family keeps its layers, their self-attention, the final norm and the
-embeddings, and whether its attention is causal. A family not listed is found by shape (a module
-list with one entry per layer, an attention child in each); bidirectional families are refused
-until the engine supports them."""
+embeddings, whether its attention is causal, and how its value vectors reach the residual stream
+(for norm-weighted attention, pipeline/models/adapter.py). A family not listed is found by shape (a
+module list with one entry per layer, an attention child in each) and has no norm weighting;
+bidirectional families are refused until the engine supports them."""
 
 from __future__ import annotations
 
@@ -22,12 +23,13 @@ class Family:
     attention: str           # attribute of a layer holding its self-attention
     final_norm: str          # attribute of the base model: the norm before the unembedding
     causal: bool = True
+    values: str | None = None  # layout of the value and output projections (adapter.VALUE_PATHS); None: no norm weighting
 
 
 FAMILIES = (
-    Family("gpt2", ("gpt2",), blocks="h", attention="attn", final_norm="ln_f"),
+    Family("gpt2", ("gpt2",), blocks="h", attention="attn", final_norm="ln_f", values="gpt2"),
     Family("llama", ("llama", "mistral", "qwen2", "qwen3", "smollm3", "olmo", "olmo2", "granite"),
-           blocks="layers", attention="self_attn", final_norm="norm"),
+           blocks="layers", attention="self_attn", final_norm="norm", values="llama"),
     Family("gpt_neox", ("gpt_neox",), blocks="layers", attention="attention", final_norm="final_layer_norm"),
 )
 

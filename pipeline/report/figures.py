@@ -269,6 +269,52 @@ def head_roles_map(roles: pl.DataFrame) -> plt.Figure:
     return fig
 
 
+def tag_shares_by_layer(pos: pl.DataFrame, direction: str, tags: list[str]) -> np.ndarray:
+    """[tags, layers]: each tag's share, the mean over the heads of each layer (heads without non-null attention
+    left out)."""
+    d = (pos.filter((pl.col("direction") == direction) & pl.col("tag").is_in(tags)).with_columns(pl.col("share").fill_nan(None))
+         .group_by("tag", "layer").agg(pl.col("share").mean()))
+    L = int(pos["layer"].max()) + 1
+    out = np.full((len(tags), L), np.nan)
+    for k, tag in enumerate(tags):
+        rows = d.filter(pl.col("tag") == tag)
+        out[k, rows["layer"].to_numpy()] = rows["share"].cast(pl.Float64).to_numpy()
+    return out
+
+
+def norm_weighting(heads: pl.DataFrame, norm_heads: pl.DataFrame, pos: pl.DataFrame, norm_pos: pl.DataFrame,
+                   top_tags: int = 6) -> plt.Figure:
+    """Attention weights (left) against norm-weighted attention (right; Kobayashi et al. 2020), from the two
+    weightings' head_metrics and pos_share. Top: null share per head, both heatmaps on one colour scale. Bottom: the
+    'to' share of the `top_tags` most frequent tags by layer (mean over the layer's heads), both panels on one y scale,
+    a tag in the same colour in both."""
+    null, norm_null = grid(heads, "null_share"), grid(norm_heads, "null_share")
+    vmax = float(np.nanmax([np.nanmax(null), np.nanmax(norm_null), 1e-12]))
+    frequency = pos.filter(~pl.col("tag").is_in(["BOS"])).group_by("tag").agg(pl.col("tag_frequency").first())
+    tags = frequency.sort(["tag_frequency", "tag"], descending=[True, False])["tag"].head(top_tags).to_list()
+    shares = [tag_shares_by_layer(p, "to", tags) for p in (pos, norm_pos)]
+    top = float(np.nanmax([np.nanmax(s) if np.isfinite(s).any() else 0.0 for s in shares] + [1e-12]))
+    w, h = _size(*null.shape)
+    fig, axes = plt.subplots(2, 2, figsize=(2 * w + 1.5, h + 4.2), layout="constrained", height_ratios=[h, 3.6])
+    colours = plt.get_cmap("tab10")
+    for column, (name, values, share) in enumerate((("attention weights α_ij", null, shares[0]),
+                                                     ("norm-weighted α_ij ‖f(x_j)‖", norm_null, shares[1]))):
+        draw_heatmap(axes[0, column], values, f"null share, {name}", vmin=0, vmax=vmax, colorbar=column == 1,
+                     label="null share (one scale for both)")
+        ax = axes[1, column]
+        for k, tag in enumerate(tags):
+            ax.plot(np.arange(share.shape[1]), share[k], marker="o", ms=2.5, color=colours(k % 10), label=tag)
+        ax.set_ylim(0, top * 1.05)
+        ax.set_xticks(_ticks(share.shape[1]))
+        ax.set_xlabel("layer")
+        ax.set_ylabel("share of non-null attention")
+        ax.set_title(f"'to' share of each tag, {name}", fontsize=10)
+    handles, labels = axes[1, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncols=len(tags), title="the most frequent tags")
+    fig.suptitle("Attention weights vs norm-weighted attention (Kobayashi et al. 2020)")
+    return fig
+
+
 def _piece_labels(tokens: pl.DataFrame, text: str) -> list[str]:
     return [(text[s:e].strip() or "␣") for s, e in zip(tokens["char_start"], tokens["char_end"])]
 
