@@ -94,3 +94,16 @@ def config_factory(tmp_path, corpus_file):
         return make_config(tmp_path, model_dir, corpus or corpus_file, *overrides, run_name=run_name)
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def full_run(tiny_gpt2, tmp_path_factory):
+    """Every stage, report included, on the tiny GPT-2 and the test corpus: read (never changed) by the notebook,
+    report and views tests, so it is made once."""
+    from helpers import run
+    from stages import STAGE_NAMES
+
+    tmp = tmp_path_factory.mktemp("full-run")
+    cfg = make_config(tmp, tiny_gpt2, write_corpus(tmp / "corpus.txt"))
+    run(cfg, list(STAGE_NAMES))
+    return cfg

@@ -5,8 +5,6 @@ is right, and the page opens in headless Chromium with every image loaded, no br
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -16,11 +14,8 @@ import pytest
 
 from pipeline.config import ReportConfig
 from pipeline.report import compare
+from helpers import launch_chromium, needs_chromium
 from synthetic import tables, write_run
-
-
-def _chromium() -> str | None:
-    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def remap_heads(t: dict[str, pl.DataFrame], mapping: dict[tuple[int, int], tuple[int, int]],
@@ -168,7 +163,7 @@ def test_cli_writes_the_page_and_prints_its_path(permuted, monkeypatch, capsys):
     assert "no run at 'nothing'" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(_chromium() is None, reason="Chromium not installed (make browser installs Debian's package)")
+@needs_chromium
 def test_compare_page_opens_in_a_browser_with_every_image_and_link(deeper_and_shallower):
     from playwright.sync_api import sync_playwright
 
@@ -176,9 +171,7 @@ def test_compare_page_opens_in_a_browser_with_every_image_and_link(deeper_and_sh
     index = out.resolve().as_uri()
     requests, errors = [], []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = launch_chromium(p)
         page = browser.new_page()
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.route("**/*", lambda route: (requests.append(route.request.url),

@@ -3,26 +3,12 @@ with every image loaded and no broken link."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-import pytest
 
 from conftest import ROOT
-from helpers import run
-from stages import STAGE_NAMES
-
-
-@pytest.fixture(scope="module")
-def full_run(tiny_gpt2, tmp_path_factory):
-    from conftest import make_config, write_corpus
-
-    tmp = tmp_path_factory.mktemp("report-run")
-    cfg = make_config(tmp, tiny_gpt2, write_corpus(tmp / "corpus.txt"))
-    run(cfg, list(STAGE_NAMES))
-    return cfg
+from helpers import launch_chromium, needs_chromium
 
 
 def test_notebook_executes_and_answers_its_questions(full_run, monkeypatch):
@@ -38,19 +24,13 @@ def test_notebook_executes_and_answers_its_questions(full_run, monkeypatch):
     assert "head_metrics" in text and "PROPN" in text and "layer" in text
 
 
-def _chromium() -> str | None:
-    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(_chromium() is None, reason="Chromium not installed (make browser installs Debian's package)")
+@needs_chromium
 def test_report_opens_in_a_browser_with_every_image_and_link(full_run):
     from playwright.sync_api import sync_playwright
 
     index = (Path(full_run.reports_dir) / full_run.run_name / "index.html").resolve()
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = launch_chromium(p)
         page = browser.new_page()
         failed = []
         page.on("requestfailed", lambda r: failed.append(r.url))

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +16,10 @@ import pytest
 
 from pipeline.config import ReportConfig
 from pipeline.report import views, views_static
+from helpers import launch_chromium, needs_chromium
 from synthetic import tables, write_run
 
 N_PIECES = 6  # the synthetic sentence: "The cat sat on the mat."
-
-
-def _chromium() -> str | None:
-    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-needs_chromium = pytest.mark.skipif(_chromium() is None, reason="Chromium not installed (make browser installs Debian's package)")
 
 
 def distinct_patterns(L: int, H: int, n: int = N_PIECES, seed: int = 0) -> pl.DataFrame:
@@ -131,9 +123,7 @@ class Browser:
     file, so that a request elsewhere fails the test instead of reaching the network)."""
 
     def __init__(self, playwright, index: Path):
-        self.browser = playwright.chromium.launch(executable_path=_chromium(), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        self.browser = launch_chromium(playwright)
         self.page = self.browser.new_page(viewport={"width": 1400, "height": 1000})
         self.errors, self.requests = [], []
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
@@ -214,27 +204,14 @@ def test_clicking_a_head_redraws_the_head_view_with_its_pattern(synthetic_report
     assert requests == [b.uri]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tiny_gpt2, tmp_path_factory):
-    """The full pipeline on the tiny GPT-2 (2 layers × 3 heads) and the test corpus."""
-    from conftest import make_config, write_corpus
-    from helpers import run
-    from stages import STAGE_NAMES
-
-    tmp = tmp_path_factory.mktemp("views-run")
-    cfg = make_config(tmp, tiny_gpt2, write_corpus(tmp / "corpus.txt"))
-    run(cfg, list(STAGE_NAMES))
-    return cfg
-
-
 @needs_chromium
-def test_views_on_the_tiny_full_run(tiny_run):
+def test_views_on_the_tiny_full_run(full_run):
     from playwright.sync_api import sync_playwright
 
     from pipeline.results import load
 
-    patterns = views.attention_rows(load(tiny_run.run_dir, tables=("patterns",))["patterns"])
-    index = Path(tiny_run.reports_dir) / tiny_run.run_name / "index.html"
+    patterns = views.attention_rows(load(full_run.run_dir, tables=("patterns",))["patterns"])
+    index = Path(full_run.reports_dir) / full_run.run_name / "index.html"
     with sync_playwright() as p:
         b = Browser(p, index)
         for layer in range(2):
