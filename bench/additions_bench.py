@@ -10,6 +10,7 @@ the same in every variant):
   +dep_accuracy  Clark et al.'s dependency accuracy (attend.dependency_accuracy)
   +bootstrap     Poisson bootstrap replicates (attend.bootstrap_replicates)
   +norm          norm-weighted attention (attend.norm_weighting), where the model supports it
+  +logit_lens    the logit lens at the config's attend.logit_lens_sample (bench/logit_lens_bench.py: its cost per piece)
   all            every addition on (the defaults)
 Made for a noisy machine: every batch goes through every variant in turn (forward pass and reduction, as the
 attend stage runs them), in an order rotated from batch to batch, so a slow spell hits all variants alike; each
@@ -30,11 +31,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-OFF = {"positional_offsets": 0, "dependency_accuracy": False, "bootstrap_replicates": 0, "norm_weighting": False}
-ON = {"positional_offsets": 20, "dependency_accuracy": True, "bootstrap_replicates": 200, "norm_weighting": True}
+OFF = {"positional_offsets": 0, "dependency_accuracy": False, "bootstrap_replicates": 0, "norm_weighting": False,
+       "logit_lens": False}
+ON = {"positional_offsets": 20, "dependency_accuracy": True, "bootstrap_replicates": 200, "norm_weighting": True,
+      "logit_lens": True}
 VARIANTS = {"paper": {}, "+positional": {"positional_offsets": ON["positional_offsets"]},
             "+dep_accuracy": {"dependency_accuracy": True}, "+bootstrap": {"bootstrap_replicates": ON["bootstrap_replicates"]},
-            "+norm": {"norm_weighting": True}, "all": ON}
+            "+norm": {"norm_weighting": True}, "+logit_lens": {"logit_lens": True}, "all": ON}
 
 
 def main() -> None:

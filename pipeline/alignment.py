@@ -60,3 +60,9 @@ def align_pieces(text: str, offsets: np.ndarray, word_starts: np.ndarray, word_e
         "pieces_without_word": int((word < 0).sum()),
     }
     return word.astype(np.int64), counts
+
+
+def is_special_tag(tag: str) -> bool:
+    """The pos/tag of a special piece that annotate puts around a sentence: BOS, or the piece itself ([CLS], [SEP],
+    <s>); no spaCy tag looks like one."""
+    return tag == "BOS" or (len(tag) > 2 and (tag[0], tag[-1]) in (("[", "]"), ("<", ">")))

@@ -70,14 +70,25 @@ class AnnotateConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name: str = Field("gpt2", description="Hub id, local directory, GGUF file, or pkg:PACKAGE/FILE.")
+    name: str = Field("gpt2", description="Hub id, local directory, GGUF file, or pkg:PACKAGE/FILE (a GGUF file or a "
+                      "transformers directory that a Python package ships).")
     tokenizer: str | None = Field(None, description="Tokenizer source if not the model's own.")
     gguf_file: str | None = None
     revision: str | None = None
     prepend_bos: bool = False
+    add_special_tokens: bool | None = Field(None, description="Put the tokenizer's own special tokens around each "
+                                            "sentence ([CLS] … [SEP] for BERT); None: yes for encoders (bidirectional "
+                                            "models), no for decoders.")
     too_long: Literal["truncate", "drop"] = "drop"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.prepend_bos and self.add_special_tokens:
+            raise ValueError("model.prepend_bos and model.add_special_tokens are exclusive: the first prepends the BOS "
+                             "token, the second the tokenizer's own special tokens")
+        return self
 
 
 class AttendConfig(_Section):
@@ -85,6 +96,10 @@ class AttendConfig(_Section):
     variability_positions: int = Field(10, ge=0, description="N of footnote 3; 0 disables.")
     entropy_null_threshold: float = Field(0.9, gt=0.0, le=1.0, description="Footnote 4.")
     exemplars_per_head: int = Field(5, ge=1, le=100)
+    null_pieces: Literal["auto", "first", "special"] = Field(
+        "auto", description="Which pieces are null (the paper's first token, whose attention is set apart): first: "
+        "position 0; special: the tokenizer's special pieces (BOS, [CLS], [SEP]); auto: first for decoders, special for "
+        "encoders.")
     # Beyond the paper (each switchable: 0 or false turns it off, and its cost with it)
     positional_offsets: int = Field(20, ge=0, le=512, description="Positional profile: attention share at offsets "
                                     "i - j = 1..this per head (Gu et al. 2024's sink rate, head roles); 0 disables.")
@@ -93,7 +108,13 @@ class AttendConfig(_Section):
     norm_weighting: bool = Field(True, description="Kobayashi et al. (2020): every metric also under ‖α_ij f_h(x_j)‖.")
     bootstrap_replicates: int = Field(200, ge=0, le=2000, description="Poisson bootstrap over sentences: replicates "
                                       "for confidence intervals of head and layer metrics and correlations; 0 disables.")
-    bootstrap_seed: int = Field(0, ge=0, description="Seed of the bootstrap's per-sentence weights.")
+    bootstrap_seed: int = Field(0, ge=0, description="Seed of the bootstrap's per-sentence weights (and of the "
+                                "logit lens's sentence sample).")
+    logit_lens: bool = Field(True, description="nostalgebraist (2020): decode the residual stream at every depth "
+                             "through the final norm and the unembedding, in the same forward pass (causal models "
+                             "with tied embeddings).")
+    logit_lens_sample: float = Field(1.0, gt=0.0, le=1.0, description="Share of sentences the logit lens decodes: a "
+                                     "seeded uniform subset, chosen by a hash of (bootstrap_seed, sentence id).")
 
 
 class RolesConfig(_Section):

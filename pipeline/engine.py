@@ -14,10 +14,17 @@ reduced a second time on α'_ij = α_ij n_j, under keys `norm.<key>` (and `boot.
 do not sum to 1, but every metric is a ratio of sums, so each stays defined. The first pass does the
 same, and each weighting's main pass reads its own ᾱ.
 
-Conventions (α_ij: attention from piece i to piece j ≤ i, positions 0-based): position 0 is the
-null token; unless a sum says so, pairs with j = 0 and attending rows i = 0 are left out; rows
-i ≥ length (right padding) are zeroed before any metric sees them. Sums are float64 (float32 on
-Apple MPS, which has no float64)."""
+Conventions (α_ij: attention from piece i to piece j, positions 0-based; j ≤ i for a causal model,
+any j in the sentence for an encoder, adapter.causal): some pieces are null (attend.null_pieces:
+position 0, the paper's rule and the default for decoders, or the special pieces such as [CLS] and
+[SEP], the default for encoders); unless a sum says so, pairs with a null j and the rows of null
+pieces are left out (for a decoder: j = 0 and i = 0); rows i ≥ length (right padding) are zeroed
+before any metric sees them. Sums are float64 (float32 on Apple MPS, which has no float64).
+
+The residual stream (the logit lens, pipeline/metrics/logit_lens.py): a metric with `wants_residuals` names the
+pieces it reads (`residual_rows`); in the same forward pass the adapter hands over the residual stream at every depth
+0..L, the engine keeps those pieces' rows only ([N, D] per depth), and after the forward the metric reduces them
+(`reduce_residuals`) into sums over the batch and ranked candidates, with no bootstrap replicates."""
 
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from pipeline.alignment import is_special_tag
 from pipeline.bootstrap import PREFIX as BOOT, poisson_weights
 from pipeline.errors import PipelineError
 from pipeline.metrics import enabled
@@ -49,6 +57,7 @@ class TokenArrays:
     head: np.ndarray
     pos_vocab: list[str]
     dep_vocab: list[str]
+    special: np.ndarray | None = None  # per piece: a special piece (BOS, [CLS], [SEP]): its pos is a special tag
 
     @classmethod
     def from_frame(cls, tokens: pl.DataFrame, pos_vocab: list[str] | None = None,
@@ -69,6 +78,8 @@ class TokenArrays:
             dep=tokens["dep"].replace_strict(dep_vocab, range(len(dep_vocab)), return_dtype=pl.Int64).to_numpy(),
             word=tokens["word_index"].to_numpy(), head=tokens["head_word_index"].to_numpy(),
             pos_vocab=pos_vocab, dep_vocab=dep_vocab,
+            special=np.array([is_special_tag(t) for t in pos_vocab], dtype=bool)[
+                tokens["pos"].replace_strict(pos_vocab, range(len(pos_vocab)), return_dtype=pl.Int64).to_numpy()],
         )
 
     def length_order(self) -> np.ndarray:
@@ -85,9 +96,11 @@ class TokenArrays:
         def take(values, fill):
             return torch.from_numpy(np.where(valid, values[flat], fill)).to(device)
 
+        special = self.special if self.special is not None else np.zeros(len(self.token_id), dtype=bool)
         return Batch(input_ids=take(self.token_id, 0), attention_mask=torch.from_numpy(valid.astype(np.int64)).to(device),
                      lengths=torch.from_numpy(lengths).to(device), sentence_ids=torch.from_numpy(self.sentence_ids[rows]).to(device),
-                     pos=take(self.pos, 0), dep=take(self.dep, 0), word=take(self.word, -1), head=take(self.head, -1))
+                     pos=take(self.pos, 0), dep=take(self.dep, 0), word=take(self.word, -1), head=take(self.head, -1),
+                     special=take(special, False))
 
 
 @dataclass
@@ -102,6 +115,7 @@ class Batch:
     dep: torch.Tensor             # [B, T]
     word: torch.Tensor            # [B, T]
     head: torch.Tensor            # [B, T]
+    special: torch.Tensor | None = None  # [B, T] bool: special pieces (BOS, [CLS], [SEP])
 
     @property
     def shape(self):
@@ -122,15 +136,24 @@ def plan_batches(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
     return batches
 
 
+def null_rule(attend_cfg, causal: bool) -> str:
+    """attend.null_pieces resolved: "first" (position 0) or "special" (the special pieces)."""
+    rule = getattr(attend_cfg, "null_pieces", "auto")
+    return rule if rule != "auto" else ("first" if causal else "special")
+
+
 class BatchContext:
     """What every layer of one batch shares (masks, pair relations, one-hot tags), computed once
-    and only when a metric asks for it."""
+    and only when a metric asks for it. `causal`: whether piece i attends only to j ≤ i (the model
+    adapter's); pair masks then hold only j ≤ i."""
 
     def __init__(self, batch: Batch, n_pos: int, n_dep: int, attend_cfg, first_pass: dict | None = None,
-                 row_width: int = 0):
+                 row_width: int = 0, causal: bool = True):
         self.batch, self.n_pos, self.n_dep, self.cfg = batch, n_pos, n_dep, attend_cfg
         self.first_pass = first_pass or {}
         self.row_width = row_width
+        self.causal = causal
+        self.null_rule = null_rule(attend_cfg, causal)
         self.B, self.T = batch.shape
         self.device = batch.input_ids.device
         self.sum_dtype = torch.float32 if self.device.type == "mps" else torch.float64
@@ -143,21 +166,54 @@ class BatchContext:
         return self.idx[None, :] < self.batch.lengths[:, None]
 
     @cached
-    def attending(self) -> torch.Tensor:             # [B, T] rows i ≥ 1 inside the sentence
-        return self.in_sentence & (self.idx[None, :] >= 1)
+    def null(self) -> torch.Tensor:                  # [B, T] the null pieces (decoders: position 0)
+        if self.null_rule == "first":
+            return self.in_sentence & (self.idx[None, :] == 0)
+        special = self.batch.special if self.batch.special is not None else torch.zeros_like(self.in_sentence)
+        return self.in_sentence & special
+
+    @cached
+    def null_f(self) -> torch.Tensor:
+        return self.null.to(torch.float32)
+
+    @cached
+    def attending(self) -> torch.Tensor:             # [B, T] rows of the sentence's non-null pieces (decoders: i ≥ 1)
+        return self.in_sentence & ~self.null
+
+    @property
+    def receivable(self) -> torch.Tensor:            # [B, T] pieces that receive: the same, non-null and in the sentence
+        return self.attending
 
     @cached
     def attending_f(self) -> torch.Tensor:
         return self.attending.to(torch.float32)
 
     @cached
-    def causal_rows(self) -> torch.Tensor:           # [B, T, T] i ≥ 1, j ≤ i
-        i, j = self.idx[:, None], self.idx[None, :]
-        return self.attending[:, :, None] & (j <= i)[None]
+    def causal_rows(self) -> torch.Tensor:           # [B, T, T] attending rows i, every j they can attend (j ≤ i if causal)
+        rows = self.attending[:, :, None] & self.in_sentence[:, None, :]
+        return rows & (self.idx[None, :] <= self.idx[:, None])[None] if self.causal else rows
 
     @cached
-    def nonnull(self) -> torch.Tensor:               # [B, T, T] i ≥ 1, 1 ≤ j ≤ i
-        return self.causal_rows & (self.idx[None, :] >= 1)[None]
+    def nonnull(self) -> torch.Tensor:               # [B, T, T] the above, j non-null (decoders: i ≥ 1, 1 ≤ j ≤ i)
+        return self.causal_rows & self.receivable[:, None, :]
+
+    @cached
+    def nonnull_f(self) -> torch.Tensor:
+        return self.nonnull.to(torch.float32)
+
+    def offsets(self, D: int) -> torch.Tensor:
+        """The offsets d = i − j of a positional profile: 1..D to the left, and for an encoder also −1..−D (right)."""
+        left = torch.arange(1, D + 1, device=self.device)
+        return left if self.causal else torch.cat([left, -left])
+
+    def at_offsets(self, D: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, T, K] column j = i − d of row i at each offset d of offsets(D) (clamped into the row), and whether (i, j)
+        is a non-null pair: i attends, j receives (inside the sentence, non-null)."""
+        j = self.idx[:, None] - self.offsets(D)[None, :]                             # [T, K]
+        inside = (j >= 0) & (j < self.T)
+        at = j.clamp(0, self.T - 1)[None].expand(self.B, -1, -1)                        # [B, T, K]
+        receives = self.receivable.gather(1, at.reshape(self.B, -1)).reshape(at.shape)
+        return at, inside[None] & self.attending[:, :, None] & receives
 
     @cached
     def different_words(self) -> torch.Tensor:       # [B, T, T] pieces of two different words
@@ -173,9 +229,8 @@ class BatchContext:
         return self.nonnull & self.different_words & (self.batch.head[:, :, None] == self.batch.word[:, None, :])
 
     def onehot(self, values: torch.Tensor, n: int) -> torch.Tensor:
-        """[B, T, n] one-hot of a per-piece feature, zero for pieces that cannot receive (j = 0, padding)."""
-        receivable = self.in_sentence & (self.idx[None, :] >= 1)
-        return torch.nn.functional.one_hot(values, n).to(torch.float32) * receivable[..., None]
+        """[B, T, n] one-hot of a per-piece feature, zero for pieces that cannot receive (null pieces, padding)."""
+        return torch.nn.functional.one_hot(values, n).to(torch.float32) * self.receivable[..., None]
 
     @cached
     def boot_weights(self) -> torch.Tensor | None:   # [R, B] Poisson multiplicities, or None without a bootstrap
@@ -225,19 +280,21 @@ class LayerView:
         return NormWeightedView(self, norms)
 
     @functools.cached_property
-    def null_row_share(self) -> torch.Tensor:  # [B, H, T]: α_i0 / Σ_j α_ij, which is α_i0 (rows sum to 1)
-        return self.att[..., 0]
+    def null_row_share(self) -> torch.Tensor:  # [B, H, T]: Σ_{j null} α_ij / Σ_j α_ij, the numerator (rows sum to 1)
+        if self.batch.null_rule == "first":
+            return self.att[..., 0]
+        return torch.einsum("bhij,bj->bhi", self.att, self.batch.null_f)
 
     @functools.cached_property
-    def nonnull(self) -> torch.Tensor:  # [B, H, T, T-1]: α_ij for j ≥ 1
-        return self.att[..., 1:]
+    def nonnull(self) -> torch.Tensor:  # [B, H, T, T]: α_ij of attending rows i and non-null j, 0 elsewhere
+        return self.att * self.batch.nonnull_f[:, None]
 
     @functools.cached_property
-    def row_mass(self) -> torch.Tensor:  # [B, H, T]: Σ_{j ≥ 1} α_ij
+    def row_mass(self) -> torch.Tensor:  # [B, H, T]: Σ_{j non-null} α_ij
         return self.nonnull.sum(-1)
 
     @functools.cached_property
-    def received(self) -> torch.Tensor:  # [B, H, T]: Σ_{i ≥ 1} α_ij, attention received by each piece
+    def received(self) -> torch.Tensor:  # [B, H, T]: Σ_{i attending} α_ij, attention received by each piece
         return torch.einsum("bhij,bi->bhj", self.att, self.batch.attending_f)
 
 
@@ -254,9 +311,11 @@ class NormWeightedView(LayerView):
         self.att = raw.att.float() * norms[:, :, None, :]
 
     @functools.cached_property
-    def null_row_share(self) -> torch.Tensor:  # [B, H, T]: α'_i0 / Σ_j α'_ij (0 for a row without weight)
+    def null_row_share(self) -> torch.Tensor:  # [B, H, T]: Σ_{j null} α'_ij / Σ_j α'_ij (0 for a row without weight)
         total = self.att.sum(-1)
-        return torch.where(total > 0, self.att[..., 0] / total.clamp_min(1e-30), 0.0)
+        null = self.att[..., 0] if self.batch.null_rule == "first" else torch.einsum("bhij,bj->bhi", self.att,
+                                                                                      self.batch.null_f)
+        return torch.where(total > 0, null / total.clamp_min(1e-30), 0.0)
 
 
 class Reduction:
@@ -273,8 +332,8 @@ class Reduction:
         """Whether this batch's metrics are also reduced on norm-weighted attention."""
         return bool(self.norm_metrics) and norm_weighting_reason(self.cfg, adapter) is None
 
-    def context(self, batch: Batch) -> BatchContext:
-        return BatchContext(batch, self.n_pos, self.n_dep, self.cfg, self.first_pass, self.row_width)
+    def context(self, batch: Batch, causal: bool = True) -> BatchContext:
+        return BatchContext(batch, self.n_pos, self.n_dep, self.cfg, self.first_pass, self.row_width, causal)
 
     def pair_matrix(self, ctx: BatchContext) -> tuple[list[str], torch.Tensor | None]:
         names, feats = [], []
@@ -309,12 +368,20 @@ class Reduction:
     def batch(self, adapter, batch: Batch) -> Sums:
         """One forward pass; each layer is reduced inside the model's forward, as it is produced. Sums that do not
         depend on attention (pair counts) are kept under both weightings, so that each weighting's sums are whole."""
-        ctx = self.context(batch)
+        ctx = self.context(batch, getattr(adapter, "causal", True))
         names, pairs = self.pair_matrix(ctx)
         norm = self.norm_weighted(adapter)
+        lens = [(m, rows) for m in self.residual_metrics(adapter) if (rows := m.residual_rows(ctx)).any()]
+        kept = [[None] * (adapter.num_layers + 1) for _ in lens]
+
+        def keep(depth, hidden):  # the selected rows only: [N, D] per depth, for after the forward pass
+            for (_, rows), store in zip(lens, kept):
+                store[depth] = hidden[rows]
+
         per_layer = adapter.map_attention(
             batch.input_ids, batch.attention_mask,
-            lambda index, att, norms=None: self.layer(ctx, att, index, names, pairs, norms), value_norms=norm)
+            lambda index, att, norms=None: self.layer(ctx, att, index, names, pairs, norms), value_norms=norm,
+            **({"residuals": keep} if lens else {}))
         stacked = stack_layers(per_layer)
         additive = {k: v for k, v in stacked.items() if not k.startswith(EXEMPLAR_PREFIX)}
         for m in self.metrics:
@@ -322,7 +389,14 @@ class Reduction:
             additive.update(counts)
             if norm and m.norm_weighting:
                 additive.update({NORM_PREFIX + k: v for k, v in counts.items()})
-        return Sums(additive, exemplar_candidates(stacked, batch.sentence_ids), self.cfg.exemplars_per_head)
+        out = Sums(additive, exemplar_candidates(stacked, batch.sentence_ids), self.cfg.exemplars_per_head)
+        for (m, rows), residuals in zip(lens, kept):
+            out = out + m.reduce_residuals(ctx, rows, residuals, adapter)
+        return out
+
+    def residual_metrics(self, adapter) -> list[Metric]:
+        """The metrics that read the residual stream (the logit lens) and that this model can give."""
+        return [m for m in self.metrics if m.wants_residuals and m.model_reason(adapter) is None]
 
 
 def over_batch(per_sentence: dict[str, torch.Tensor], weights) -> dict[str, torch.Tensor]:
@@ -414,7 +488,7 @@ def first_pass_of_layer(metric: Metric, view: LayerView, norms: torch.Tensor | N
 def first_pass_sums(adapter, arrays: TokenArrays, attend_cfg, events: dict | None = None) -> dict[str, np.ndarray]:
     """Metrics that need corpus-wide quantities before the main pass (variability's ᾱ over the first N
     positions) get a pass over the first N pieces of every sentence: causal attention there depends on
-    nothing later. Returns {"<metric>.<key>": sum} over these sentences, and under norm weighting also
+    nothing later (an encoder's does, so it gets whole sentences). Returns {"<metric>.<key>": sum} over these sentences, and under norm weighting also
     {"norm.<metric>.<key>": sum}: additive over parts."""
     out = {}
     order = arrays.length_order()
@@ -424,12 +498,13 @@ def first_pass_sums(adapter, arrays: TokenArrays, attend_cfg, events: dict | Non
         if not N or not len(order):
             continue
         total = Sums()
-        prefix = np.minimum(arrays.lengths[order], N)
+        max_len = N if adapter.causal else None
+        prefix = np.minimum(arrays.lengths[order], N) if adapter.causal else arrays.lengths[order]
         weighted = norm and metric.norm_weighting
 
-        def first_pass_batch(rows, metric=metric, N=N, weighted=weighted):
-            batch = arrays.batch(order[rows], adapter.device, max_len=N)
-            ctx = BatchContext(batch, len(arrays.pos_vocab), len(arrays.dep_vocab), attend_cfg)
+        def first_pass_batch(rows, metric=metric, weighted=weighted):
+            batch = arrays.batch(order[rows], adapter.device, max_len=max_len)
+            ctx = BatchContext(batch, len(arrays.pos_vocab), len(arrays.dep_vocab), attend_cfg, causal=adapter.causal)
             per_layer = adapter.map_attention(
                 batch.input_ids, batch.attention_mask,
                 lambda index, att, norms=None: first_pass_of_layer(

@@ -4,7 +4,8 @@ Every statistic is a ratio of corpus-wide sums, so a pass over a batch, a part, 
 share of the corpus reduces to `Sums`, and `a + b` (or `Sums.merge(parts)`) combines them:
 additive keys add (so the result depends on the order and grouping of the parts only through float
 rounding); exemplar candidates re-rank (top k by weight, ties to the smaller sentence id), so the
-exemplars do not depend on them at all. The batch accumulator,
+exemplars do not depend on them at all. Further named sets of ranked candidates (`ranked`: the logit lens's
+earliest and latest sentences) merge the same way, each under its own name. The batch accumulator,
 the merge of parts and any executor all use this one merge. Values are torch tensors while a pass
 runs on the device and numpy arrays on disk; the merge works on either."""
 
@@ -20,6 +21,7 @@ from pipeline.bootstrap import PREFIX as BOOT_PREFIX
 EXEMPLAR_PREFIX = "ex_"  # exemplar fields in an .npz file: ex_value, ex_sentence_id, ex_i, ex_j, ex_row
 NORM_PREFIX = "norm."    # sums of norm-weighted attention (Kobayashi et al. 2020): norm.<key>, boot.norm.<key>
 WEIGHTINGS = {"attention": "", "norm": NORM_PREFIX}  # weighting → the prefix of its sums
+RANKED_PREFIX = "rk_"    # named candidate sets in an .npz file: rk_<set>.<field> (value, sentence_id, ...)
 
 
 def merge_exemplars(a: dict | None, b: dict | None, k: int) -> dict | None:
@@ -45,6 +47,7 @@ class Sums:
     additive: dict = field(default_factory=dict)  # key → tensor or array, shaped [L, H, ...] or per batch
     exemplars: dict | None = None                   # value, sentence_id, i, j[, row]: [L, H, ≤k]
     k: int = 0                                      # exemplars kept per head
+    ranked: dict = field(default_factory=dict)      # set name → candidates {value, sentence_id, ...}: [..., ≤k]
 
     def __add__(self, other: "Sums") -> "Sums":
         if not isinstance(other, Sums):
@@ -53,7 +56,9 @@ class Sums:
         for key, value in other.additive.items():
             additive[key] = additive[key] + value if key in additive else value
         k = max(self.k, other.k)
-        return Sums(additive, merge_exemplars(self.exemplars, other.exemplars, k), k)
+        ranked = {name: merge_exemplars(self.ranked.get(name), other.ranked.get(name), k)
+                  for name in {**self.ranked, **other.ranked}}
+        return Sums(additive, merge_exemplars(self.exemplars, other.exemplars, k), k, ranked)
 
     @staticmethod
     def merge(parts) -> "Sums":
@@ -80,13 +85,13 @@ class Sums:
                 additive[boot + name[len(prefix):]] = value
             elif not prefix and not name.startswith(NORM_PREFIX):
                 additive[key] = value
-        return Sums(additive, self.exemplars, self.k)
+        return Sums(additive, self.exemplars, self.k, self.ranked)
 
     def to_numpy(self) -> "Sums":
         def host(v):
             return v if isinstance(v, np.ndarray) else v.detach().cpu().double().numpy()
 
-        return Sums({k: host(v) for k, v in self.additive.items()}, self.exemplars, self.k)
+        return Sums({k: host(v) for k, v in self.additive.items()}, self.exemplars, self.k, self.ranked)
 
     def non_finite_keys(self) -> list[str]:
         return [k for k, v in self.to_numpy().additive.items() if not np.isfinite(v).all()]
@@ -95,11 +100,17 @@ class Sums:
     def save(self, path: Path, write) -> None:
         arrays = dict(self.to_numpy().additive)
         arrays.update({EXEMPLAR_PREFIX + name: v for name, v in (self.exemplars or {}).items()})
+        arrays.update({f"{RANKED_PREFIX}{name}.{f}": v for name, c in self.ranked.items() if c for f, v in c.items()})
         arrays["_exemplars_k"] = np.array(self.k)
         write(arrays, path)
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Sums":
         exemplars = {name[len(EXEMPLAR_PREFIX):]: v for name, v in arrays.items() if name.startswith(EXEMPLAR_PREFIX)}
-        additive = {name: v for name, v in arrays.items() if not name.startswith((EXEMPLAR_PREFIX, "_"))}
-        return cls(additive, exemplars or None, int(arrays.get("_exemplars_k", 0)))
+        additive = {name: v for name, v in arrays.items() if not name.startswith((EXEMPLAR_PREFIX, RANKED_PREFIX, "_"))}
+        ranked: dict = {}
+        for name, v in arrays.items():
+            if name.startswith(RANKED_PREFIX):
+                which, _, f = name[len(RANKED_PREFIX):].partition(".")
+                ranked.setdefault(which, {})[f] = v
+        return cls(additive, exemplars or None, int(arrays.get("_exemplars_k", 0)), ranked)

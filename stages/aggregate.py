@@ -199,6 +199,7 @@ def build_tables(sums: Sums, meta: dict, tokens_dir, sentences_dir, aggregate_cf
     inputs = {"tokens": scan(tokens_dir), "sentences": scan(sentences_dir),
               "pool_tokens": scan(tokens_dir, pool=True), "pool_sentences": scan(sentences_dir, pool=True),
               "pos_vocab": meta["pos_vocab"], "dep_vocab": meta["dep_vocab"],
+              "null_pieces": meta.get("null_pieces", "first"),  # attend.null_pieces, resolved for the model
               "roles": (aggregate_cfg or AggregateConfig()).roles}
     per_weighting = [weighting_tables(sums.of_weighting(w), w, computed_metrics(meta, w), inputs)
                      for w in weightings(meta.get("metrics", {}))]

@@ -8,10 +8,12 @@ at the first missing part, and the corpus statistics are the merged counts of al
 
 Output `tokens/part-NNNNN.parquet`, one row per model piece: sentence_id, position, token_id, piece,
 char_start, char_end, word_index (-1: no word), pos (Universal POS, spaCy pos_), tag, dep,
-head_word_index. A piece with no word (trailing whitespace) gets pos SPACE, tag _SP, dep "_"; a
-prepended BOS piece at position 0 gets pos/tag BOS, dep "_". `tokens/meta.json` lists the parts and
-the tag vocabularies, which come from the spaCy model's label sets (known before any parsing), not
-from the corpus. The exemplar pool's parts (pool-NNNNN) are annotated alike; corpus_stats counts the
+head_word_index. A piece with no word (trailing whitespace) gets pos SPACE, tag _SP, dep "_"; the
+special pieces put around a sentence (model.prepend_bos: a BOS piece at position 0 with pos/tag BOS;
+model.add_special_tokens, by default for encoders: the tokenizer's own, such as BERT's [CLS] before
+and [SEP] after, with the piece as pos/tag) get word_index -1 and dep "_". `tokens/meta.json` lists
+the parts and the tag vocabularies, which come from the spaCy model's label sets (known before any
+parsing) and the special pieces' tags, not from the corpus. The exemplar pool's parts (pool-NNNNN) are annotated alike; corpus_stats counts the
 analysis sample only."""
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from pipeline.alignment import align_pieces
 from pipeline.config import fingerprint as content_hash
 from pipeline.errors import PipelineError
 from pipeline.executor import Resources, WorkUnit, make_executor, tqdm_bar
-from pipeline.models.loading import (bos_token_id, load_tokenizer, local_identity, max_positions, resolve_source,
-                                     tokenizer_source)
+from pipeline.models.loading import (SpecialPieces, load_tokenizer, local_identity, max_positions, resolve_source,
+                                     special_pieces, tokenizer_source)
 from pipeline.nlp import installed_version, load_spacy, processes, spacy_identity
 from pipeline.parts import PartedOutput, is_pool, part_paths, read_part
 from pipeline.stage import Output, check_schema
@@ -44,7 +46,7 @@ TOKENS_SCHEMA = {"sentence_id": pl.Int64, "position": pl.Int64, "token_id": pl.I
                  "tag": pl.String, "dep": pl.String, "head_word_index": pl.Int64}
 OUTPUTS = (Output("tokens", TOKENS_SCHEMA), Output("corpus_stats.parquet", STATS_SCHEMA))
 CONFIG = ("corpus.spacy_model", "annotate", "model.name", "model.gguf_file", "model.tokenizer",
-          "model.revision", "model.prepend_bos", "model.too_long")
+          "model.revision", "model.prepend_bos", "model.add_special_tokens", "model.too_long")
 TUNING = ("annotate.batch_size", "annotate.n_process", "executor")
 
 
@@ -146,14 +148,23 @@ def apply_length_limit(pieces: pl.DataFrame, limit: int, mode: str) -> tuple[pl.
     return pieces.filter(pl.col("position") < limit), too_long.len()
 
 
-def prepend_bos(pieces: pl.DataFrame, tok) -> pl.DataFrame:
-    bos = bos_token_id(tok)
-    first = pieces.filter(pl.col("position") == 0).with_columns(
-        position=pl.lit(-1, pl.Int64), token_id=pl.lit(bos, pl.Int64),
-        piece=pl.lit(tok.convert_ids_to_tokens(bos)), char_start=pl.lit(0, pl.Int64), char_end=pl.lit(0, pl.Int64),
-        word_index=pl.lit(-1, pl.Int64), pos=pl.lit("BOS"), tag=pl.lit("BOS"), dep=pl.lit("_"),
-        head_word_index=pl.lit(-1, pl.Int64))
-    return pl.concat([first, pieces]).with_columns(pl.col("position") + 1).sort("sentence_id", "position")
+def add_special_pieces(pieces: pl.DataFrame, tok, special: SpecialPieces) -> pl.DataFrame:
+    """The special pieces around every sentence: `before` at positions 0.., the text's pieces shifted after them,
+    `after` at the end; no word, no characters, their tag as pos and tag."""
+    if not special.count or not pieces.height:
+        return pieces
+    ends = pieces.group_by("sentence_id").agg(end=pl.col("position").max() + 1 + len(special.before))
+    rows = []
+    for ids, at in ((special.before, lambda k: pl.lit(k, pl.Int64)), (special.after, lambda k: pl.col("end") + k)):
+        for k, token in enumerate(ids):
+            tag = special.tags[token]
+            rows.append(ends.select(
+                "sentence_id", position=at(k), token_id=pl.lit(token, pl.Int64),
+                piece=pl.lit(tok.convert_ids_to_tokens(token)), char_start=pl.lit(0, pl.Int64),
+                char_end=pl.lit(0, pl.Int64), word_index=pl.lit(-1, pl.Int64), pos=pl.lit(tag), tag=pl.lit(tag),
+                dep=pl.lit("_"), head_word_index=pl.lit(-1, pl.Int64)))
+    shifted = pieces.with_columns(pl.col("position") + len(special.before))
+    return pl.concat([shifted, *(r.select(shifted.columns) for r in rows)]).sort("sentence_id", "position")
 
 
 # spaCy 2's English coarse tags, which the paper used: a fixed function of the fine-grained (Penn Treebank) tag,
@@ -178,13 +189,13 @@ def paper_tags(pieces: pl.DataFrame) -> pl.DataFrame:
     return pieces.with_columns(pos=pl.col("tag").replace_strict(PAPER_TAGS, default=pl.col("pos"), return_dtype=pl.String))
 
 
-def label_sets(nlp, prepend_bos: bool) -> dict[str, list[str]]:
+def label_sets(nlp, special: SpecialPieces) -> dict[str, list[str]]:
     """The tag vocabularies from the spaCy model (before any parsing): every Universal POS tag spaCy knows
     (the paper's 16 among them), the parser's dependency labels, and our own labels for pieces without a
-    word ("_") and BOS."""
+    word ("_") and the special pieces (BOS, [CLS], [SEP], ...)."""
     from spacy.parts_of_speech import IDS
 
-    pos = set(IDS) | ({"BOS"} if prepend_bos else set())  # "" included: a pipeline without a tagger gives it
+    pos = set(IDS) | set(special.tag_set())  # "" included: a pipeline without a tagger gives it
     dep = set(nlp.get_pipe("parser").labels) | {"_", ""}
     return {"pos_vocab": sorted(pos), "dep_vocab": sorted(dep)}
 
@@ -204,8 +215,9 @@ class AnnotateWorker:
         self.cfg, self.cache_dir, self.n_process = cfg, cache_dir, n_process
         self.nlp = load_spacy(cfg.corpus.spacy_model, purpose="parse")
         self.tok = load_tokenizer(cfg.model)
-        self.limit = max_positions(cfg.model) - int(cfg.model.prepend_bos)
-        self.vocab = label_sets(self.nlp, cfg.model.prepend_bos)
+        self.special = special_pieces(cfg.model, self.tok)
+        self.limit = max_positions(cfg.model) - self.special.count
+        self.vocab = label_sets(self.nlp, self.special)
 
     def __call__(self, unit: WorkUnit, progress=None) -> dict:
         cfg = self.cfg
@@ -218,8 +230,7 @@ class AnnotateWorker:
         pieces, n_too_long = apply_length_limit(pieces, self.limit, cfg.model.too_long)
         if cfg.annotate.tagset == "paper":
             pieces = paper_tags(pieces)
-        if cfg.model.prepend_bos and pieces.height:
-            pieces = prepend_bos(pieces, self.tok)
+        pieces = add_special_pieces(pieces, self.tok, self.special)
         return self.write(unit, sentences, words, pieces.sort("sentence_id", "position"), counts, cache_hit, n_too_long,
                           progress)
 
@@ -228,7 +239,7 @@ class AnnotateWorker:
         check_schema(pieces, TOKENS_SCHEMA, unit.outputs[0].name)
         counts = {"sentences_in": sentences.height, "sentences": int(pieces["sentence_id"].n_unique()),
                   "pieces": pieces.height, "words": words.height, "sentences_too_long": n_too_long, **counts,
-                  "statistics": statistic_counts(pieces.filter(pl.col("pos") != "BOS"))}
+                  "statistics": statistic_counts(pieces.filter(~pl.col("pos").is_in(self.special.tag_set())))}
         io.write_parquet(pieces, unit.outputs[0])
         io.write_json(counts, unit.outputs[1])  # written last: with the part, it marks the unit done
         if progress:
@@ -241,7 +252,10 @@ def run(ctx) -> dict:
     cfg = ctx.cfg
     nlp = load_spacy(cfg.corpus.spacy_model, purpose="parse")
     ctx.record("spacy", spacy_identity(nlp))
-    vocab = label_sets(nlp, cfg.model.prepend_bos)
+    special = special_pieces(cfg.model, load_tokenizer(cfg.model))
+    ctx.record("special_pieces", {"before": list(special.before), "after": list(special.after),
+                                  "tags": special.tag_set()})
+    vocab = label_sets(nlp, special)
     inputs = part_paths(ctx.input_path("sentences"))
     out = PartedOutput(ctx.output_path("tokens"), ctx.fingerprint, ctx.force)
     sizes = [int(pl.scan_parquet(p).select(pl.len()).collect(engine="streaming").item()) for p in inputs]
@@ -267,7 +281,7 @@ def run(ctx) -> dict:
         "parts": len(units), "parts_resumed": report.resumed, "parts_damaged_recomputed": report.damaged,
         "parts_empty": sum(n == 0 for n in sizes),
         f"sentences_too_long_{cfg.model.too_long}": too_long,
-        "max_positions": max_positions(cfg.model) - int(cfg.model.prepend_bos),
+        "max_positions": max_positions(cfg.model) - special.count,
         "sentences_per_second": round(sentences_parsed / seconds, 1) if sentences_parsed else None,
         "comparison": format_comparison(stats),
     }

@@ -25,7 +25,8 @@ import polars as pl
 import torch
 
 from pipeline import io, metrics
-from pipeline.engine import (Reduction, TokenArrays, first_pass_results, first_pass_sums, norm_weighting_reason,
+from pipeline.alignment import is_special_tag
+from pipeline.engine import (Reduction, TokenArrays, first_pass_results, first_pass_sums, norm_weighting_reason, null_rule,
                              reduce_sentences)
 from pipeline.errors import PipelineError
 from pipeline.executor import Resources, WorkUnit, make_executor, tqdm_bar
@@ -122,11 +123,16 @@ def run(ctx) -> dict:
     adapter = model_adapter(cfg, "cpu" if cfg.executor.kind == "ray" else None)
     identity = adapter.identity()
     norm_reason = norm_weighting_reason(a, adapter)  # the same test the workers' passes make
-    status = {**metrics.status(a), metrics.NORM_WEIGHTING: "enabled" if norm_reason is None else f"disabled: {norm_reason}"}
+    null_pieces = null_rule(a, adapter.causal)
+    if null_pieces == "special" and not any(is_special_tag(t) for t in vocab["pos_vocab"]):
+        raise PipelineError("attend.null_pieces is 'special' (an encoder's default) but the tokens have no special pieces: "
+                            "set model.add_special_tokens (or model.prepend_bos), or attend.null_pieces: first")
+    status = {**metrics.status(a, adapter), metrics.NORM_WEIGHTING: "enabled" if norm_reason is None else f"disabled: {norm_reason}"}
     ctx.record("model", identity)
     ctx.record("device", {"type": adapter.device.type, "torch_threads": torch.get_num_threads(),
                           "name": torch.cuda.get_device_name(adapter.device) if adapter.device.type == "cuda" else None})
     ctx.record("metrics", status)
+    ctx.record("null_pieces", null_pieces)
     executor = make_executor(cfg.executor, tqdm_bar("sent"))
     resources = Resources(model=True, gpus=cfg.executor.gpus_per_worker)  # GPUs: where the cluster has them
 
@@ -161,7 +167,7 @@ def run(ctx) -> dict:
     pool_seconds = time.perf_counter() - pool_started
     out.finish({"parts": [u.outputs[0].name for u in units + pool_units], "sentences": int(sum(per_part)), **vocab,
                 "num_layers": adapter.num_layers, "num_heads": adapter.num_heads, "metrics": status,
-                "exemplars_per_head": a.exemplars_per_head, "model": identity})
+                "exemplars_per_head": a.exemplars_per_head, "model": identity, "null_pieces": null_pieces})
     halved = sum(c["batches_halved_oom"] for r in (first_report, report, pool_report) if r for c in r.counts.values())
     return {
         "sentences": int(sum(per_part)), "parts": len(units), "parts_resumed": report.resumed,

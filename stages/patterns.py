@@ -37,8 +37,10 @@ def external_inputs(cfg) -> dict:
     return {"model": local_identity(resolve_source(cfg.model.name, cfg.model.gguf_file))}
 
 
-def lower_triangle(matrix: np.ndarray, layer: int, head: int, sentence_id: int) -> pl.DataFrame:
-    i, j = np.tril_indices(matrix.shape[0])
+def pattern_rows(matrix: np.ndarray, layer: int, head: int, sentence_id: int, causal: bool = True) -> pl.DataFrame:
+    """A head's [n, n] attention on a sentence as rows: the lower triangle j ≤ i of a causal model, all of an encoder's."""
+    n = matrix.shape[0]
+    i, j = np.tril_indices(n) if causal else np.indices((n, n)).reshape(2, -1)
     n = len(i)
     return pl.DataFrame({"layer": np.full(n, layer, np.int32), "head": np.full(n, head, np.int32),
                          "sentence_id": np.full(n, sentence_id, np.int64), "attending_position": i.astype(np.int64),
@@ -67,7 +69,8 @@ def head_patterns(adapter, tokens: pl.DataFrame, wanted: pl.DataFrame, token_bud
 
         with torch.no_grad():
             per_layer = adapter.map_attention(batch.input_ids, batch.attention_mask, keep)
-        frames += [lower_triangle(m, layer, head, int(sids[b])) for layer, kept in enumerate(per_layer) for b, head, m in kept]
+        frames += [pattern_rows(m, layer, head, int(sids[b]), adapter.causal)
+                   for layer, kept in enumerate(per_layer) for b, head, m in kept]
     return pl.concat(frames).sort("layer", "head", "attending_position", "receiving_position")
 
 

@@ -30,12 +30,13 @@ NAME = "report"
 VERSION = 1
 INPUTS = ("head_metrics.parquet", "layer_metrics.parquet", "pos_share.parquet", "dep_share_by_layer.parquet",
           "exemplars.parquet", "findings.parquet", "tokens", "corpus_stats.parquet", "patterns.parquet", "attend/meta.json",
-          "dep_accuracy.parquet", "positional_profile.parquet", "head_roles.parquet")
+          "dep_accuracy.parquet", "positional_profile.parquet", "head_roles.parquet", "token_share.parquet", "logit_lens.parquet",
+          "logit_lens_exemplars.parquet")
 OUTPUTS = (Output("index.html", root="report"), Output("figures", root="report"),
            Output("claims.parquet", claims_check.SCHEMA))
 CONFIG = ("report",)
 NEEDED_TABLES = ("head_metrics", "layer_metrics", "pos_share", "dep_share_by_layer", "exemplars", "findings", "patterns",
-                 "dep_accuracy", "positional_profile", "head_roles")
+                 "dep_accuracy", "positional_profile", "head_roles", "token_share", "logit_lens", "logit_lens_exemplars")
 
 
 def default_exemplar_heads(heads: pl.DataFrame) -> list[tuple[int, int]]:
@@ -91,7 +92,7 @@ def build_index(tables, state: dict, drawn: dict, claims: pl.DataFrame, exemplar
     model = state.get("model", {})
     stages = state.get("stages", {})
     parts = [f"<h1>Attention statistics: {escape(state.get('run_name', ''))}</h1>",
-             "<nav>" + "".join(f"<a href='#{s}'>{s}</a>" for s in ("run", "findings", "claims", "corpus", "views", "figures", "exemplars")) + "</nav>",
+             "<nav>" + "".join(f"<a href='#{s}'>{s}</a>" for s in ("run", "findings", "claims", "corpus", "views", "figures", "exemplars", "logit-lens")) + "</nav>",
              "<h2 id='run'>Run</h2>"]
     counts = stages.get("attend", {}).get("counts", {})
     annotate = stages.get("annotate", {}).get("counts", {})
@@ -136,7 +137,7 @@ def build_index(tables, state: dict, drawn: dict, claims: pl.DataFrame, exemplar
         parts.append(f"<figure id='{spec.stem}'><h3>{escape(spec.title)}</h3>{img}"
                      f"<figcaption>{escape(spec.caption)} {links}</figcaption></figure>")
     parts.append("<h2 id='exemplars'>Exemplar sentences (Tables 1–3)</h2><p>Sentences ranked by the head's largest "
-                 "token-to-token weight (excluding position 0); the attending piece is <b>bold</b>, the piece receiving "
+                 "token-to-token weight (excluding the null pieces); the attending piece is <b>bold</b>, the piece receiving "
                  "the attention <i><u>italic and underlined</u></i>.</p>")
     ex, heads = tables["exemplars"], tables["head_metrics"]
     for layer, head in exemplar_heads:
@@ -152,7 +153,43 @@ def build_index(tables, state: dict, drawn: dict, claims: pl.DataFrame, exemplar
                      f"{m['mean_distance']:.2f}, entropy {m['mean_entropy']:.2f}, dependency alignment {m['dep_align_either']:.3f}</p>"
                      f"<table class='exemplars'><thead><tr><th>#</th><th>max weight</th><th>sentence</th></tr></thead>"
                      f"<tbody>{items}</tbody></table>")
+    parts.append(logit_lens_section(tables.get("logit_lens"), tables.get("logit_lens_exemplars"),
+                                    state.get("metrics", {}).get("logit_lens")))
     return page(f"Attention statistics: {state.get('run_name', '')}", "".join(parts))
+
+
+def logit_lens_summary(lens: pl.DataFrame | None) -> str:
+    """One line from logit_lens.parquet (the group "all"): pieces decoded, the final depth's top-1 share, and the first
+    depth whose top-1 share reaches half of it."""
+    rows = None if lens is None else lens.filter(pl.col("grouping") == "all").sort("depth")
+    if rows is None or rows.is_empty():
+        return ""
+    final = rows["top1_share"][-1]
+    half = rows.filter(pl.col("top1_share") >= final / 2)["depth"] if final > 0 else None
+    where = f"; it first reaches half of that at depth {half[0]}" if half is not None and len(half) else ""
+    return (f"<p>{rows['n'][0]:,} pieces decoded; at the final depth (depth {rows['depth'][-1]}, the model's own output) "
+            f"the next piece is the top-1 prediction for {final:.1%} of them{where}.</p>")
+
+
+def logit_lens_section(lens: pl.DataFrame | None, exemplars: pl.DataFrame | None, state: str | None) -> str:
+    """The sentences whose next-piece predictions settle earliest and latest under the logit lens."""
+    head = ("<h2 id='logit-lens'>Logit lens: where the prediction settles</h2><p>After nostalgebraist (2020), "
+            "\"interpreting GPT: the logit lens\": for each piece that the model's output predicts correctly (top-1), its "
+            "settle depth is the depth from which the logit lens's top-1 prediction is the actual next piece at every "
+            "later depth (0: already the embeddings). Sentences with at least three such pieces, by their mean settle "
+            "depth: the earliest and the latest.</p>")
+    if state is not None and state != "enabled":
+        return head + f"<p class='disabled'>logit_lens was not computed ({escape(state)})</p>"
+    if exemplars is None or exemplars.is_empty():
+        return head + logit_lens_summary(lens) + "<p>No sentence has three pieces that the model predicts correctly.</p>"
+    out = [head, logit_lens_summary(lens)]
+    for kind in ("earliest", "latest"):
+        rows = exemplars.filter(pl.col("kind") == kind).sort("rank")
+        items = "".join(f"<tr><td>{r['rank'] + 1}</td><td>{r['mean_settle_depth']:.2f}</td><td>{r['n_settled']} of "
+                        f"{r['n_decoded']}</td><td>{escape(r['text'] or '')}</td></tr>" for r in rows.iter_rows(named=True))
+        out.append(f"<h3>Settling {kind}</h3><table class='exemplars lens'><thead><tr><th>#</th><th>mean settle depth</th>"
+                   f"<th>pieces predicted</th><th>sentence</th></tr></thead><tbody>{items}</tbody></table>")
+    return "".join(out)
 
 
 def build_report(run_dir: Path, out: Path, report_cfg) -> dict:

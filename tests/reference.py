@@ -1,5 +1,6 @@
 """A deliberately slow, independent reference: one sentence at a time, no padding, plain Python
-loops over i and j written straight from the paper's equations (3)-(7) and footnotes 3-4."""
+loops over i and j written straight from the paper's equations (3)-(7) and footnotes 3-4; for an
+encoder (causal=False), j runs over the whole sentence and the null pieces are its special pieces."""
 
 from __future__ import annotations
 
@@ -23,14 +24,22 @@ def attention_maps(model_dir, tokens: pl.DataFrame) -> dict[int, np.ndarray]:
     return maps
 
 
+SPECIAL = ("BOS", "[CLS]", "[SEP]")
+
+
 def reference_tables(model_dir, tokens: pl.DataFrame, window: int = 10, threshold: float = 0.9, k: int = 3,
-                     maps: dict[int, np.ndarray] | None = None):
+                     maps: dict[int, np.ndarray] | None = None, causal: bool = True, null_pieces: str = "first"):
     """maps: {sentence id: [L, H, n, n] weights} to use instead of the model's attention (norm-weighted attention,
-    whose rows do not sum to 1: every statistic is a ratio of sums, and footnote 4 compares position 0's share of
-    the row with the threshold)."""
+    whose rows do not sum to 1: every statistic is a ratio of sums, and footnote 4 compares the null pieces' share of
+    the row with the threshold). null_pieces: "first" (position 0) or "special" (pieces tagged BOS, [CLS], [SEP])."""
     maps = attention_maps(model_dir, tokens) if maps is None else maps
     feats = {sid: g.sort("position") for (sid,), g in tokens.group_by("sentence_id")}
     L, H = next(iter(maps.values())).shape[:2]
+    nulls = {sid: ({0} if null_pieces == "first" else {p for p, t in enumerate(f["pos"].to_list()) if t in SPECIAL})
+             for sid, f in feats.items()}
+
+    def columns(i, n):
+        return range(0, i + 1) if causal else range(0, n)
     heads, pos_rows, dep_rows, exemplars = [], [], [], []
     for l in range(L):
         for h in range(H):
@@ -43,16 +52,19 @@ def reference_tables(model_dir, tokens: pl.DataFrame, window: int = 10, threshol
                 f = feats[sid]
                 word, head = f["word_index"].to_list(), f["head_word_index"].to_list()
                 pos, dep = f["pos"].to_list(), f["dep"].to_list()
+                null = nulls[sid]
                 top = (-1.0, -1, -1)
-                for i in range(1, n):
-                    for j in range(0, i + 1):
+                for i in range(n):
+                    if i in null:
+                        continue
+                    for j in columns(i, n):
                         w = a[i, j]
                         s["mass_all"] += w
-                        if j == 0:
+                        if j in null:
                             s["mass_null"] += w
                             continue
                         s["mass"] += w
-                        s["distance"] += w * (i - j)
+                        s["distance"] += w * abs(i - j)
                         different = word[i] >= 0 and word[j] >= 0 and word[i] != word[j]
                         if different and head[j] == word[i]:
                             s["dep_attending_parent"] += w
@@ -63,18 +75,22 @@ def reference_tables(model_dir, tokens: pl.DataFrame, window: int = 10, threshol
                         dep_to[dep[j]] += w
                         if w > top[0]:
                             top = (w, i, j)
-                    if a[i, 0] / sum(a[i, j] for j in range(0, i + 1)) > threshold:
+                    if sum(a[i, j] for j in null if j in columns(i, n)) / sum(a[i, j] for j in columns(i, n)) > threshold:
                         continue
-                    rest = sum(a[i, j] for j in range(1, i + 1))
-                    entropy = -sum((a[i, j] / rest) * math.log(a[i, j] / rest) for j in range(1, i + 1) if a[i, j] > 0)
+                    kept = [j for j in columns(i, n) if j not in null]
+                    rest = sum(a[i, j] for j in kept)
+                    entropy = -sum((a[i, j] / rest) * math.log(a[i, j] / rest) for j in kept if a[i, j] > 0)
                     s["entropy_sum"] += entropy
                     s["entropy_rows"] += 1
                 best.append((-top[0], sid, top[1], top[2], list(a[top[1]])))
-            # Variability (Eq. 5): first `window` positions, ᾱ over the sentences that reach row i.
+            # Variability (Eq. 5): first `window` positions, ᾱ over the sentences in which (i, j) is a non-null pair.
             num = den = 0.0
-            for i in range(1, window):
-                reach = [A[l, h] for A in maps.values() if A.shape[2] > i]
-                for j in range(1, i + 1):
+            for i in range(window):
+                for j in (range(i + 1) if causal else range(window)):
+                    reach = [A[l, h] for sid, A in maps.items()
+                             if A.shape[2] > max(i, j) and i not in nulls[sid] and j not in nulls[sid]]
+                    if not reach:
+                        continue
                     mean = sum(a[i, j] for a in reach) / len(reach)
                     num += sum(abs(a[i, j] - mean) for a in reach)
                     den += sum(a[i, j] for a in reach)

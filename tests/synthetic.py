@@ -75,7 +75,32 @@ def tables(L: int = 12, H: int = 12, seed: int = 0) -> dict[str, pl.DataFrame]:
             "positional_profile": positional, "head_roles": roles, "dep_accuracy": dep_accuracy(L, H),
             "exemplars": ex, "findings": findings, "tokens": tokens, "corpus_stats": stats,
             "dep_share": pl.DataFrame({"layer": [0], "head": [0], "label": ["det"], "share": [1.0]}),
-            "patterns": previous_piece_patterns(L, H, 6)}
+            "patterns": previous_piece_patterns(L, H, 6), "token_share": token_share(L, H), **logit_lens(L)}
+
+
+def logit_lens(L: int) -> dict[str, pl.DataFrame]:
+    """pipeline/metrics/logit_lens.py: depths 0..L, the top-1 share rising from 0 to 0.4 and the median rank falling,
+    for all pieces, two tags and the four kinds of relation; one earliest and one latest sentence."""
+    from pipeline.metrics.logit_lens import EXEMPLAR_SCHEMA, SCHEMA
+
+    groups = [("all", "all", 100), ("pos", "NOUN", 40), ("pos", "VERB", 20), ("relation", "same word", 10),
+              ("relation", "next depends on current: det", 30), ("relation", "current depends on next: nsubj", 20),
+              ("relation", "unrelated", 40)]
+    rows = [(d, grouping, group, n, 0.4 * d / L, min(1.0, 0.8 * d / L + 0.1), 0.3 * d / L, -8.0 + 6.0 * d / L,
+             4.0 * (1 - d / L), int(1000 * 0.5 ** d), int(1000 * 0.5 ** d) + 1) for d in range(L + 1)
+            for grouping, group, n in groups]
+    lens = pl.DataFrame(rows, schema=SCHEMA, orient="row")
+    exemplars = pl.DataFrame([("earliest", 0, 0, 3.5, 4, 6, "An early sentence."),
+                              ("latest", 0, 0, 3.5, 4, 6, "An early sentence.")], schema=EXEMPLAR_SCHEMA, orient="row")
+    return {"logit_lens": lens, "logit_lens_exemplars": exemplars}
+
+
+def token_share(L: int, H: int) -> pl.DataFrame:
+    """pipeline/metrics/token_share.py: every head's attention split between [CLS], [SEP], PUNCT and NOUN."""
+    tags = ["[CLS]", "[SEP]", "PUNCT", "NOUN"]
+    layer, head, tag = np.meshgrid(np.arange(L, dtype=np.int32), np.arange(H, dtype=np.int32), np.arange(4), indexing="ij")
+    return pl.DataFrame({"layer": layer.ravel(), "head": head.ravel(), "tag": np.asarray(tags)[tag.ravel()],
+                         "share": np.array([0.4, 0.3, 0.1, 0.2])[tag.ravel()]})
 
 
 def previous_piece_patterns(L: int, H: int, n: int) -> pl.DataFrame:
@@ -89,7 +114,7 @@ def previous_piece_patterns(L: int, H: int, n: int) -> pl.DataFrame:
 
 
 WEIGHTED = ("head_metrics", "layer_metrics", "pos_share", "dep_share", "dep_share_by_layer", "positional_profile",
-            "dep_accuracy", "head_roles", "findings")  # the tables made under each weighting (stages/aggregate.py)
+            "dep_accuracy", "head_roles", "findings", "token_share")  # the tables made under each weighting (stages/aggregate.py)
 
 
 def with_norm_weighting(t: dict[str, pl.DataFrame], scale: float = 0.5) -> dict[str, pl.DataFrame]:

@@ -244,10 +244,10 @@ def test_a_batch_out_of_device_memory_is_halved_and_counted(tiny_gpt2, tiny_run,
     first, whole = both_passes()
     real = ModelAdapter.map_attention
 
-    def small_memory(self, input_ids, attention_mask, fn, value_norms=False):
+    def small_memory(self, input_ids, attention_mask, fn, value_norms=False, **kwargs):
         if input_ids.shape[0] > 2:  # a device that holds two sentences at a time
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(self, input_ids, attention_mask, fn, value_norms)
+        return real(self, input_ids, attention_mask, fn, value_norms, **kwargs)
 
     monkeypatch.setattr(ModelAdapter, "map_attention", small_memory)
     events = {}
@@ -256,11 +256,11 @@ def test_a_batch_out_of_device_memory_is_halved_and_counted(tiny_gpt2, tiny_run,
     assert torch.allclose(first["window_mean"], first_halved["window_mean"], rtol=1e-5)
     assert torch.allclose(first["norm.window_mean"], first_halved["norm.window_mean"], rtol=1e-5)
     for key in ("mass", "mass_null", "distance", "entropy_sum", "pos_to", "dep_to", "var_abs_dev", "norm.mass",
-                "norm.entropy_sum", "norm.var_abs_dev"):
+                "norm.entropy_sum", "norm.var_abs_dev", "lens_stats", "lens_rank_hist"):
         assert np.allclose(whole[key], halved[key], rtol=1e-5), key  # float32 matmuls over other batch shapes
     assert np.array_equal(whole.exemplars["sentence_id"], halved.exemplars["sentence_id"])
     monkeypatch.setattr(ModelAdapter, "map_attention",
-                        lambda self, i, m, fn, value_norms=False: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))
+                        lambda self, i, m, fn, value_norms=False, **kw: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))
     reduction = Reduction(attend.model_copy(update={"variability_positions": 0}), len(arrays.pos_vocab), len(arrays.dep_vocab))
     with pytest.raises(PipelineError, match="one sentence of .* pieces does not fit in device memory"):
         reduce_sentences(adapter, arrays, order[:1], reduction, 4096)

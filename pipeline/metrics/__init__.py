@@ -39,11 +39,14 @@ def weightings(status: dict) -> tuple[str, ...]:
     return ("attention", "norm") if status.get(NORM_WEIGHTING) == "enabled" else ("attention",)
 
 
-def status(attend_cfg) -> dict[str, str]:
-    """{metric name: "enabled" | "disabled: <why>"} for a run's attend config."""
+def status(attend_cfg, adapter=None) -> dict[str, str]:
+    """{metric name: "enabled" | "disabled: <why>"} for a run's attend config (and, given it, the loaded model:
+    Metric.model_reason)."""
     out = {}
     for m in registry():
         reason = m.disabled_reason(attend_cfg)
+        if reason is None and adapter is not None:
+            reason = m.model_reason(adapter)
         out[m.name] = "enabled" if reason is None else f"disabled: {reason}"
     return out
 

@@ -1,5 +1,6 @@
-"""The denominators every share is taken over: non-null attention (mass: i ≥ 1, 1 ≤ j ≤ i) and all
-attention of the attending rows (mass_all: i ≥ 1, 0 ≤ j ≤ i, equal to the number of attending pieces)."""
+"""The denominators every share is taken over: non-null attention (mass: i ≥ 1, 1 ≤ j ≤ i for a decoder; an
+encoder's non-special i and j) and all attention of the attending rows (mass_all: null pieces included, equal to
+the number of attending pieces)."""
 
 from __future__ import annotations
 

@@ -3,11 +3,13 @@ attention on the device, how its ratios and tables are formed from the merged su
 figures draw it, what the paper reports for it, and which of the paper's claims it checks.
 
 Every hook has a do-nothing default, so a metric implements only what it has. The engine calls
-the reduction hooks (`pair_features`, `reduce_layer`, `batch_sums`, and the optional first pass);
+the reduction hooks (`pair_features`, `reduce_layer`, `batch_sums`, the optional first pass, and for a
+metric that reads the residual stream of the same forward pass, `residual_rows` and `reduce_residuals`);
 the aggregate stage calls `ratios`, `layer_columns`, `tables` and `findings`; the report stage
 draws `figures` and evaluates `claims`. A metric that cannot be computed under the run's config
 (variability with N = 0) says why in `disabled_reason`: its columns are then NaN, its figures are
-replaced by that reason, and its claims are not applicable."""
+replaced by that reason, and its claims are not applicable. One that the loaded model cannot give (the logit lens
+on a bidirectional model) says why in `model_reason`, which the attend stage records the same way."""
 
 from __future__ import annotations
 
@@ -221,8 +223,14 @@ class Metric:
     table_schemas: dict[str, dict] = {}  # extra tables it writes: name → polars schema
     figures: tuple[FigureSpec, ...] = ()
     norm_weighting: bool = True          # also reduced on norm-weighted attention α_ij·‖f_h(x_j)‖ (sums norm.<key>)
+    wants_residuals: bool = False        # reads the residual stream of the same forward pass (reduce_residuals)
 
     def disabled_reason(self, attend_cfg) -> str | None:
+        return None
+
+    def model_reason(self, adapter) -> str | None:
+        """Why the loaded model cannot give this metric (a property of the model, not of the config: the attend stage
+        asks where the model is at hand and records it in the metric status), or None."""
         return None
 
     # ---- reduction on the device (pipeline/engine.py) ----
@@ -254,6 +262,17 @@ class Metric:
     def first_pass_result(self, sums) -> dict:
         """Merged first-pass sums → arrays the main pass reads as `layer.first_pass[name]`."""
         return {}
+
+    def residual_rows(self, batch):
+        """wants_residuals: [B, T] bool, the pieces whose residual stream the engine keeps during the forward pass."""
+        return None
+
+    def reduce_residuals(self, batch, rows, residuals: list, adapter):
+        """wants_residuals: after the forward pass, the residual stream of the pieces `rows` ([B, T] bool, from
+        residual_rows) at every depth d = 0..L (0: the input of the first block, d ≥ 1: the output of block d), each
+        [N, D] in the order of rows.nonzero() → a Sums of this batch (additive sums over the batch, and ranked
+        candidates; neither gets bootstrap replicates)."""
+        raise NotImplementedError
 
     # ---- tables (stages/aggregate.py) ----
     def ratios(self, get) -> dict:

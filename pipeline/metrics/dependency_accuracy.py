@@ -4,20 +4,21 @@ lies in the related word.
 
 Cases, at the level of pieces (every piece of a word carries the word's features, footnote 6). An arc joins a
 dependent word d (its label is the relation) to its head word h ≠ d.
-- dependent_to_head: each piece i ≥ 1 of d is a case when h has a piece at a position 1..i (a causal model can only
-  attend leftwards, and position 0, the null token, is left out as everywhere else);
-- head_to_dependent: each piece i ≥ 1 of h is a case for each of its dependents d with a piece at a position 1..i.
-A case is correct when argmax_{1 ≤ j ≤ i} α_ij, the head's most-attended non-null piece, lies in any piece of the
-related word. Ties go to the first maximum, the leftmost piece (torch.argmax's rule). The cases (n) depend on the
-corpus only: they are the same for every head.
+- dependent_to_head: each non-null piece i of d is a case when h has a non-null piece i can attend to (a causal model:
+  at a position ≤ i, since it can only attend leftwards; an encoder: anywhere in the sentence). Null pieces
+  (position 0 of a decoder, [CLS] and [SEP] of an encoder) are left out as everywhere else;
+- head_to_dependent: each non-null piece i of h is a case for each of its dependents d with a piece i can attend to.
+A case is correct when argmax_j α_ij over the non-null j, the head's most-attended non-null piece, lies in any piece
+of the related word. Ties go to the first maximum, the leftmost piece (torch.argmax's rule). The cases (n) depend on
+the corpus only: they are the same for every head.
 
 Baseline (attention-free, as Clark et al.'s): the best fixed relative offset, "the related word is at the piece
-i − k", for k = 1..OFFSETS (k = 0, the piece itself, is never in another word); per relation and direction the k
-with the most correct cases (ties to the smallest k).
+i − k", for k = 1..OFFSETS, and for an encoder also k = −1..−OFFSETS (to the right; k = 0, the piece itself, is never
+in another word); per relation and direction the k with the most correct cases (ties to the first: 1..OFFSETS, then
+−1..−OFFSETS).
 
-Causal attention gives α_ij = 0 for j > i, so the argmax over all j ≥ 1 is the argmax over 1 ≤ j ≤ i: a later
-position can tie only when every α_ij, 1 ≤ j ≤ i, is 0, and then the first maximum is j = 1 ≤ i. The pair masks the
-argmax is looked up in (engine.BatchContext.attending_parent / receiving_parent) hold only 1 ≤ j ≤ i anyway."""
+The argmax runs over the pairs the model can attend (engine.BatchContext.nonnull: for a causal model j ≤ i), every
+other weight set to −1, so a row whose non-null weights are all 0 picks its first non-null piece."""
 
 from __future__ import annotations
 
@@ -40,7 +41,13 @@ def first_pieces(ctx) -> torch.Tensor:
     both in text order, pipeline/alignment.py), so that is position 1 or a piece whose predecessor is another word."""
     word = ctx.batch.word
     previous = torch.cat([torch.full_like(word[:, :1], -1), word[:, :-1]], 1)
-    return ctx.in_sentence & (ctx.idx >= 1)[None] & (word >= 0) & ((ctx.idx == 1)[None] | (previous != word))
+    after_null = torch.cat([torch.ones_like(ctx.null[:, :1]), ctx.null[:, :-1]], 1)  # decoders: position 1
+    return ctx.attending & (word >= 0) & (after_null | (previous != word))
+
+
+def signed(index: np.ndarray) -> np.ndarray:
+    """Index into the baseline's offsets → the offset k (1..OFFSETS, then −1..−OFFSETS for an encoder)."""
+    return np.where(index < OFFSETS, index + 1, OFFSETS - index - 1)
 
 
 class DependencyAccuracy(Metric):
@@ -51,13 +58,13 @@ class DependencyAccuracy(Metric):
     table_schemas = {"dep_accuracy": SCHEMA}
     figures = (FigureSpec(
         "beyond_dependency_accuracy", "Dependency accuracy of the best head per relation (Clark et al. 2019, Table 1)",
-        "After Clark et al. (2019), Table 1: for the most frequent dependency relations (by cases), in each direction a "
-        "causal model can attend in, the accuracy of the single best head (the share of cases in which its most-attended "
-        "non-null piece, argmax over 1 ≤ j ≤ i, lies in the related word: the head word when a piece of the dependent "
-        "attends, a dependent when a piece of the head word attends; the related word must lie at least partly at or left "
-        f"of the attending piece) against the best fixed-offset baseline (the piece k = 1..{OFFSETS} to the left, the same k for "
-        "every case of the relation). Every piece of the attending word is a case; n is the number of cases. Beside each bar: "
-        "the best head (L layer H head) and the baseline's offset.", "dependency_accuracy", inputs=("dep_accuracy",)),)
+        "After Clark et al. (2019), Table 1: for the most frequent dependency relations (by cases), in each direction, "
+        "the accuracy of the single best head (the share of cases in which its most-attended non-null piece lies in the "
+        "related word: the head word when a piece of the dependent attends, a dependent when a piece of the head word "
+        "attends; for a causal model the related word must lie at least partly at or left of the attending piece) against "
+        f"the best fixed-offset baseline (the piece k = 1..{OFFSETS} to the left, for an encoder also to the right, the "
+        "same k for every case of the relation). Every piece of the attending word is a case; n is the number of cases. "
+        "Beside each bar: the best head (L layer H head) and the baseline's offset (negative: to the right).", "dependency_accuracy", inputs=("dep_accuracy",)),)
 
     def disabled_reason(self, attend_cfg) -> str | None:
         return None if attend_cfg.dependency_accuracy else "attend.dependency_accuracy is false"
@@ -65,7 +72,9 @@ class DependencyAccuracy(Metric):
     def reduce_layer(self, layer) -> dict:
         ctx = layer.batch
         B, H, T = ctx.B, layer.H, ctx.T
-        top = layer.nonnull.argmax(-1) + 1  # [B, H, T]: the most-attended non-null piece, first maximum on ties
+        # [B, H, T]: the most-attended non-null piece, the first on ties (a row whose non-null weights are all 0, as
+        # float16 can make them: its first non-null piece, never a null one)
+        top = layer.att.masked_fill(~ctx.nonnull[:, None], -1.0).argmax(-1)
         at_top = top[..., None]
 
         def looked_up(mask):  # mask [B, T, T] at (i, top_i), per head → [B, H, T]
@@ -85,15 +94,13 @@ class DependencyAccuracy(Metric):
         dependent_words = (to_dependent & first_pieces(ctx)[:, None, :]).sum(1, dtype=torch.float32)  # [B, j]: cases
         cases = torch.stack([torch.einsum("bi,bir->br", to_head.any(-1).to(torch.float32), onehot),      # one per (i, word)
                              torch.einsum("bj,bjr->br", dependent_words, onehot)], 1)  # [B, 2, R]
-        j = ctx.idx[:, None] - torch.arange(1, OFFSETS + 1, device=ctx.device)[None, :]  # [T, K]: j = i − k
-        at = j.clamp(min=0)
-        offset = at[None].expand(B, T, OFFSETS)
-        valid = (j >= 1)[None]
+        offset, valid = ctx.at_offsets(OFFSETS)  # [B, T, K]: j = i − k, k = 1..10 (and −1..−10 for an encoder)
+        K = offset.shape[-1]
         head_at = (to_head.gather(2, offset) & valid).to(torch.float32)            # piece i − k lies in i's head word
         dependent_at = (to_dependent.gather(2, offset) & valid).to(torch.float32)  # … in a dependent of i's word
-        slot = ctx.batch.dep[:, at] * OFFSETS + torch.arange(OFFSETS, device=ctx.device)  # [B, T, K]: (label of i − k, k)
-        by_dependent = torch.zeros(B, ctx.n_dep * OFFSETS, device=ctx.device).scatter_add_(
-            1, slot.reshape(B, -1), dependent_at.reshape(B, -1)).reshape(B, ctx.n_dep, OFFSETS)
+        slot = ctx.batch.dep.gather(1, offset.reshape(B, -1)).reshape(B, T, K) * K + torch.arange(K, device=ctx.device)
+        by_dependent = torch.zeros(B, ctx.n_dep * K, device=ctx.device).scatter_add_(
+            1, slot.reshape(B, -1), dependent_at.reshape(B, -1)).reshape(B, ctx.n_dep, K)  # (label of i − k, k)
         baseline = torch.stack([torch.einsum("bik,bir->brk", head_at, onehot), by_dependent], 1)  # [B, 2, R, K]
         return {"depacc_cases": cases.to(ctx.sum_dtype), "depacc_offset_correct": baseline.to(ctx.sum_dtype)}  # per sentence
 
@@ -110,7 +117,7 @@ class DependencyAccuracy(Metric):
             "relation": pl.Series(np.asarray(inputs["dep_vocab"], dtype=object)[relation.ravel()], dtype=pl.String),
             "direction": pl.Series(np.asarray(DIRECTIONS, dtype=object)[direction.ravel()], dtype=pl.String),
             "accuracy": ratio(correct, cases).ravel(), "n": np.rint(n).astype(np.int64),
-            "baseline_offset": np.broadcast_to(best + 1, correct.shape).ravel().astype(np.int32),
+            "baseline_offset": np.broadcast_to(signed(best), correct.shape).ravel().astype(np.int32),
             "baseline_accuracy": np.broadcast_to(base, correct.shape).ravel()}, schema=SCHEMA)
         return {"dep_accuracy": table.filter(pl.col("n") > 0)}
 

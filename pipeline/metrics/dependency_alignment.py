@@ -46,7 +46,8 @@ class DependencyAlignment(Metric):
     figures = (FigureSpec(
         "fig08_dependency_alignment", "Dependency alignment by layer (Fig. 8)",
         "Eq. 4 per layer, from the layer's summed numerators and denominators, for the three formulations; each dashed "
-        "line, in its formulation's colour, is its baseline: the share of piece pairs (i ≥ 2, 1 ≤ j < i; the diagonal "
+        "line, in its formulation's colour, is its baseline: the share of piece pairs (i ≥ 2, 1 ≤ j < i; an encoder's: "
+        "non-null i ≠ j; the diagonal "
         "i = j is left out, as a piece is never related to itself) whose words are related that way. Shaded: the "
         "bootstrap's 95% interval over sentences (attend.bootstrap_replicates).",
         "dependency_alignment", inputs=("layer_metrics",)),)

@@ -22,8 +22,8 @@ class Entropy(Metric):
     raw_columns = ("entropy_rows", "entropy_skipped")
     figures = (FigureSpec(
         "fig12_entropy", "Attention entropy (Fig. 12)",
-        "Eq. 7, footnote 4: entropy of each piece's attention renormalised without position 0, skipping pieces that put "
-        "more than 90% on position 0; mean over pieces.", "head_heatmap",
+        "Eq. 7, footnote 4: entropy of each piece's attention renormalised without the null pieces (position 0; an "
+        "encoder's [CLS] and [SEP]), skipping pieces that put more than 90% on them; mean over pieces.", "head_heatmap",
         options={"metric": "mean_entropy", "title": "Mean attention entropy", "label": "entropy (nats)"}),)
 
     def reduce_layer(self, layer) -> dict:

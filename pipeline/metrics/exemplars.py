@@ -37,8 +37,8 @@ class Exemplars(Metric):
     def reduce_layer(self, layer) -> dict:
         B, H, T, _ = layer.att.shape
         best, where = layer.nonnull.reshape(B, H, -1).max(-1)
-        i = where // max(T - 1, 1)
-        out = {"ex_value": best, "ex_i": i, "ex_j": where % max(T - 1, 1) + 1}
+        i = where // T
+        out = {"ex_value": best, "ex_i": i, "ex_j": where % T}
         width = layer.batch.row_width
         if width:  # the attending piece's whole row
             row = torch.gather(layer.att, 2, i[:, :, None, None].expand(B, H, 1, T))[:, :, 0]

@@ -1,5 +1,6 @@
-"""Null attention (Fig. 5): the share of attention that goes to position 0, the first piece (or the
-BOS token when one is prepended), which the paper treats as a no-op and leaves out of every other metric."""
+"""Null attention (Fig. 5): the share of attention that goes to the null pieces — position 0, the first
+piece (or the BOS token when one is prepended), for a decoder; the special pieces ([CLS], [SEP]) for an
+encoder (attend.null_pieces) — which the paper treats as a no-op and leaves out of every other metric."""
 
 from __future__ import annotations
 
@@ -10,17 +11,18 @@ from pipeline.metrics.base import Claim, FigureSpec, Finding, Metric, band, defi
 class NullAttention(Metric):
     name = "null_attention"
     order = 10
-    description = "Σ α_i0 / Σ_j α_ij over attending pieces i ≥ 1."
+    description = "Σ_{j null} α_ij / Σ_j α_ij over attending pieces (decoders: α_i0, i ≥ 1)."
     columns = ("null_share",)
     raw_columns = ("mass_null",)
     figures = (FigureSpec(
         "fig05_null_attention", "Null attention (Fig. 5)",
-        "Share of each head's attention that goes to position 0 (the first piece; the BOS token when one is prepended): "
-        "Σα_i0 / Σ_j α_ij over attending pieces i ≥ 1 of every sentence.", "head_heatmap",
+        "Share of each head's attention that goes to the null pieces — position 0 (the first piece; the BOS token when "
+        "one is prepended), or an encoder's [CLS] and [SEP] (attend.null_pieces) — Σ_{j null} α_ij / Σ_j α_ij over the "
+        "attending (non-null) pieces of every sentence: Σα_i0 / Σ_j α_ij over i ≥ 1 for a decoder.", "head_heatmap",
         options={"metric": "null_share", "title": "Attention to the first token", "label": "null share", "vmin": 0, "vmax": 1}),)
 
     def pair_features(self, batch) -> dict:
-        return {"mass_null": batch.attending[:, :, None] & (batch.idx == 0)[None, None, :]}
+        return {"mass_null": batch.causal_rows & batch.null[:, None, :]}
 
     def ratios(self, get) -> dict:
         return {"null_share": ratio(get("mass_null"), get("mass_all"))}

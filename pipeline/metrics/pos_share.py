@@ -14,6 +14,11 @@ SCHEMA = {"layer": pl.Int32, "head": pl.Int32, "direction": pl.String, "tag": pl
           "tag_frequency": pl.Float64}
 
 
+def special_tags(tag: pl.Expr) -> pl.Expr:
+    """Whether a tag is a special piece's (pipeline.alignment.is_special_tag, as a polars expression)."""
+    return (tag == "BOS") | tag.str.contains(r"^\[.+\]$") | tag.str.contains(r"^<.+>$")
+
+
 def share_table(values: np.ndarray, mass: np.ndarray, labels: list[str], label_name: str) -> pl.DataFrame:
     """[L, H, P] sums / [L, H] mass → long table (layer, head, label, share)."""
     L, H, P = values.shape
@@ -26,7 +31,7 @@ def share_table(values: np.ndarray, mass: np.ndarray, labels: list[str], label_n
 
 def doubled_tags(pos: pl.DataFrame, direction: str) -> tuple[int, int]:
     """Tags (excluding SPACE/BOS) with a head whose share is more than double the tag's mean over heads."""
-    d = pos.filter((pl.col("direction") == direction) & ~pl.col("tag").is_in(["SPACE", "BOS"]))
+    d = pos.filter((pl.col("direction") == direction) & ~pl.col("tag").is_in(["SPACE"]) & ~special_tags(pl.col("tag")))
     per_tag = d.group_by("tag").agg(mean=pl.col("share").mean(), max=pl.col("share").max()).filter(pl.col("mean") > 0)
     return int((per_tag["max"] > 2 * per_tag["mean"]).sum()), per_tag.height
 
@@ -43,7 +48,7 @@ class PosShare(Metric):
     table_schemas = {"pos_share": SCHEMA}
     figures = (
         FigureSpec("fig06_pos_to", "Attention to each part of speech (Figs. 6, A.1)",
-                   "Eq. 3: the share of each head's non-null attention (j ≥ 1) received by pieces of the tag. Each heatmap "
+                   "Eq. 3: the share of each head's non-null attention (j ≥ 1; an encoder's: j not [CLS] or [SEP]) received by pieces of the tag. Each heatmap "
                    "has its own colour scale; the title gives the tag's mean over heads. A word split into pieces gives its "
                    "tag to every piece.", "tag_small_multiples", ("pos_share",), {"direction": "to"}),
         FigureSpec("fig07_pos_from", "Attention from each part of speech (Figs. 7, A.2)",
@@ -59,7 +64,8 @@ class PosShare(Metric):
 
     def tables(self, sums, inputs) -> dict:
         tokens = inputs["tokens"]  # a lazy scan of the analysis sample's parts: aggregated as it streams
-        freq = (tokens.filter(pl.col("position") >= 1).group_by("pos").len()
+        null = (pl.col("position") == 0) if inputs.get("null_pieces", "first") == "first" else special_tags(pl.col("pos"))
+        freq = (tokens.filter(~null).group_by("pos").len()  # the pieces that can receive: the non-null ones
                 .select(tag="pos", tag_frequency=pl.col("len") / pl.col("len").sum()).collect(engine="streaming"))
         present = tokens.select(pl.col("pos").unique()).collect(engine="streaming")["pos"]  # the label set, less labels never seen
         parts = [share_table(sums[f"pos_{d}"], sums["mass"], inputs["pos_vocab"], "tag").with_columns(direction=pl.lit(d))

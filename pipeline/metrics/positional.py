@@ -1,14 +1,15 @@
 """Positional profile (beyond the paper): the share of each head's non-null attention at each offset
-d = i − j, d = 1..D (attend.positional_offsets; 0 disables), over the same denominator as Eqs. 3-6
-(`mass`: i ≥ 1, 1 ≤ j ≤ i). Offset 0 (a piece with itself) and attention to position 0 are not in
-the profile, so a head's shares sum to at most 1 (exactly 1 when D reaches the longest sentence and
-the head never attends to itself). From it: `previous_piece_share` (d = 1), `max_offset_share` and
+d = i − j, d = 1..D (attend.positional_offsets; 0 disables), and for an encoder also d = −1..−D (to
+the right), over the same denominator as Eqs. 3-6 (`mass`: non-null pairs). Offset 0 (a piece with
+itself) and attention to null pieces are not in the profile, so a head's shares sum to at most 1
+(exactly 1 when D reaches the longest sentence and the head never attends to itself). From it: `previous_piece_share` (d = 1), `max_offset_share` and
 `argmax_offset` (the offset with the largest share; the smallest such offset on a tie), the table
 positional_profile.parquet, and the head roles (pipeline/roles.py, head_roles.parquet).
 
-On the device: one gather of the D sub-diagonals α_i,i−d ([B, H, T, D], rows i, offsets d), masked
-to j = i − d ≥ 1, summed over rows: [B, H, D] per sentence, which the engine adds over the batch. Padding rows
-are zeroed by the engine, and j < i always."""
+On the device: one gather of the diagonals α_i,i−d ([B, H, T, K], rows i, offsets d), masked to non-null
+j = i − d inside the sentence, summed over rows: [B, H, D] per sentence for d = 1..D (positional_offset), and for an
+encoder [B, H, D] for d = −1..−D (positional_offset_right), which the engine adds over the batch. Padding rows are
+zeroed by the engine."""
 
 from __future__ import annotations
 
@@ -23,10 +24,18 @@ from pipeline.metrics.base import FigureSpec, Metric, ratio
 SCHEMA = {"layer": pl.Int32, "head": pl.Int32, "offset": pl.Int32, "share": pl.Float64}
 
 
-def offset_index(ctx, D: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[T, D] column j = i − d of row i at offset d = 1..D (clamped to 0), and [T, D] whether j ≥ 1."""
-    j = ctx.idx[:, None] - torch.arange(1, D + 1, device=ctx.device)[None, :]
-    return j.clamp_min(0), j >= 1
+def offset_profile(get) -> tuple[np.ndarray, np.ndarray]:
+    """The offset sums [..., D] (decoder) or [..., 2D] (encoder: d = 1..D, then −1..−D) and their offsets d."""
+    left = get("positional_offset")
+    try:
+        right = get("positional_offset_right")
+    except KeyError:  # a causal model's sums have no offsets to the right
+        right = None
+    D = left.shape[-1]
+    offsets = np.arange(1, D + 1)
+    if right is None:
+        return left, offsets
+    return np.concatenate([left, right], -1), np.concatenate([offsets, -offsets])
 
 
 def shares(offset: np.ndarray, mass: np.ndarray) -> np.ndarray:
@@ -37,13 +46,15 @@ def shares(offset: np.ndarray, mass: np.ndarray) -> np.ndarray:
 class Positional(Metric):
     name = "positional"
     order = 90
-    description = "Share of non-null attention at each offset i − j = 1..D, D = attend.positional_offsets."
+    description = ("Share of non-null attention at each offset i − j = 1..D (and −1..−D for an encoder), "
+                   "D = attend.positional_offsets.")
     columns = ("previous_piece_share", "max_offset_share", "argmax_offset")
     table_schemas = {"positional_profile": SCHEMA, "head_roles": roles.SCHEMA}
     figures = (
         FigureSpec("beyond_positional_profile", "Positional profile (beyond the paper)",
                    "The share of each head's non-null attention (j ≥ 1) at offset d = i − j, for d = 1..D "
-                   "(attend.positional_offsets, default 20): Σ α_i,i−d / Σ_{j ≥ 1} α_ij over attending pieces i ≥ 1. "
+                   "(attend.positional_offsets, default 20; an encoder's also −1..−D, to the right): Σ α_i,i−d / "
+                   "Σ_{j ≥ 1} α_ij over attending pieces i ≥ 1 (an encoder: over its non-null pieces). "
                    "Left: the mean over the heads of each layer, one line per layer (colour: depth). Right: the largest "
                    "share of any head of the layer at each offset; a head fixed on one offset (such as the previous "
                    "piece, d = 1) is one bright cell.", "positional_profile", inputs=("positional_profile",)),
@@ -66,24 +77,29 @@ class Positional(Metric):
         ctx = layer.batch
         B, H, T, _ = layer.att.shape
         D = ctx.cfg.positional_offsets
-        K = min(D, T - 1)  # offsets a batch of T pieces can have; the rest are 0
-        j, valid = offset_index(ctx, K)
-        at_offset = layer.att.gather(-1, j.expand(B, H, T, K)) * valid  # [B, H, T, K]: α_i,i−d where i − d ≥ 1
-        per_sentence = torch.nn.functional.pad(at_offset.sum(2), (0, D - K))  # [B, H, D]; the engine adds over B
-        return {"positional_offset": per_sentence.to(ctx.sum_dtype)}
+        K = min(D, T - 1)  # offsets a batch of T pieces can have (each direction); the rest are 0
+        j, valid = ctx.at_offsets(K)  # [B, T, K or 2K]
+        at_offset = layer.att.gather(-1, j[:, None].expand(B, H, T, -1)) * valid[:, None]  # α_i,i−d at non-null j
+        sums = at_offset.sum(2)  # [B, H, K or 2K]
+        out = {"positional_offset": torch.nn.functional.pad(sums[..., :K], (0, D - K)).to(ctx.sum_dtype)}
+        if not ctx.causal:
+            out["positional_offset_right"] = torch.nn.functional.pad(sums[..., K:], (0, D - K)).to(ctx.sum_dtype)
+        return out  # per sentence: the engine adds over B
 
     def ratios(self, get) -> dict:
-        share = shares(get("positional_offset"), get("mass"))  # [..., D]
+        sums, offsets = offset_profile(get)
+        share = shares(sums, get("mass"))  # [..., D or 2D]
         defined = ~np.isnan(share).all(-1)
-        best = np.where(defined, np.nan_to_num(share, nan=-1.0).argmax(-1) + 1.0, np.nan)
+        best = np.where(defined, offsets[np.nan_to_num(share, nan=-1.0).argmax(-1)].astype(float), np.nan)
         return {"previous_piece_share": share[..., 0],
                 "max_offset_share": np.where(defined, np.nan_to_num(share, nan=-1.0).max(-1), np.nan),
                 "argmax_offset": best}
 
     def tables(self, sums, inputs) -> dict:
-        share = shares(sums["positional_offset"], sums["mass"])  # [L, H, D]
-        L, H, D = share.shape
-        layer, head, offset = np.meshgrid(np.arange(L), np.arange(H), np.arange(1, D + 1), indexing="ij")
+        offset_sums, offsets = offset_profile(lambda k: sums[k])
+        share = shares(offset_sums, sums["mass"])  # [L, H, D or 2D]
+        L, H, _ = share.shape
+        layer, head, offset = np.meshgrid(np.arange(L), np.arange(H), offsets, indexing="ij")
         profile = pl.DataFrame({"layer": layer.ravel().astype(np.int32), "head": head.ravel().astype(np.int32),
                                 "offset": offset.ravel().astype(np.int32), "share": share.ravel()}, schema=SCHEMA)
         roles_cfg = inputs.get("roles") or RolesConfig()  # aggregate.roles, which build_tables passes

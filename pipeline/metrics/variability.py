@@ -2,7 +2,10 @@
 positions deviates from its corpus mean ᾱ_ij, scaled to [0, 1]. Low: position-based heads; high:
 content-dependent heads. Exact in two passes: ᾱ (the mean over the sentences that reach row i) is
 computed in a first pass over the first N pieces of every sentence (causal attention there depends
-on nothing later); the main pass sums |α_ij − ᾱ_ij|. N = 0 disables the metric."""
+on nothing later); the main pass sums |α_ij − ᾱ_ij|. N = 0 disables the metric. An encoder's window
+holds both directions: rows i < N attending to every non-null j < N. ᾱ_ij is the mean over the sentences
+in which (i, j) is a non-null pair (for a decoder, 1 ≤ j ≤ i: those that reach i; for an encoder, those
+that reach i and j with neither a special piece: a short sentence's [SEP] lies in the window)."""
 
 from __future__ import annotations
 
@@ -15,16 +18,14 @@ from pipeline.metrics.base import Claim, FigureSpec, Finding, Metric, layer_name
 
 
 def window_mask(batch, N: int) -> torch.Tensor:
-    """[B, N, N]: rows i < N inside the sentence, 1 ≤ j ≤ i."""
-    idx = batch.idx
-    wi, wj = idx[:N, None], idx[None, :N]
-    return (batch.in_sentence[:, :N, None] & (wj >= 1) & (wj <= wi)).to(torch.float32)
+    """[B, N, N]: the non-null pairs of the first N pieces (decoders: rows 1 ≤ i < N inside the sentence, 1 ≤ j ≤ i)."""
+    return batch.nonnull[:, :N, :N].to(torch.float32)
 
 
 class Variability(Metric):
     name = "variability"
     order = 50
-    description = "Σ |α_ij − ᾱ_ij| / (2 Σ α_ij) over rows i < N, 1 ≤ j ≤ i."
+    description = "Σ |α_ij − ᾱ_ij| / (2 Σ α_ij) over the non-null pairs of rows i < N, j < N (decoders: 1 ≤ j ≤ i)."
     columns = ("variability",)
     raw_columns = ("var_abs_dev", "var_mass")
     figures = (FigureSpec(
@@ -49,13 +50,13 @@ class Variability(Metric):
     def first_pass_batch(self, batch) -> dict:
         window = batch.cfg.variability_positions
         N = min(window, batch.T)
-        rows = torch.zeros(window, dtype=batch.sum_dtype, device=batch.device)
-        rows[:N] = batch.in_sentence[:, :N].sum(0).to(batch.sum_dtype)
-        return {"window_rows": rows}
+        pairs = torch.zeros(window, window, dtype=batch.sum_dtype, device=batch.device)
+        pairs[:N, :N] = window_mask(batch, N).to(batch.sum_dtype).sum(0)  # sentences in which (i, j) is a non-null pair
+        return {"window_pairs": pairs}
 
     def first_pass_result(self, sums) -> dict:
-        total, rows = sums["window_sum"], sums["window_rows"][None, None, :, None]
-        return {"window_mean": np.divide(total, rows, out=np.zeros_like(total), where=rows > 0)}
+        total, pairs = sums["window_sum"], sums["window_pairs"][None, None]
+        return {"window_mean": np.divide(total, pairs, out=np.zeros_like(total), where=pairs > 0)}
 
     def reduce_layer(self, layer) -> dict:
         ctx = layer.batch

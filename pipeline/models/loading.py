@@ -41,6 +41,8 @@ def resolve_source(name: str, gguf_file: str | None = None) -> Source:
     if name.startswith("pkg:"):
         package, _, file = name[4:].partition("/")
         directory = _package_dir(package)
+        if file and (directory / file).is_dir():  # a transformers directory the package ships (pkg:PACKAGE/DIR)
+            return Source(str(directory / file))
         if not file:
             ggufs = sorted(p.name for p in directory.glob("*.gguf"))
             if len(ggufs) != 1:
@@ -112,6 +114,53 @@ def bos_token_id(tok) -> int:
     return int(bos)
 
 
+def is_encoder(cfg: ModelConfig) -> bool:
+    """Whether the model's attention is bidirectional, from its config alone (no weights)."""
+    from transformers import AutoConfig
+
+    from pipeline.models.families import is_bidirectional
+
+    return is_bidirectional(load_with(AutoConfig.from_pretrained, resolve_source(cfg.name, cfg.gguf_file), "model config"))
+
+
+@dataclass(frozen=True)
+class SpecialPieces:
+    """The pieces put around every sentence: ids before and after its text, and each one's tag (its pos and tag in
+    the tokens table: BOS for a prepended BOS, else the piece itself, such as [CLS] and [SEP])."""
+
+    before: tuple[int, ...] = ()
+    after: tuple[int, ...] = ()
+    tags: dict = None
+
+    @property
+    def count(self) -> int:
+        return len(self.before) + len(self.after)
+
+    def tag_set(self) -> list[str]:
+        return sorted(set((self.tags or {}).values()))
+
+
+def special_pieces(cfg: ModelConfig, tok) -> SpecialPieces:
+    """model.prepend_bos: the BOS (or EOS) id before each sentence; model.add_special_tokens (None: for encoders): the
+    tokenizer's own, found by encoding one word with them (BERT: [CLS] before, [SEP] after)."""
+    add = cfg.add_special_tokens if cfg.add_special_tokens is not None else is_encoder(cfg)
+    if cfg.prepend_bos:
+        bos = bos_token_id(tok)
+        return SpecialPieces((bos,), (), {bos: "BOS"})
+    if not add:
+        return SpecialPieces((), (), {})
+    encoded = tok("a", add_special_tokens=True, return_special_tokens_mask=True)
+    ids, mask = list(encoded["input_ids"]), list(encoded["special_tokens_mask"])
+    if 0 not in mask:
+        raise PipelineError("the tokenizer marks every piece of a word as special; cannot tell its special tokens")
+    first, last = mask.index(0), len(mask) - 1 - mask[::-1].index(0)
+    before, after = tuple(ids[:first]), tuple(ids[last + 1:])
+    return SpecialPieces(before, after, {i: tok.convert_ids_to_tokens(i) for i in before + after})
+
+
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")  # RoBERTa's positions count from padding_idx + 1
+
+
 def max_positions(cfg: ModelConfig) -> int:
     """The model's context length from its config alone (no weights)."""
     from transformers import AutoConfig
@@ -120,6 +169,8 @@ def max_positions(cfg: ModelConfig) -> int:
     for attr in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
+            if config.model_type in OFFSET_POSITIONS:  # position ids start after the padding id: 514 → 512 usable
+                value -= int(getattr(config, "pad_token_id", None) or 0) + 1
             return value
     return 1 << 20
 

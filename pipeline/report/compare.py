@@ -28,7 +28,7 @@ from pipeline.results import load, of_weighting, resolve_run_dir
 
 # layer_metrics columns drawn by relative depth: (column, title, y label); those both runs have are drawn
 DEPTH_FIGURES = (
-    ("null_share", "Null attention by relative depth", "share of attention to position 0"),
+    ("null_share", "Null attention by relative depth", "share of attention to the null pieces"),
     ("dep_align_either", "Dependency alignment by relative depth", "share on related word pairs (either parent)"),
     ("mean_distance", "Mean attention distance by relative depth", "mean distance (pieces)"),
     ("mean_entropy", "Mean attention entropy by relative depth", "entropy (nats)"),

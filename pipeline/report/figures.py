@@ -17,6 +17,7 @@ import polars as pl  # noqa: E402
 
 from pipeline import io  # noqa: E402
 from pipeline.metrics.base import top_row  # noqa: E402
+from pipeline.metrics.pos_share import special_tags  # noqa: E402
 
 CMAP = "viridis"
 
@@ -61,7 +62,7 @@ def head_heatmap(heads: pl.DataFrame, metric: str, title: str, label: str = "", 
 
 def tag_small_multiples(pos: pl.DataFrame, direction: str, min_frequency: float = 0.0) -> plt.Figure:
     """One heatmap per tag, each with its own colour scale (Figs. 6/7, A.1/A.2)."""
-    d = pos.filter((pl.col("direction") == direction) & ~pl.col("tag").is_in(["BOS"]))
+    d = pos.filter((pl.col("direction") == direction) & ~special_tags(pl.col("tag")))
     freq = d.group_by("tag").agg(pl.col("tag_frequency").first()).filter(pl.col("tag_frequency") > min_frequency)
     tags = freq.sort("tag_frequency", descending=True)["tag"].to_list()
     cols = 4
@@ -140,6 +141,32 @@ def dependency_labels(dep_by_layer: pl.DataFrame, top: int = 12) -> plt.Figure:
     return fig
 
 
+def token_share(shares: pl.DataFrame) -> plt.Figure:
+    """token_share.parquet: per tag drawn (special pieces, punctuation), the mean share over the heads of each layer,
+    shaded from the lowest to the highest head."""
+    from pipeline.metrics.token_share import shown_tags
+
+    tags = shown_tags(shares["tag"].unique().to_list())
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    for k, tag in enumerate(tags):
+        by_layer = (shares.filter(pl.col("tag") == tag).with_columns(pl.col("share").fill_nan(None))
+                    .group_by("layer").agg(mean=pl.col("share").mean(), low=pl.col("share").min(),
+                                           high=pl.col("share").max()).sort("layer"))
+        x = by_layer["layer"].to_numpy()
+        colour = plt.get_cmap("tab10")(k % 10)
+        ax.plot(x, by_layer["mean"].cast(pl.Float64).to_numpy(), marker="o", color=colour, label=tag)
+        ax.fill_between(x, by_layer["low"].cast(pl.Float64).to_numpy(), by_layer["high"].cast(pl.Float64).to_numpy(),
+                        color=colour, alpha=0.15, lw=0)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("share of all attention")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylim(0, 1)
+    if tags:
+        ax.legend()
+    ax.set_title("Attention to special pieces and punctuation")
+    return fig
+
+
 DIRECTION_NAMES = {"dependent_to_head": "dependent → head", "head_to_dependent": "head → dependent"}
 DIRECTION_COLOURS = {"dependent_to_head": "tab:blue", "head_to_dependent": "tab:orange"}
 
@@ -150,6 +177,11 @@ def best_dependency_heads(dep_accuracy: pl.DataFrame) -> pl.DataFrame:
     d = dep_accuracy.filter(pl.col("accuracy").is_not_null() & pl.col("accuracy").is_not_nan())
     return (d.sort(["accuracy", "layer", "head"], descending=[True, False, False])
             .group_by("relation", "direction", maintain_order=True).first())
+
+
+def offset_name(k: int) -> str:
+    """A baseline offset k (the piece i − k) as the piece it names: i−3 to the left, i+2 to the right (encoders)."""
+    return f"i−{k}" if k > 0 else f"i+{-k}"
 
 
 def dependency_accuracy(dep_accuracy: pl.DataFrame, top: int = 15) -> plt.Figure:
@@ -170,7 +202,7 @@ def dependency_accuracy(dep_accuracy: pl.DataFrame, top: int = 15) -> plt.Figure
     ax.barh(y, [r["baseline_accuracy"] for r in rows], height=0.3, color="0.35")
     for k, r in enumerate(rows):
         ax.text(min(max(r["accuracy"], r["baseline_accuracy"]), 1.0) + 0.01, k,
-                f"L{r['layer']} H{r['head']}; baseline offset −{r['baseline_offset']}", va="center", fontsize=7)
+                f"L{r['layer']} H{r['head']}; baseline piece {offset_name(r['baseline_offset'])}", va="center", fontsize=7)
     ax.set_yticks(y, [f"{r['relation']} ({DIRECTION_NAMES[r['direction']]}), n={r['n']:,}" for r in rows], fontsize=8)
     ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.set_xlim(0, 1.45)
@@ -210,16 +242,17 @@ def positional_profile(profile: pl.DataFrame) -> plt.Figure:
 
     by_layer = (profile.with_columns(pl.col("share").fill_nan(None)).group_by("layer", "offset")
                 .agg(mean=pl.col("share").mean(), peak=pl.col("share").max()))
-    L, D = int(profile["layer"].max()) + 1, int(profile["offset"].max())
+    offsets = np.sort(profile["offset"].unique().to_numpy())  # 1..D; an encoder's also −D..−1 (to the right)
+    L, D = int(profile["layer"].max()) + 1, len(offsets)
     mean, peak = np.full((L, D), np.nan), np.full((L, D), np.nan)
-    at = (by_layer["layer"].to_numpy(), by_layer["offset"].to_numpy() - 1)
+    at = (by_layer["layer"].to_numpy(), np.searchsorted(offsets, by_layer["offset"].to_numpy()))
     mean[at] = by_layer["mean"].cast(pl.Float64).to_numpy()
     peak[at] = by_layer["peak"].cast(pl.Float64).to_numpy()
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, min(max(3.8, 1.5 + 0.3 * L), 14)), layout="constrained")
     cmap, norm = plt.get_cmap(CMAP), Normalize(0, max(L - 1, 1))
-    offsets = np.arange(1, D + 1)
-    for layer in range(L):
-        left.plot(offsets, mean[layer], color=cmap(norm(layer)), marker="o", ms=2.5, lw=1.2)
+    for layer in range(L):  # a gap at d = 0 between an encoder's two directions
+        for side in (s for s in (offsets < 0, offsets > 0) if s.any()):
+            left.plot(offsets[side], mean[layer][side], color=cmap(norm(layer)), marker="o", ms=2.5, lw=1.2)
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=left, label="layer", ticks=_ticks(L))
     left.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     left.set_xlabel("offset d = i − j (pieces)")
@@ -227,7 +260,7 @@ def positional_profile(profile: pl.DataFrame) -> plt.Figure:
     left.set_title("mean over the heads of each layer")
     im = right.imshow(peak, aspect="auto", cmap=CMAP, vmin=0, interpolation="nearest")
     ticks = _ticks(D)
-    right.set_xticks(ticks, [str(t + 1) for t in ticks])
+    right.set_xticks(ticks, [str(offsets[t]) for t in ticks])
     right.set_yticks(_ticks(L))
     right.set_xlabel("offset d = i − j (pieces)")
     right.set_ylabel("layer")
@@ -290,7 +323,7 @@ def norm_weighting(heads: pl.DataFrame, norm_heads: pl.DataFrame, pos: pl.DataFr
     a tag in the same colour in both."""
     null, norm_null = grid(heads, "null_share"), grid(norm_heads, "null_share")
     vmax = float(np.nanmax([np.nanmax(null), np.nanmax(norm_null), 1e-12]))
-    frequency = pos.filter(~pl.col("tag").is_in(["BOS"])).group_by("tag").agg(pl.col("tag_frequency").first())
+    frequency = pos.filter(~special_tags(pl.col("tag"))).group_by("tag").agg(pl.col("tag_frequency").first())
     tags = frequency.sort(["tag_frequency", "tag"], descending=[True, False])["tag"].head(top_tags).to_list()
     shares = [tag_shares_by_layer(p, "to", tags) for p in (pos, norm_pos)]
     top = float(np.nanmax([np.nanmax(s) if np.isfinite(s).any() else 0.0 for s in shares] + [1e-12]))
@@ -316,7 +349,12 @@ def norm_weighting(heads: pl.DataFrame, norm_heads: pl.DataFrame, pos: pl.DataFr
 
 
 def _piece_labels(tokens: pl.DataFrame, text: str) -> list[str]:
-    return [(text[s:e].strip() or "␣") for s, e in zip(tokens["char_start"], tokens["char_end"])]
+    """Each piece's characters in the sentence; a special piece ([CLS], [SEP], BOS: no characters) by its name."""
+    from pipeline.alignment import is_special_tag
+
+    pos = tokens["pos"].to_list() if "pos" in tokens.columns else [""] * tokens.height
+    return [piece if is_special_tag(tag) else (text[s:e].strip() or "␣")
+            for s, e, piece, tag in zip(tokens["char_start"], tokens["char_end"], tokens["piece"], pos)]
 
 
 HEAD_CARD_PICKS = [("most position-focused (lowest variability)", "variability", False),
@@ -355,6 +393,18 @@ def pattern_matrix(patterns: pl.DataFrame, layer: int, head: int, n: int) -> np.
     return out
 
 
+def nonnull_pairs(sent: pl.DataFrame, causal: bool) -> np.ndarray:
+    """[n, n] bool: pairs of non-null pieces (the special pieces when the sentence has any, as attend.null_pieces: auto
+    gives for an encoder or a prepended BOS; else position 0), j ≤ i for a causal model."""
+    from pipeline.alignment import is_special_tag
+
+    n = sent.height
+    special = np.array([is_special_tag(t) for t in sent["pos"].to_list()], dtype=bool)
+    null = special if special.any() else np.arange(n) == 0
+    pairs = ~null[:, None] & ~null[None, :]
+    return pairs & np.tril(np.ones((n, n), bool)) if causal else pairs
+
+
 def head_cards(heads: pl.DataFrame, exemplars: pl.DataFrame, tokens: pl.DataFrame, patterns: pl.DataFrame) -> plt.Figure:
     """Fig. 4-style cards: a head's aggregate metrics and its whole attention pattern on its top exemplar
     sentence (rows attend, columns receive), with the pairs in a dependency relation marked and the share
@@ -370,7 +420,7 @@ def head_cards(heads: pl.DataFrame, exemplars: pl.DataFrame, tokens: pl.DataFram
         labels, n = _piece_labels(sent, ex["text"]), sent.height
         matrix = pattern_matrix(patterns, card["layer"], card["head"], n)
         related = related_pairs(sent)
-        nonnull = np.tril(np.ones((n, n), bool)) & (np.arange(n)[None, :] >= 1) & (np.arange(n)[:, None] >= 1)
+        nonnull = nonnull_pairs(sent, causal=not np.triu(matrix, 1).any())
         mass = matrix[nonnull].sum()
         on_sentence = matrix[nonnull & related].sum() / mass if mass > 0 else float("nan")
         ax.imshow(matrix, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1), interpolation="nearest")
@@ -387,6 +437,94 @@ def head_cards(heads: pl.DataFrame, exemplars: pl.DataFrame, tokens: pl.DataFram
                      f"mean distance {card['mean_distance']:.2f}, entropy {card['mean_entropy']:.2f}\n"
                      f"dependency alignment {card['dep_align_either']:.3f} (corpus), {on_sentence:.3f} (this sentence)",
                      fontsize=9, loc="left")
+    return fig
+
+
+LENS_RELATIONS = (("same word", "the next piece continues the current word"),
+                  ("next depends on current", "next word depends on the current"),
+                  ("current depends on next", "current word depends on the next"),
+                  ("unrelated", "unrelated"))
+
+
+def _lens_rows(lens: pl.DataFrame, grouping: str) -> pl.DataFrame:
+    return lens.filter(pl.col("grouping") == grouping).sort("depth")
+
+
+def logit_lens_by_depth(lens: pl.DataFrame) -> plt.Figure:
+    """logit_lens.parquet, the group "all": by depth (0 = the embeddings), the median rank of the actual next piece
+    (rank + 1 on a log axis, the histogram bin's range shaded), the top-1 and top-10 shares, and KL(final ‖ depth)."""
+    d = _lens_rows(lens, "all")
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
+    if d.is_empty():
+        for ax in (left, middle, right):
+            ax.axis("off")
+        left.text(0.5, 0.5, "no piece was decoded in this run", ha="center", va="center")
+        return fig
+    depth = d["depth"].to_numpy()
+    low, high = d["median_rank"].to_numpy() + 1, d["median_rank_upper"].to_numpy() + 1
+    left.fill_between(depth, low, high, color="tab:blue", alpha=0.2, lw=0)
+    left.plot(depth, low, marker="o", ms=3, color="tab:blue")
+    left.set_yscale("log")
+    left.set_ylabel("median rank + 1 (log scale)")
+    left.set_title("median rank of the actual next piece")
+    middle.plot(depth, d["top1_share"].to_numpy(), marker="o", ms=3, label="top-1")
+    middle.plot(depth, d["top10_share"].to_numpy(), marker="o", ms=3, label="top-10")
+    middle.set_ylim(0, 1)
+    middle.set_ylabel("share of pieces")
+    middle.set_title("next piece among the lens's top predictions")
+    middle.legend(fontsize=8)
+    kl = d["mean_kl"].to_numpy()
+    right.plot(depth, kl, marker="o", ms=3, color="tab:red")
+    right.set_ylabel("mean KL(final ‖ depth), nats")
+    right.set_title("distance from the model's output")
+    for ax in (left, middle, right):
+        ax.set_xlabel("depth (0 = embeddings, d = output of block d)")
+        ax.set_xticks(_ticks(len(depth)))
+    fig.suptitle(f"Logit lens (nostalgebraist 2020), n = {int(d['n'][0]):,} pieces")
+    return fig
+
+
+def logit_lens_pos_heatmap(lens: pl.DataFrame, top_tags: int = 16) -> plt.Figure:
+    """logit_lens.parquet: depth × POS of the next piece's word, the top-1 share (the `top_tags` most frequent tags,
+    most frequent first), and the top-1 share by depth for the four kinds of relation between the current and the
+    next word (each relation's labels pooled: Σ n·share / Σ n)."""
+    pos = _lens_rows(lens, "pos")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 5.2), layout="constrained", width_ratios=[3, 2])
+    if pos.is_empty():
+        for ax in (left, right):
+            ax.axis("off")
+        left.text(0.5, 0.5, "no piece was decoded in this run", ha="center", va="center")
+        return fig
+    counts = pos.filter(pl.col("depth") == 0).sort(["n", "group"], descending=[True, False]).head(top_tags)
+    tags, D = counts["group"].to_list(), int(lens["depth"].max()) + 1
+    values = np.full((D, len(tags)), np.nan)
+    for k, tag in enumerate(tags):
+        rows = pos.filter(pl.col("group") == tag)
+        values[rows["depth"].to_numpy(), k] = rows["top1_share"].to_numpy()
+    im = left.imshow(values, aspect="auto", cmap=CMAP, vmin=0, vmax=max(float(np.nanmax(values)), 1e-9),
+                     interpolation="nearest")
+    left.set_xticks(np.arange(len(tags)), [f"{t}\n{n:,}" for t, n in zip(tags, counts["n"].to_list())], fontsize=7,
+                    rotation=90)
+    left.set_yticks(_ticks(D))
+    left.set_ylabel("depth (0 = embeddings)")
+    left.set_xlabel("part of speech of the next piece's word (n pieces)")
+    left.set_title("top-1 share of the logit lens")
+    fig.colorbar(im, ax=left, label="top-1 share")
+    rel = _lens_rows(lens, "relation").with_columns(
+        kind=pl.col("group").str.split(":").list.first(), hits=pl.col("n") * pl.col("top1_share"))
+    pooled = rel.group_by("kind", "depth").agg(pl.col("hits").sum(), pl.col("n").sum()).sort("depth")
+    for kind, label in LENS_RELATIONS:
+        rows = pooled.filter(pl.col("kind") == kind)
+        if rows.height:
+            right.plot(rows["depth"].to_numpy(), (rows["hits"] / rows["n"]).to_numpy(), marker="o", ms=3,
+                       label=f"{label} (n = {int(rows['n'][0]):,})")
+    right.set_ylim(0, 1)
+    right.set_xticks(_ticks(D))
+    right.set_xlabel("depth (0 = embeddings)")
+    right.set_ylabel("top-1 share")
+    right.set_title("by relation between the current and the next word")
+    right.legend(fontsize=8)
+    fig.suptitle("Logit lens by part of speech and by relation (nostalgebraist 2020)")
     return fig
 
 

@@ -94,13 +94,16 @@ def _exemplars(exemplars: pl.DataFrame, H: int, n_heads: int) -> tuple[list, dic
 
 
 def _pattern(rows: pl.DataFrame) -> dict:
-    """One head's pattern: its sentence, n pieces, and the lower triangle (row-major: i = 0..n−1, j = 0..i) of
-    its weights in thousandths."""
+    """One head's pattern: its sentence, n pieces, and its weights in thousandths, row-major: the lower triangle
+    (i = 0..n−1, j = 0..i) of a causal model, the whole matrix (full: j = 0..n−1) of an encoder's."""
     n = int(rows["attending_position"].max()) + 1
     matrix = np.zeros((n, n))
-    matrix[rows["attending_position"].to_numpy(), rows["receiving_position"].to_numpy()] = rows["weight"].to_numpy()
-    i, j = np.tril_indices(n)
-    return {"sentence": int(rows["sentence_id"][0]), "n": n, "w": np.rint(matrix[i, j] * 1000).astype(int).tolist()}
+    i, j = rows["attending_position"].to_numpy(), rows["receiving_position"].to_numpy()
+    matrix[i, j] = rows["weight"].to_numpy()
+    full = bool((j > i).any())
+    i, j = np.indices((n, n)).reshape(2, -1) if full else np.tril_indices(n)
+    return {"sentence": int(rows["sentence_id"][0]), "n": n, "full": full,
+            "w": np.rint(matrix[i, j] * 1000).astype(int).tolist()}
 
 
 def _patterns(patterns: pl.DataFrame | None, H: int, n_heads: int) -> list:

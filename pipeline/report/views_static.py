@@ -135,7 +135,7 @@ JS = r"""
     var parts = ["<svg width='" + width + "' height='" + height + "' viewBox='0 0 " + width + " " + height + "'>"];
     var k = 0;
     for (var i = 0; i < n; i++) {
-      for (var j = 0; j <= i; j++, k++) {
+      for (var j = 0; j < (p.full ? n : i + 1); j++, k++) {
         var w = p.w[k];
         if (w >= 1) {
           parts.push("<line class='av-line' data-i='" + i + "' data-j='" + j + "' x1='" + (xLeft + 4) + "' y1='" + y(i) +
