@@ -25,11 +25,11 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 OFF = {"positional_offsets": 0, "dependency_accuracy": False, "bootstrap_replicates": 0, "norm_weighting": False,
        "logit_lens": False}
@@ -51,45 +51,18 @@ def main() -> None:
 
     import torch
 
-    from pipeline.config import load_config
-    from pipeline.engine import Reduction, TokenArrays, plan_batches
-    from pipeline.models import load_adapter, resolve_device
-    from pipeline.parts import read_meta, scan
-    from pipeline.runner import run_pipeline
+    from main_pass import prepare
 
-    cfg = load_config(args.config, [f"corpus.max_sentences={args.sentences}", f"run_name=bench-additions-{args.sentences}",
-                                    *args.overrides])
-    run_pipeline(cfg, ["corpus", "annotate"], echo=lambda *a: None)
-    vocab = read_meta(cfg.run_dir / "tokens")
-    arrays = TokenArrays.from_frame(scan(cfg.run_dir / "tokens").collect(), vocab["pos_vocab"], vocab["dep_vocab"])
-    device = resolve_device(cfg.model.device)
-    adapter = load_adapter(cfg.model, device)
-    order, tokens = arrays.length_order(), int(arrays.lengths.sum())
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
+    bench = prepare(args.config, args.sentences, args.overrides)
+    cfg, arrays, device, order = bench.cfg, bench.arrays, bench.device, bench.order
+    tokens = int(arrays.lengths.sum())
     names = list(VARIANTS)
-    reductions = {n: Reduction(cfg.attend.model_copy(update={**OFF, **VARIANTS[n], "variability_positions": 0}),
-                               len(arrays.pos_vocab), len(arrays.dep_vocab), row_width=int(arrays.lengths.max()))
-                  for n in names}
-    batches = [order[rows] for rows in plan_batches(arrays.lengths[order], cfg.attend.token_budget)]
+    reductions = {n: bench.reduction(**{**OFF, **VARIANTS[n]}) for n in names}
 
-    def one_round(r: int) -> dict[str, float]:
-        spent = dict.fromkeys(names, 0.0)
-        for k, rows in enumerate(batches):
-            batch = arrays.batch(rows, device)
-            turn = (r + k) % len(names)
-            for n in names[turn:] + names[:turn]:  # rotated: no variant always runs first
-                sync()
-                started = time.perf_counter()
-                reductions[n].batch(adapter, batch).to_numpy()
-                sync()
-                spent[n] += time.perf_counter() - started
-        return spent
-
-    one_round(0)  # warm-up: caches, allocator, first-call overheads
+    bench.rotated_round(reductions, 0)  # warm-up: caches, allocator, first-call overheads
     seconds = {n: [] for n in names}
     for r in range(args.rounds):
-        for n, t in one_round(r).items():
+        for n, t in bench.rotated_round(reductions, r).items():
             seconds[n].append(t)
         print(f"round {r + 1}: " + ", ".join(f"{n} {seconds[n][-1]:.2f}s" for n in names), flush=True)
     ratios = {n: statistics.median(seconds[n][k] / seconds["paper"][k] for k in range(args.rounds)) for n in names}

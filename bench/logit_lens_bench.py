@@ -17,11 +17,11 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 
 def main() -> None:
@@ -38,45 +38,17 @@ def main() -> None:
 
     import torch
 
-    from pipeline.config import load_config
-    from pipeline.engine import Reduction, TokenArrays, plan_batches
-    from pipeline.models import load_adapter, resolve_device
-    from pipeline.parts import read_meta, scan
-    from pipeline.runner import run_pipeline
+    from main_pass import prepare
 
-    cfg = load_config(args.config, [f"corpus.max_sentences={args.sentences}", f"run_name=bench-additions-{args.sentences}",
-                                    *args.overrides])
-    run_pipeline(cfg, ["corpus", "annotate"], echo=lambda *a: None)
-    vocab = read_meta(cfg.run_dir / "tokens")
-    arrays = TokenArrays.from_frame(scan(cfg.run_dir / "tokens").collect(), vocab["pos_vocab"], vocab["dep_vocab"])
-    device = resolve_device(cfg.model.device)
-    adapter = load_adapter(cfg.model, device)
-    order = arrays.length_order()
+    bench = prepare(args.config, args.sentences, args.overrides)
+    cfg, arrays, device, order = bench.cfg, bench.arrays, bench.device, bench.order
     decoded = int((arrays.lengths - 1).sum())
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    variants = {"off": {"logit_lens": False}, "on": {"logit_lens": True, "logit_lens_sample": 1.0}}
-    reductions = {n: Reduction(cfg.attend.model_copy(update={**v, "variability_positions": 0}), len(arrays.pos_vocab),
-                               len(arrays.dep_vocab), row_width=int(arrays.lengths.max())) for n, v in variants.items()}
-    batches = [order[rows] for rows in plan_batches(arrays.lengths[order], cfg.attend.token_budget)]
-    names = list(variants)
+    reductions = {"off": bench.reduction(logit_lens=False), "on": bench.reduction(logit_lens=True, logit_lens_sample=1.0)}
 
-    def one_round(r: int) -> dict[str, float]:
-        spent = dict.fromkeys(names, 0.0)
-        for k, rows in enumerate(batches):
-            batch = arrays.batch(rows, device)
-            turn = (r + k) % len(names)
-            for n in names[turn:] + names[:turn]:
-                sync()
-                started = time.perf_counter()
-                reductions[n].batch(adapter, batch).to_numpy()
-                sync()
-                spent[n] += time.perf_counter() - started
-        return spent
-
-    one_round(0)  # warm-up
+    bench.rotated_round(reductions, 0)  # warm-up
     rounds = []
     for r in range(args.rounds):
-        rounds.append(one_round(r))
+        rounds.append(bench.rotated_round(reductions, r))
         print(f"round {r + 1}: lens off {rounds[-1]['off']:.2f}s, on {rounds[-1]['on']:.2f}s", flush=True)
     per_piece = statistics.median((t["on"] - t["off"]) / decoded for t in rounds)
     off = statistics.median(t["off"] for t in rounds)

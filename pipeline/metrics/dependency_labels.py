@@ -7,7 +7,7 @@ import polars as pl
 import torch
 
 from pipeline.metrics.base import Claim, FigureSpec, Metric, mean_in_layers
-from pipeline.metrics.pos_share import share_table
+from pipeline.metrics.pos_share import share_tables
 
 
 
@@ -33,11 +33,8 @@ class DependencyLabels(Metric):
         return {"dep_to": torch.einsum("bhj,bjd->bhd", layer.received, ctx.dep_onehot).to(ctx.sum_dtype)}
 
     def tables(self, sums, inputs) -> dict:
-        vocab = inputs["dep_vocab"]
-        seen = pl.col("label").is_in(inputs["tokens"].select(pl.col("dep").unique()).collect(engine="streaming")["dep"].implode())
-        by_layer = share_table(sums["dep_to"].sum(1, keepdims=True), sums["mass"].sum(1, keepdims=True), vocab, "label")
-        return {"dep_share": share_table(sums["dep_to"], sums["mass"], vocab, "label").filter(seen),
-                "dep_share_by_layer": by_layer.drop("head").filter(seen)}
+        per_head, by_layer = share_tables(sums["dep_to"], sums["mass"], inputs["dep_vocab"], "label", inputs["tokens"], "dep")
+        return {"dep_share": per_head, "dep_share_by_layer": by_layer}
 
     def claims(self, c) -> list[Claim]:
         """Fig. 9: each label's share of a layer's attention, averaged over the first third and over the last third of

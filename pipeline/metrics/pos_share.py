@@ -8,15 +8,11 @@ import numpy as np
 import polars as pl
 import torch
 
+from pipeline.alignment import special_tags
 from pipeline.metrics.base import Claim, FigureSpec, Metric, band, defined, in_band, layer_names, mean_in_layers, ranked, ratio
 
 SCHEMA = {"layer": pl.Int32, "head": pl.Int32, "direction": pl.String, "tag": pl.String, "share": pl.Float64,
           "tag_frequency": pl.Float64}
-
-
-def special_tags(tag: pl.Expr) -> pl.Expr:
-    """Whether a tag is a special piece's (pipeline.alignment.is_special_tag, as a polars expression)."""
-    return (tag == "BOS") | tag.str.contains(r"^\[.+\]$") | tag.str.contains(r"^<.+>$")
 
 
 def share_table(values: np.ndarray, mass: np.ndarray, labels: list[str], label_name: str) -> pl.DataFrame:
@@ -27,6 +23,14 @@ def share_table(values: np.ndarray, mass: np.ndarray, labels: list[str], label_n
     return pl.DataFrame({"layer": layer.ravel().astype(np.int32), "head": head.ravel().astype(np.int32),
                          label_name: pl.Series(np.asarray(labels, dtype=object)[label.ravel()], dtype=pl.String),
                          "share": share.ravel()})
+
+
+def share_tables(values: np.ndarray, mass: np.ndarray, labels: list[str], label_name: str, tokens, column: str):
+    """[L, H, P] sums / [L, H] mass → (per head, per layer from the layer's summed sums), each without the labels the
+    corpus never has (`column` of the lazy tokens scan)."""
+    seen = pl.col(label_name).is_in(tokens.select(pl.col(column).unique()).collect(engine="streaming")[column].implode())
+    by_layer = share_table(values.sum(1, keepdims=True), mass.sum(1, keepdims=True), labels, label_name)
+    return share_table(values, mass, labels, label_name).filter(seen), by_layer.drop("head").filter(seen)
 
 
 def doubled_tags(pos: pl.DataFrame, direction: str) -> tuple[int, int]:

@@ -15,7 +15,7 @@ import torch
 
 from pipeline.alignment import is_special_tag
 from pipeline.metrics.base import FigureSpec, Metric
-from pipeline.metrics.pos_share import share_table
+from pipeline.metrics.pos_share import share_tables
 
 SCHEMA = {"layer": pl.Int32, "head": pl.Int32, "tag": pl.String, "share": pl.Float64}
 BY_LAYER_SCHEMA = {"layer": pl.Int32, "tag": pl.String, "share": pl.Float64}
@@ -46,11 +46,8 @@ class TokenShare(Metric):
         return {"all_to": torch.einsum("bhj,bjp->bhp", layer.received, every_piece).to(ctx.sum_dtype)}
 
     def tables(self, sums, inputs) -> dict:
-        vocab = inputs["pos_vocab"]
-        seen = pl.col("tag").is_in(inputs["tokens"].select(pl.col("pos").unique()).collect(engine="streaming")["pos"].implode())
-        by_layer = share_table(sums["all_to"].sum(1, keepdims=True), sums["mass_all"].sum(1, keepdims=True), vocab, "tag")
-        return {"token_share": share_table(sums["all_to"], sums["mass_all"], vocab, "tag").filter(seen),
-                "token_share_by_layer": by_layer.drop("head").filter(seen)}
+        per_head, by_layer = share_tables(sums["all_to"], sums["mass_all"], inputs["pos_vocab"], "tag", inputs["tokens"], "pos")
+        return {"token_share": per_head, "token_share_by_layer": by_layer}
 
 
 METRIC = TokenShare()

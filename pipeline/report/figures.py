@@ -17,7 +17,7 @@ import polars as pl  # noqa: E402
 
 from pipeline import io  # noqa: E402
 from pipeline.metrics.base import top_row  # noqa: E402
-from pipeline.metrics.pos_share import special_tags  # noqa: E402
+from pipeline.alignment import special_tags  # noqa: E402
 
 CMAP = "viridis"
 
