@@ -39,11 +39,17 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.config import load_config
 
         if args.command == "run":
-            from pipeline.runner import run_pipeline
+            from pathlib import Path
+
+            from pipeline.lock import run_lock
 
             cfg = load_config(args.config, args.overrides)
             stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
-            run_pipeline(cfg, stages, force=args.force, config_file=args.config, overrides=args.overrides)
+            # the locks first: a run directory in use is refused before seconds of imports (torch, spaCy, ...)
+            with run_lock(cfg.run_dir), run_lock(Path(cfg.reports_dir) / cfg.run_name):
+                from pipeline.runner import run_pipeline
+
+                run_pipeline(cfg, stages, force=args.force, config_file=args.config, overrides=args.overrides)
         elif args.command == "config":
             import yaml
 

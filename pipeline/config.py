@@ -7,16 +7,19 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, Strict, StrictInt, ValidationError, model_validator
 
 from pipeline.errors import PipelineError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Every section is strict: a value has the field's own type (no `true` taken as 1, no "5" as 5) and a number
+    is finite (no .inf or .nan), so a config that validates can run."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 class CorpusConfig(_Section):
@@ -73,21 +76,38 @@ class ModelConfig(_Section):
     name: str = Field("gpt2", description="Hub id, local directory, GGUF file, or pkg:PACKAGE/FILE (a GGUF file or a "
                       "transformers directory that a Python package ships).")
     tokenizer: str | None = Field(None, description="Tokenizer source if not the model's own.")
+    allow_foreign_tokenizer: bool = Field(False, description="Use model.tokenizer even where it does not belong to the "
+                                          "model (vocabulary size against the embedding rows, special tokens, the model's "
+                                          "own tokenizer): refused otherwise, before any forward pass.")
     gguf_file: str | None = None
     revision: str | None = None
-    prepend_bos: bool = False
+    bos: Literal["auto", "always", "never"] = Field(
+        "auto", description="A BOS piece at position 0 of every sentence (decoders): always, never, or auto: as the "
+        "tokenizer itself encodes (Llama-3, Gemma: yes; GPT-2, SmolLM2: no). Position 0 is the null piece, so this "
+        "decides whether null attention is attention to BOS or to the sentence's first word.")
     add_special_tokens: bool | None = Field(None, description="Put the tokenizer's own special tokens around each "
                                             "sentence ([CLS] … [SEP] for BERT); None: yes for encoders (bidirectional "
-                                            "models), no for decoders.")
+                                            "models) when model.bos is auto, no for decoders.")
     too_long: Literal["truncate", "drop"] = "drop"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device_map: Literal["auto"] | None = Field(None, description="Passed to from_pretrained: auto spreads a model "
+                                               "that does not fit one GPU over the visible GPUs (accelerate); None: "
+                                               "the whole model on model.device.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "prepend_bos" in data:
+            raise ValueError("model.prepend_bos was replaced by model.bos: auto|always|never "
+                             "(prepend_bos: true → bos: always, false → bos: never)")
+        return data
 
     @model_validator(mode="after")
     def _check(self):
-        if self.prepend_bos and self.add_special_tokens:
-            raise ValueError("model.prepend_bos and model.add_special_tokens are exclusive: the first prepends the BOS "
-                             "token, the second the tokenizer's own special tokens")
+        if self.bos != "auto" and self.add_special_tokens:
+            raise ValueError(f"model.bos: {self.bos} and model.add_special_tokens are exclusive: the first decides the "
+                             "BOS piece, the second puts the tokenizer's own special tokens around each sentence")
         return self
 
 
@@ -102,9 +122,12 @@ class AttendConfig(_Section):
         "encoders.")
     # Beyond the paper (each switchable: 0 or false turns it off, and its cost with it)
     positional_offsets: int = Field(20, ge=0, le=512, description="Positional profile: attention share at offsets "
-                                    "i - j = 1..this per head (Gu et al. 2024's sink rate, head roles); 0 disables.")
+                                    "i - j = 1..this per head (head roles); 0 disables.")
     dependency_accuracy: bool = Field(True, description="Clark et al. (2019) per-relation accuracy of each head's "
-                                      "most-attended piece, with offset baselines.")
+                                      "most-attended-to other word (word-level attention), with offset baselines.")
+    sink_epsilon: float = Field(0.3, ge=0.0, lt=1.0, description="Gu et al. (2024)'s sink rate: a head is a sink on a "
+                                "sequence when its attention to the first token, averaged over all query rows, exceeds "
+                                "this (finding sink_rate, column sink_frequency).")
     norm_weighting: bool = Field(True, description="Kobayashi et al. (2020): every metric also under ‖α_ij f_h(x_j)‖.")
     bootstrap_replicates: int = Field(200, ge=0, le=2000, description="Poisson bootstrap over sentences: replicates "
                                       "for confidence intervals of head and layer metrics and correlations; 0 disables.")
@@ -113,8 +136,10 @@ class AttendConfig(_Section):
     logit_lens: bool = Field(True, description="nostalgebraist (2020): decode the residual stream at every depth "
                              "through the final norm and the unembedding, in the same forward pass (causal models "
                              "with tied embeddings).")
-    logit_lens_sample: float = Field(1.0, gt=0.0, le=1.0, description="Share of sentences the logit lens decodes: a "
-                                     "seeded uniform subset, chosen by a hash of (bootstrap_seed, sentence id).")
+    logit_lens_sample: Annotated[float, Field(gt=0.0, le=1.0)] | Literal["auto"] = Field(
+        "auto", description="Share of sentences the logit lens decodes: a seeded uniform subset, chosen by a hash of "
+        "(bootstrap_seed, sentence id); auto: the share at which the lens costs about 15% of the forward pass, from "
+        "the model's dimensions (pipeline/models/memory.py: lens_sample_share), at least 100 sentences.")
 
 
 class RolesConfig(_Section):
@@ -122,8 +147,9 @@ class RolesConfig(_Section):
 
     positional_share: float = Field(0.5, gt=0.0, le=1.0, description="positional: one offset takes at least this share.")
     sink_null_share: float = Field(0.9, gt=0.0, le=1.0, description="sink: null share at least this.")
-    sink_rate_epsilon: float = Field(0.3, gt=0.0, le=1.0, description="Gu et al. (2024): a head is a sink when its mean "
-                                     "attention to the first position exceeds this (the sink rate's ε).")
+    sink_rate_epsilon: float = Field(0.3, gt=0.0, le=1.0, description="The pooled sink rate (not Gu et al.'s: see "
+                                     "attend.sink_epsilon): a head whose null share, pooled over the corpus, exceeds "
+                                     "this is above_sink_epsilon (finding sink_rate_pooled).")
     broad_entropy_quantile: float = Field(0.75, gt=0.0, lt=1.0, description="broad: mean entropy in this upper "
                                           "quantile of all heads.")
     syntactic_ratio: float = Field(3.0, gt=1.0, description="syntactic: dependency alignment at least this × the baseline.")
@@ -140,11 +166,11 @@ class ExecutorConfig(_Section):
     gpus_per_worker: float = Field(1.0, ge=0.0, description="GPUs per model actor (0: model actors on CPUs).")
     model_workers: PositiveInt | Literal["auto"] = Field("auto", description="Model actors; auto: the cluster's GPUs "
                                                                              "(one when it has none).")
-    connect_timeout_s: float = Field(15.0, gt=0.0, description="How long an unanswering Ray address may take.")
+    connect_timeout_s: float = Field(15.0, gt=0.0, le=86_400.0, description="How long an unanswering Ray address may take.")
 
 
 class ReportConfig(_Section):
-    exemplar_heads: list[tuple[int, int]] | None = Field(
+    exemplar_heads: list[Annotated[tuple[StrictInt, StrictInt], Strict(False)]] | None = Field(  # YAML lists as pairs
         None, description="[[layer, head], ...]; default: max/min variability and max distance."
     )
     formats: list[Literal["png", "svg"]] = ["png", "svg"]

@@ -43,6 +43,12 @@ from pipeline.metrics.base import Metric
 from pipeline.sums import EXEMPLAR_PREFIX, NORM_PREFIX, Sums
 
 
+def comma_or_period(pieces: pl.Series) -> pl.Series:
+    """Whether each piece is the token "." or "," itself (Clark et al. 2019, Fig. 2): its text, less a leading
+    whitespace marker (GPT-2's Ġ, SentencePiece's ▁, a space), is exactly "." or ","."""
+    return pieces.str.strip_chars_start("Ġ▁ ").is_in([".", ","])
+
+
 @dataclass
 class TokenArrays:
     """The corpus as flat numpy arrays (tokens sorted by sentence, position) plus per-sentence offsets."""
@@ -58,6 +64,7 @@ class TokenArrays:
     pos_vocab: list[str]
     dep_vocab: list[str]
     special: np.ndarray | None = None  # per piece: a special piece (BOS, [CLS], [SEP]): its pos is a special tag
+    comma_or_period: np.ndarray | None = None  # per piece: the token "." or "," itself (token_share, Clark et al.)
 
     @classmethod
     def from_frame(cls, tokens: pl.DataFrame, pos_vocab: list[str] | None = None,
@@ -80,6 +87,7 @@ class TokenArrays:
             pos_vocab=pos_vocab, dep_vocab=dep_vocab,
             special=np.array([is_special_tag(t) for t in pos_vocab], dtype=bool)[
                 tokens["pos"].replace_strict(pos_vocab, range(len(pos_vocab)), return_dtype=pl.Int64).to_numpy()],
+            comma_or_period=comma_or_period(tokens["piece"]).to_numpy() if "piece" in tokens.columns else None,
         )
 
     def length_order(self) -> np.ndarray:
@@ -97,10 +105,11 @@ class TokenArrays:
             return torch.from_numpy(np.where(valid, values[flat], fill)).to(device)
 
         special = self.special if self.special is not None else np.zeros(len(self.token_id), dtype=bool)
+        punct = self.comma_or_period if self.comma_or_period is not None else np.zeros(len(self.token_id), dtype=bool)
         return Batch(input_ids=take(self.token_id, 0), attention_mask=torch.from_numpy(valid.astype(np.int64)).to(device),
                      lengths=torch.from_numpy(lengths).to(device), sentence_ids=torch.from_numpy(self.sentence_ids[rows]).to(device),
                      pos=take(self.pos, 0), dep=take(self.dep, 0), word=take(self.word, -1), head=take(self.head, -1),
-                     special=take(special, False))
+                     special=take(special, False), comma_or_period=take(punct, False))
 
 
 @dataclass
@@ -116,6 +125,7 @@ class Batch:
     word: torch.Tensor            # [B, T]
     head: torch.Tensor            # [B, T]
     special: torch.Tensor | None = None  # [B, T] bool: special pieces (BOS, [CLS], [SEP])
+    comma_or_period: torch.Tensor | None = None  # [B, T] bool: the token "." or "," (TokenArrays.comma_or_period)
 
     @property
     def shape(self):
@@ -250,8 +260,8 @@ class BatchContext:
 
 
 def norm_weighting_reason(attend_cfg, adapter) -> str | None:
-    """Why a run has no norm-weighted sums (off in the config, or a model family whose value path the adapter
-    does not know), or None when it has them."""
+    """Why a run has no norm-weighted sums (off in the config, or a model whose value path failed its invariant,
+    pipeline/models/invariants.py), or None when it has them."""
     if not attend_cfg.norm_weighting:
         return "attend.norm_weighting is false"
     return adapter.value_norms_reason
@@ -262,9 +272,14 @@ class LayerView:
     several metrics share. `prefix` is its weighting's: "" for attention, "norm." for norm-weighted."""
 
     prefix = ""
+    norms = None  # [B, H, T] the value norms ‖f_h(x_j)‖ (padding zeroed) where the pass has them, for a metric that
+    #               reports them beside attention (token_share, Kobayashi et al. 2020); None elsewhere
 
-    def __init__(self, batch: BatchContext, att: torch.Tensor, index: int, padding_masked: bool = True):
+    def __init__(self, batch: BatchContext, att: torch.Tensor, index: int, padding_masked: bool = True,
+                 norms: torch.Tensor | None = None):
         self.batch, self.index = batch, index
+        if norms is not None:
+            self.norms = norms.float().masked_fill(~batch.in_sentence[:, None, :], 0.0)
         self.att = att.float().masked_fill(~batch.in_sentence[:, None, :, None], 0.0) if padding_masked else att
         self.H = att.shape[1]
 
@@ -359,7 +374,7 @@ class Reduction:
 
     def layer(self, ctx: BatchContext, att: torch.Tensor, index: int, names, pairs,
               norms: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        view = LayerView(ctx, att, index)
+        view = LayerView(ctx, att, index, norms=norms)
         per_sentence = self.reduce(view, self.metrics, names, pairs)
         if norms is not None:
             per_sentence.update(self.reduce(view.norm_weighted(norms), self.norm_metrics, names, pairs))

@@ -2,10 +2,12 @@
 (the files it reads and writes) and hands the list to an executor with a worker factory: a picklable
 callable that builds, once per process, the worker that holds the expensive state (spaCy, the
 model). A worker computes a unit, writes its outputs atomically with their checksums, and returns
-small counts. A unit is finished when its outputs are all present and verified and were made from
-its inputs as they are now (their checksums, stamped beside the first output when the unit is
-done): such a unit is skipped, so a killed run resumes where it stopped, and a part whose input
-changed is made again. A unit computed twice (a retried worker) writes the same files again, and
+small counts. A unit is finished when its outputs are all present and verified and its stamp (beside
+the first output, written when the unit is done) names this output directory's plan (pipeline/parts.py:
+this run, this stage's fingerprint), this part, its inputs as they are now and these very outputs (their
+checksums): such a unit is skipped, so a killed run resumes where it stopped, a part whose input changed
+is made again, and a valid part copied over another with its sidecar (right bytes, wrong place) is made
+again and counted as damaged, never read as data. A unit computed twice (a retried worker) writes the same files again, and
 the merge reads each unit's files once, so nothing is lost or counted twice.
 
 `LocalExecutor` runs the units one after another in this process. `RayExecutor`
@@ -32,24 +34,50 @@ class WorkUnit:
     def stamp_path(self) -> Path:
         return self.outputs[0].parent / f".{self.outputs[0].name}.inputs"
 
-    def input_checksums(self) -> str:
+    def input_checksums(self) -> list:
         """The recorded checksums of its inputs (their sidecars: nothing is hashed again)."""
-        return "\n".join(io.checksum_path(p).read_text().strip() if io.checksum_path(p).is_file() else "" for p in self.inputs)
+        return [io.recorded_digest(p) for p in self.inputs]
+
+    def identity(self) -> dict:
+        """What this unit's outputs must be: made in this plan (run and fingerprint), as this part, from these inputs."""
+        from pipeline.parts import read_plan
+
+        plan = read_plan(self.outputs[0].parent)
+        return {"plan": plan.get("plan"), "fingerprint": plan.get("fingerprint"), "part": self.outputs[0].name,
+                "inputs": self.input_checksums()}
+
+    def record(self) -> dict:
+        return {**self.identity(), "outputs": {p.name: io.recorded_digest(p) for p in self.outputs}}
+
+    def _stamped(self) -> dict | None:
+        try:
+            stamp = io.read_json(self.stamp_path)
+        except (OSError, ValueError):
+            return None
+        return stamp if isinstance(stamp, dict) else None
 
     @functools.cached_property
     def done(self) -> bool:  # checked once: hashing a large result twice is waste
-        stamp = self.stamp_path
-        return (all(io.verify(p) for p in self.outputs) and stamp.is_file()
-                and stamp.read_text() == self.input_checksums())
+        stamp = self._stamped()
+        return (stamp is not None and stamp.get("plan") is not None and stamp == self.record()
+                and all(io.verify(p) for p in self.outputs))
 
     def stamp(self) -> None:
-        """Called once the unit's outputs are written: they were made from these inputs."""
-        io.write_text(self.input_checksums(), self.stamp_path, checksum=False)
+        """Called once the unit's outputs are written: they are this part, made from these inputs, in this plan."""
+        io.write_json(self.record(), self.stamp_path, checksum=False)
 
     @property
     def damaged(self) -> bool:
-        """An output is there but fails its checksum (not merely missing, as after a kill between two writes)."""
-        return any(p.exists() and not io.verify(p) for p in self.outputs)
+        """An output is there but fails its checksum, or is intact but not the file this unit stamped (another
+        part's or another run's, copied with its sidecar): not merely missing, as after a kill between two writes."""
+        if any(p.exists() and not io.verify(p) for p in self.outputs):
+            return True
+        stamp = self._stamped()
+        if stamp is None or not all(p.exists() for p in self.outputs):
+            return False
+        mine = self.record()
+        return stamp.get("part") != mine["part"] or stamp.get("plan") != mine["plan"] or (
+            stamp.get("inputs") == mine["inputs"] and stamp.get("outputs") != mine["outputs"])
 
 
 class Worker(Protocol):

@@ -86,6 +86,14 @@ def _write_small(path: Path, text: str) -> None:
             os.unlink(tmp)
 
 
+def recorded_digest(path: Path) -> str | None:
+    """The SHA-256 recorded beside `path` when it was written (its sidecar), without hashing the file; None if none."""
+    try:
+        return checksum_path(path).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
 def verify(path: Path) -> bool:
     """True when `path` exists and matches the checksum recorded when it was written."""
     path, recorded = Path(path), checksum_path(path)

@@ -17,9 +17,20 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 
 
+_HELD: dict[str, dict] = {}  # lock files this process holds: taking one again (the CLI, then the runner) is a no-op
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: Path):
+    """Held until the block ends. Re-entrant within a process: the CLI takes the lock before importing the heavy
+    modules, so a second run is refused at once, and the runner's own `run_lock` then finds it held. (A second
+    lockf on another descriptor would succeed, and closing that descriptor would drop the process's lock.)"""
+    run_dir = Path(run_dir)
     path = run_dir / ".lock"
+    key = os.path.realpath(path)
+    if key in _HELD:
+        yield _HELD[key]
+        return
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -38,7 +49,11 @@ def run_lock(run_dir: Path):
                   "command": " ".join(sys.argv)}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
-        yield holder
+        _HELD[key] = holder
+        try:
+            yield holder
+        finally:
+            _HELD.pop(key, None)
     finally:
         os.close(fd)  # releases the lock
 

@@ -10,9 +10,12 @@ answer is a one-line error within `executor.connect_timeout_s`, never a hang."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import socket
+import sys
+import tempfile
 import time
 from typing import Callable
 
@@ -33,6 +36,24 @@ def _check_reachable(address: str, timeout_s: float) -> None:
     except OSError as e:
         raise PipelineError(f"the Ray cluster at {address} does not answer ({e.strerror or e}): start it with "
                             f"`ray start --head --port {port}` there, or set executor.address") from None
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Ray's C++ core writes its connection retries straight to file descriptor 2 ("Failed to connect to GCS ...");
+    while joining a cluster they go to a discarded temporary file, so that a failure is our one line alone."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def connect(cfg):
@@ -56,9 +77,11 @@ def connect(cfg):
             if cfg.address is None or cfg.address == "local":
                 ray.init(address="local", include_dashboard=False, **kwargs)
             else:
-                ray.init(address=cfg.address, **kwargs)
+                with _quiet_native_stderr():
+                    ray.init(address=cfg.address, **kwargs)
         except (ConnectionError, ValueError, RuntimeError) as e:
-            raise PipelineError(f"cannot join the Ray cluster at {cfg.address}: {str(e).splitlines()[0]}") from None
+            raise PipelineError(f"cannot join the Ray cluster at {cfg.address} within executor.connect_timeout_s "
+                                f"({cfg.connect_timeout_s:g}s): {str(e).splitlines()[0]}") from None
         atexit.register(ray.shutdown)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False

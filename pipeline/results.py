@@ -35,11 +35,14 @@ PARTED = ("sentences", "tokens")  # corpus-sized tables, written in parts
 
 def load(run: str | Path, data_dir: str | Path = "data", tables: tuple[str, ...] | None = None) -> dict[str, pl.DataFrame]:
     """{table name: DataFrame} for every result table of the run (head_metrics, pos_share, ...), or for
-    the named ones that exist. The corpus-sized tables (sentences, tokens) only when named: `scan` them."""
+    the named ones that exist. The corpus-sized tables (sentences, tokens) only when named: `scan` them.
+    Every table is checked first: a damaged table, or one that is not the file its stage wrote in this run,
+    is one PipelineError naming the file and the stage that rebuilds it, never returned as data."""
     run_dir = resolve_run_dir(run, data_dir)
     paths = sorted(run_dir.glob("*.parquet")) if tables is None else [
         run_dir / f"{t}.parquet" for t in tables if (run_dir / f"{t}.parquet").is_file()]
-    out = {p.stem: read_table(p) for p in paths}
+    state = _state(run_dir)
+    out = {p.stem: checked_table(p, run_dir, state) for p in paths}
     out.update({t: scan(run_dir, t).collect() for t in (tables or ()) if t in PARTED and (run_dir / t).is_dir()})
     return out
 
@@ -66,6 +69,35 @@ def scan(run: str | Path, table: str, data_dir: str | Path = "data", pool: bool 
     from pipeline import parts
 
     return parts.scan(resolve_run_dir(run, data_dir) / table, pool)
+
+
+def _state(run_dir: Path) -> dict:
+    try:
+        state = io.read_json(run_dir / "run.json")
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def writer(state: dict, name: str) -> str | None:
+    """The stage whose record in run.json lists the file `name` (relative to the run directory)."""
+    return next((stage for stage, entry in state.get("stages", {}).items() if name in entry.get("files", {})), None)
+
+
+def checked_table(path: Path, run_dir: Path, state: dict) -> pl.DataFrame:
+    """A table of the run, read only if it is intact (its checksum sidecar) and the very file its stage recorded
+    in run.json; otherwise one line naming the file and the stage that rebuilds it."""
+    name = str(path.relative_to(run_dir))
+    stage = writer(state, name)
+    rebuild = (f"rerun stage {stage!r} (python -m pipeline run --config CONFIG --stages {stage})" if stage
+               else "rerun the stage that writes it")
+    if not io.verify(path):
+        raise PipelineError(f"{path} is damaged (missing checksum, or changed since written): {rebuild}")
+    recorded = state.get("stages", {}).get(stage, {}).get("files", {}).get(name) if stage else None
+    if recorded is not None and recorded != io.recorded_digest(path):
+        raise PipelineError(f"{path} is not the table stage {stage!r} wrote in this run (another run's, or an older "
+                            f"one): {rebuild}")
+    return read_table(path)
 
 
 def read_table(path: Path) -> pl.DataFrame:

@@ -1,5 +1,5 @@
-"""Head roles (head_roles.parquet) and the attention sink rate of Gu et al. (2024), from the head and
-layer tables, with the thresholds of `aggregate.roles` (pipeline/config.py RolesConfig).
+"""Head roles (head_roles.parquet) and the pooled attention sink rate, from the head and layer tables, with
+the thresholds of `aggregate.roles` (pipeline/config.py RolesConfig).
 
 A head meets each criterion or not (a value that is undefined, NaN, meets none):
   sink        null_share ≥ sink_null_share (0.9): nearly all its attention goes to position 0
@@ -14,23 +14,25 @@ offset explains a head more simply than syntax does (a previous-piece head align
 because adjacent words are often related); broad is relative to the other heads, so it comes last.
 Every criterion is also its own boolean column, so a head meeting several hides none.
 
-The sink rate (Gu et al. 2024, "When Attention Sink Emerges in Language Models"): the share of heads
-whose mean attention to the first position exceeds ε (sink_rate_epsilon, 0.3). null_share is that
-mean: Σ α_i0 / Σ_j α_ij over rows i ≥ 1, and each row sums to 1, so it is the mean of α_i0 over the
-attending pieces of the corpus, pooled over sentences. Gu et al. average α_k over all queries of a
-sequence, the first token's own row (α_00 = 1) included: on a sentence of n pieces theirs is
-(1 + (n − 1)·ours)/n, a little higher."""
+Sinks, two ways. `sink_frequency` (pipeline/metrics/sink_rate.py) is Gu et al. (2024)'s per-sequence criterion:
+the share of sentences on which the head's attention to the first token, averaged over all query rows (the first
+token's own included), exceeds attend.sink_epsilon; its mean over heads is their sink rate (finding sink_rate).
+`above_sink_epsilon` is the pooled variant: null_share (Σ α_i,null / Σ_j α_ij over the attending rows of the whole
+corpus: rows i ≥ 1 of a decoder; [CLS] and [SEP] for an encoder) > sink_rate_epsilon (0.3), once per head; its share
+of heads is the finding sink_rate_pooled. The two differ: pooling weighs long sentences more, leaves out the first
+token's own row (α_00 = 1, which lifts Gu et al.'s score by about 1/n on a sentence of n pieces), and thresholds a
+corpus mean instead of counting sentences."""
 
 from __future__ import annotations
 
 import numpy as np
 import polars as pl
 
-from pipeline.metrics.base import Finding
+from pipeline.metrics.base import NO_INTERVAL_EXTREME, Finding
 
 ROLES = ("sink", "positional", "syntactic", "broad", "mixed")  # in precedence order; mixed: none of the others
 SCHEMA = {"layer": pl.Int32, "head": pl.Int32, "role": pl.String, "is_sink": pl.Boolean, "is_positional": pl.Boolean,
-          "is_syntactic": pl.Boolean, "is_broad": pl.Boolean, "above_sink_epsilon": pl.Boolean,
+          "is_syntactic": pl.Boolean, "is_broad": pl.Boolean, "above_sink_epsilon": pl.Boolean, "sink_frequency": pl.Float64,
           "null_share": pl.Float64, "max_offset_share": pl.Float64, "argmax_offset": pl.Float64,
           "dep_align_either": pl.Float64, "syntactic_threshold": pl.Float64, "mean_entropy": pl.Float64,
           "broad_entropy_threshold": pl.Float64}
@@ -73,15 +75,16 @@ def head_roles(heads: pl.DataFrame, layers: pl.DataFrame, cfg) -> pl.DataFrame:
     return pl.DataFrame({
         "layer": heads["layer"].cast(pl.Int32), "head": heads["head"].cast(pl.Int32), "role": role.astype(str),
         **{f"is_{name}": value for name, value in criteria.items()},
-        "above_sink_epsilon": above(null, cfg.sink_rate_epsilon),
+        "above_sink_epsilon": above(null, cfg.sink_rate_epsilon), "sink_frequency": _values(heads, "sink_frequency"),
         "null_share": null, "max_offset_share": offset_share, "argmax_offset": _values(heads, "argmax_offset"),
         "dep_align_either": dep, "syntactic_threshold": syntactic_threshold, "mean_entropy": entropy,
         "broad_entropy_threshold": np.full(heads.height, broad_threshold)}, schema=SCHEMA)
 
 
-def sink_rate(heads: pl.DataFrame, epsilon: float) -> Finding:
-    """Gu et al. (2024): the share of heads (of those with a defined null share) whose mean attention to the
-    first position exceeds ε."""
+def sink_rate_pooled(heads: pl.DataFrame, epsilon: float) -> Finding:
+    """The pooled sink rate (not Gu et al.'s per-sequence one, pipeline/metrics/sink_rate.py): the share of heads (of
+    those with a defined null share) whose null share, pooled over the corpus, exceeds ε."""
     null = _values(heads, "null_share")
     n = int((~np.isnan(null)).sum())
-    return Finding("sink_rate", float(above(null, epsilon).sum() / n) if n else float("nan"), n=n)
+    return Finding("sink_rate_pooled", float(above(null, epsilon).sum() / n) if n else float("nan"), n=n,
+                   interval_note=NO_INTERVAL_EXTREME)

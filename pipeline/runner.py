@@ -19,7 +19,7 @@ from pipeline.config import Config
 from pipeline.config import fingerprint as content_hash
 from pipeline.errors import PipelineError
 from pipeline.lock import run_lock
-from pipeline.stage import ConfigView, StageContext, stage_fingerprint
+from pipeline.stage import ConfigView, StageContext, stage_config, stage_fingerprint
 from stages import STAGE_NAMES, load_stages
 
 PACKAGES = ("torch", "transformers", "tokenizers", "spacy", "datasets", "pyarrow", "polars", "numpy",
@@ -161,18 +161,33 @@ def read_state(path: Path, echo) -> dict:
     return {}
 
 
+def settle_config(state: dict, fingerprints: dict[str, str], invocation: dict) -> None:
+    """The top-level config of run.json describes every finished stage's tables, or is null: when a partial
+    run (--stages) left finished stages made with another config, their names are listed under
+    `config_mismatch`, and each stage's own entry keeps the config values it read and its fingerprint."""
+    stale = sorted(name for name, entry in state.get("stages", {}).items()
+                   if entry.get("status") == "done" and entry.get("fingerprint") != fingerprints.get(name))
+    if stale:
+        state.update({"config": None, "config_file": None, "overrides": None, "config_mismatch": {
+            "stages": stale, "note": "these stages' tables were made with another config than the last run's: "
+                                     "see stages.<name>.config; run all stages to make the run one config's"}})
+    else:
+        state.update(invocation)
+        state.pop("config_mismatch", None)
+
+
 def _run_locked(cfg, selected, modules, graph, fingerprints, force, config_file, overrides, echo) -> Run:
     state = read_state(cfg.run_dir / "run.json", echo)
+    invocation = {"config": cfg.model_dump(mode="json"), "config_file": config_file, "overrides": list(overrides)}
+    git = git_commit()
     state.update({
         "run_name": cfg.run_name,
-        "config": cfg.model_dump(mode="json"),
-        "config_file": config_file,
-        "overrides": list(overrides),
         "versions": package_versions(),
-        "git": git_commit(),
+        "git": git,
         "platform": {"machine": platform.machine(), "system": platform.system(), "cpus": os.cpu_count()},
     })
     state.setdefault("stages", {})
+    settle_config(state, fingerprints, invocation)
     run = Run(cfg, state)
     by_name = {s.NAME: s for s in modules}
     for stage in modules:
@@ -191,7 +206,10 @@ def _run_locked(cfg, selected, modules, graph, fingerprints, force, config_file,
             continue
         echo(f"[{stage.NAME}] running (fingerprint {fingerprint}): {why}")
         state["stages"][stage.NAME] = {"fingerprint": fingerprint, "status": "running",
-                                       "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+                                       "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                                       "config": stage_config(stage, cfg), "config_file": config_file,
+                                       "overrides": list(overrides), "git": git}
+        settle_config(state, fingerprints, invocation)
         run.record("stages", state["stages"])
         started = time.perf_counter()
         counts = stage.run(run.context(stage, fingerprint, force))
@@ -199,6 +217,7 @@ def _run_locked(cfg, selected, modules, graph, fingerprints, force, config_file,
         state["stages"][stage.NAME].update({"status": "done", "seconds": round(seconds, 2), "counts": counts,
                                             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                                             "files": run.manifest(stage), "inputs": run.inputs_digest(graph[stage.NAME])})
+        settle_config(state, fingerprints, invocation)
         run.record("stages", state["stages"])
         text = stage.summary(counts) if hasattr(stage, "summary") else ", ".join(f"{k}={v}" for k, v in counts.items())
         echo(f"[{stage.NAME}] done in {seconds:.1f}s: {text}")

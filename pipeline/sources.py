@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -173,7 +174,39 @@ def _open_url(url: str):
     return fsspec.open(url, "rb")
 
 
-def _records(cfg: CorpusConfig, counts: SourceCounts, seed: int):
+SHOWN_LINES = 5  # line numbers of skipped JSONL lines kept in the counts and shown in the warning
+
+
+def _jsonl_records(path: Path, text_field: str, counts: SourceCounts, warn: bool) -> Iterator[dict]:
+    """JSON Lines, streamed. A line that is not a JSON object, or whose text field is not a string (or null), is
+    skipped and counted with its line number (`jsonl_lines_skipped`, the first few in `jsonl_skipped_lines`), as
+    other bad input is; a record without the field at all is a config mistake: one line."""
+    skipped: list[int] = []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            line = raw.decode("utf-8", errors="replace").strip()  # undecodable bytes: the paragraph is skipped later
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict) and text_field not in record:
+                raise PipelineError(f"corpus records have no field {text_field!r} (line {number}; fields: {sorted(record)})")
+            if not isinstance(record, dict) or not isinstance(record[text_field], (str, type(None))):
+                skipped.append(number)
+                continue
+            yield record
+    if skipped:
+        counts.extra["jsonl_lines_skipped"] = len(skipped)
+        counts.extra["jsonl_skipped_lines"] = skipped[:SHOWN_LINES]
+        if warn:
+            log.warning("corpus file %s: %d line(s) skipped, not a JSON object with a string %r (line%s %s%s)", path,
+                        len(skipped), text_field, "s" if len(skipped) > 1 else "",
+                        ", ".join(map(str, skipped[:SHOWN_LINES])), ", ..." if len(skipped) > SHOWN_LINES else "")
+
+
+def _records(cfg: CorpusConfig, counts: SourceCounts, seed: int, warn: bool = True):
     """The source's records (dicts with the text field and maybe a title)."""
     import datasets
 
@@ -185,13 +218,14 @@ def _records(cfg: CorpusConfig, counts: SourceCounts, seed: int):
     if cfg.source == "parquet":
         return _sampled_records(parquet_files(cfg.path), functools.partial(open, mode="rb"), cfg, seed, counts)
     path = _require_file(cfg.path)
-    builder = {"text": "text", "jsonl": "json"}[cfg.source]
-    kwargs = {"sample_by": "paragraph", "encoding_errors": "replace"} if builder == "text" else {}
-    return datasets.load_dataset(builder, data_files=str(path), split="train", streaming=True, **kwargs)
+    if cfg.source == "jsonl":
+        return _jsonl_records(path, cfg.text_field, counts, warn)
+    return datasets.load_dataset("text", data_files=str(path), split="train", streaming=True, sample_by="paragraph",
+                                 encoding_errors="replace")
 
 
-def _record_documents(cfg: CorpusConfig, counts: SourceCounts, seed: int) -> Iterator[tuple[str, list[str]]]:
-    for record in _records(cfg, counts, seed):
+def _record_documents(cfg: CorpusConfig, counts: SourceCounts, seed: int, warn: bool = True) -> Iterator[tuple[str, list[str]]]:
+    for record in _records(cfg, counts, seed, warn):
         counts.records += 1
         if cfg.text_field not in record:
             raise PipelineError(f"corpus records have no field {cfg.text_field!r} (fields: {sorted(record)})")
@@ -199,12 +233,13 @@ def _record_documents(cfg: CorpusConfig, counts: SourceCounts, seed: int) -> Ite
         yield str(record.get("title", "") or ""), text.split("\n")
 
 
-def _documents(cfg: CorpusConfig, seed: int, counts: SourceCounts) -> Iterator[Document]:
-    """The source's documents with text, numbered in source order."""
+def _documents(cfg: CorpusConfig, seed: int, counts: SourceCounts, warn: bool = True) -> Iterator[Document]:
+    """The source's documents with text, numbered in source order (warn: say what was skipped; the counting pass
+    of a sample does not)."""
     if cfg.source == "wikitext_raw":
         raw = ((t, [detokenize_wikitext(p) for p in ps]) for t, ps in _wikitext_documents(_require_file(cfg.path), counts))
     else:
-        raw = _record_documents(cfg, counts, seed)
+        raw = _record_documents(cfg, counts, seed, warn)
     doc_id = 0
     try:
         for title, paragraphs in raw:
@@ -227,7 +262,7 @@ def iter_documents(cfg: CorpusConfig, seed: int, counts: SourceCounts) -> Iterat
     count their documents so that the sample is uniform over the whole file."""
     keep = None
     if cfg.source not in ("hub", "parquet") and cfg.max_documents:
-        n = sum(1 for _ in _documents(cfg, seed, SourceCounts()))
+        n = sum(1 for _ in _documents(cfg, seed, SourceCounts(), warn=False))
         if cfg.max_documents < n:
             keep = set(np.random.default_rng(seed).choice(n, cfg.max_documents, replace=False).tolist())
     for doc in _documents(cfg, seed, counts):

@@ -34,7 +34,7 @@ VERSION = 1
 INPUTS = ("attend", "tokens", "sentences")
 CONFIG = ("aggregate",)
 FINDINGS_COLUMNS = {"statistic": pl.String, "value": pl.Float64, "p_value": pl.Float64, "n": pl.Int64,
-                    "paper_value": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64}
+                    "paper_value": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "interval_note": pl.String}
 
 
 def weighted(schema: dict) -> dict:
@@ -159,14 +159,17 @@ def replicate_findings(sums: Sums, active: list, boot: dict, heads: pl.DataFrame
 
 def findings_table(findings: list[Finding], replicates: dict[str, list[float]]) -> pl.DataFrame:
     """A finding whose replicates all equal its value rests on sums the bootstrap does not replicate (only head-level
-    sums are): it gets no interval rather than a false one of zero width."""
+    sums are): it gets no interval rather than a false one of zero width. An extreme over heads or layers (a
+    maximum, an argmax: Finding.interval_note) gets none either: the percentile bootstrap of a maximum is biased
+    and its interval does not cover at its nominal level; the note says so."""
     rows = []
     for f in findings:
         values = np.asarray(replicates.get(f.statistic, []), dtype=np.float64)
         varies = values.size and not np.all((values == f.value) | (np.isnan(values) & np.isnan(f.value)))
-        low, high = bootstrap.interval(values) if varies else (None, None)
+        low, high = bootstrap.interval(values) if varies and f.interval_note is None else (None, None)
+        note = f.interval_note if f.interval_note is not None else (None if varies else "no interval: not bootstrapped")
         rows.append((f.statistic, f.value, f.p_value, f.n, f.paper_value, None if low is None else float(low),
-                     None if high is None else float(high)))
+                     None if high is None else float(high), note))
     return pl.DataFrame(rows, schema=FINDINGS_COLUMNS, orient="row")
 
 
@@ -178,7 +181,7 @@ def weighting_tables(sums: Sums, weighting: str, active: list, inputs: dict) -> 
     heads, layers = head_table(sums, active, boot), layer_table(sums, active, boot)
     tables = {"head_metrics": heads, "layer_metrics": layers}
     inputs = {**inputs, "head_metrics": heads, "layer_metrics": layers}
-    findings = [roles.sink_rate(heads, roles_cfg.sink_rate_epsilon)]  # Gu et al. (2024), from null_share
+    findings = [roles.sink_rate_pooled(heads, roles_cfg.sink_rate_epsilon)]  # from null_share; Gu et al.'s: sink_rate metric
     for m in registry():
         if weighting != "attention" and not m.norm_weighting:
             continue

@@ -9,7 +9,7 @@ at the first missing part, and the corpus statistics are the merged counts of al
 Output `tokens/part-NNNNN.parquet`, one row per model piece: sentence_id, position, token_id, piece,
 char_start, char_end, word_index (-1: no word), pos (Universal POS, spaCy pos_), tag, dep,
 head_word_index. A piece with no word (trailing whitespace) gets pos SPACE, tag _SP, dep "_"; the
-special pieces put around a sentence (model.prepend_bos: a BOS piece at position 0 with pos/tag BOS;
+special pieces put around a sentence (model.bos, resolved: a BOS piece at position 0 with pos/tag BOS;
 model.add_special_tokens, by default for encoders: the tokenizer's own, such as BERT's [CLS] before
 and [SEP] after, with the piece as pos/tag) get word_index -1 and dep "_". `tokens/meta.json` lists
 the parts and the tag vocabularies, which come from the spaCy model's label sets (known before any
@@ -31,8 +31,8 @@ from pipeline.alignment import align_pieces
 from pipeline.config import fingerprint as content_hash
 from pipeline.errors import PipelineError
 from pipeline.executor import Resources, WorkUnit, make_executor, tqdm_bar
-from pipeline.models.loading import (SpecialPieces, load_tokenizer, local_identity, max_positions, resolve_source,
-                                     special_pieces, tokenizer_source)
+from pipeline.models.loading import (SpecialPieces, bos_record, load_tokenizer, local_identity, max_positions,
+                                     resolve_source, special_pieces, tokenizer_source)
 from pipeline.nlp import installed_version, load_spacy, processes, spacy_identity
 from pipeline.parts import PartedOutput, is_pool, part_paths, read_part
 from pipeline.stage import Output, check_schema
@@ -46,7 +46,7 @@ TOKENS_SCHEMA = {"sentence_id": pl.Int64, "position": pl.Int64, "token_id": pl.I
                  "tag": pl.String, "dep": pl.String, "head_word_index": pl.Int64}
 OUTPUTS = (Output("tokens", TOKENS_SCHEMA), Output("corpus_stats.parquet", STATS_SCHEMA))
 CONFIG = ("corpus.spacy_model", "annotate", "model.name", "model.gguf_file", "model.tokenizer",
-          "model.revision", "model.prepend_bos", "model.add_special_tokens", "model.too_long")
+          "model.revision", "model.bos", "model.add_special_tokens", "model.too_long")
 TUNING = ("annotate.batch_size", "annotate.n_process", "executor")
 
 
@@ -252,7 +252,9 @@ def run(ctx) -> dict:
     cfg = ctx.cfg
     nlp = load_spacy(cfg.corpus.spacy_model, purpose="parse")
     ctx.record("spacy", spacy_identity(nlp))
-    special = special_pieces(cfg.model, load_tokenizer(cfg.model))
+    tok = load_tokenizer(cfg.model)
+    special = special_pieces(cfg.model, tok)
+    ctx.record("bos", bos_record(cfg.model, tok, special))  # what position 0 is: compare warns when two runs differ
     ctx.record("special_pieces", {"before": list(special.before), "after": list(special.after),
                                   "tags": special.tag_set()})
     vocab = label_sets(nlp, special)

@@ -32,6 +32,8 @@ from pipeline.errors import PipelineError
 from pipeline.executor import Resources, WorkUnit, make_executor, tqdm_bar
 from pipeline.models import load_adapter, resolve_device
 from pipeline.models.loading import local_identity, resolve_source
+from pipeline.models.tokenizer_check import check_model_tokenizer
+from pipeline.models.memory import plan_attend
 from pipeline.parts import PartedOutput, is_pool, part_paths, read_meta, read_part, scan_parts
 from pipeline.stage import Output
 from pipeline.sums import Sums
@@ -64,6 +66,21 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def first_batch_invariants(adapter, inputs: list, vocab: dict) -> dict:
+    """The model's invariants (attention, norm weighting, logit lens) at load and on the run's first batch (the first
+    part's shortest sentence and its shortest longer one, so that the batch is padded as the engine pads it):
+    {"load": ..., "first_batch": ...}, each invariant passed, failed at load (its measurement off, the reason in the
+    metric status) or not applicable; failing on the first batch refuses the run."""
+    checks = {"load": adapter.certificate}
+    arrays = TokenArrays.from_frame(read_part(inputs[0]), vocab["pos_vocab"], vocab["dep_vocab"]) if inputs else None
+    if arrays is not None and len(arrays.lengths) and int(arrays.token_id.max()) < adapter.vocab_size:
+        order = arrays.length_order()
+        longer = order[arrays.lengths[order] > arrays.lengths[order[0]]]
+        batch = arrays.batch([*order[:1], *(longer[:1] if len(longer) else order[1:2])], adapter.device)
+        checks["first_batch"] = adapter.check_invariants(batch.input_ids, batch.attention_mask)
+    return checks
 
 
 PASSES = ("first", "main", "exemplars")
@@ -117,22 +134,32 @@ def run(ctx) -> dict:
                     for p in every}
     per_part = [sentences_in[p] for p in inputs]
     row_width = int(scan_parts(every).select(pl.col("position").max()).collect(engine="streaming").item() or 0) + 1
+    # before loading: the memory estimate (may lower the token budget) and attend.logit_lens_sample: auto resolved
+    pieces = int(scan_parts(inputs).select(pl.len()).collect(engine="streaming").item()) if inputs else 0
+    cfg, plan, lines = plan_attend(cfg, row_width, sum(per_part), pieces / max(sum(per_part), 1))
+    for line in lines:
+        print(f"[attend] {line}", flush=True)
+    ctx.record("attend_plan", plan)
+    a = cfg.attend
 
     # the driver's copy: identity and shapes (the local executor's worker reuses it; with Ray, the actors hold
     # the models, and the driver's stays on the CPU)
     adapter = model_adapter(cfg, "cpu" if cfg.executor.kind == "ray" else None)
+    check_model_tokenizer(adapter, cfg.model)  # a tokenizer of another model: refused before any forward pass
     identity = adapter.identity()
+    checks = first_batch_invariants(adapter, inputs, vocab)  # refuses a model that fails one (pipeline/models/invariants.py)
     norm_reason = norm_weighting_reason(a, adapter)  # the same test the workers' passes make
     null_pieces = null_rule(a, adapter.causal)
     if null_pieces == "special" and not any(is_special_tag(t) for t in vocab["pos_vocab"]):
         raise PipelineError("attend.null_pieces is 'special' (an encoder's default) but the tokens have no special pieces: "
-                            "set model.add_special_tokens (or model.prepend_bos), or attend.null_pieces: first")
+                            "set model.add_special_tokens (or model.bos: always), or attend.null_pieces: first")
     status = {**metrics.status(a, adapter), metrics.NORM_WEIGHTING: "enabled" if norm_reason is None else f"disabled: {norm_reason}"}
     ctx.record("model", identity)
     ctx.record("device", {"type": adapter.device.type, "torch_threads": torch.get_num_threads(),
                           "name": torch.cuda.get_device_name(adapter.device) if adapter.device.type == "cuda" else None})
     ctx.record("metrics", status)
     ctx.record("null_pieces", null_pieces)
+    ctx.record("invariants", checks)
     executor = make_executor(cfg.executor, tqdm_bar("sent"))
     resources = Resources(model=True, gpus=cfg.executor.gpus_per_worker)  # GPUs: where the cluster has them
 
@@ -167,7 +194,8 @@ def run(ctx) -> dict:
     pool_seconds = time.perf_counter() - pool_started
     out.finish({"parts": [u.outputs[0].name for u in units + pool_units], "sentences": int(sum(per_part)), **vocab,
                 "num_layers": adapter.num_layers, "num_heads": adapter.num_heads, "metrics": status,
-                "exemplars_per_head": a.exemplars_per_head, "model": identity, "null_pieces": null_pieces})
+                "exemplars_per_head": a.exemplars_per_head, "model": identity, "null_pieces": null_pieces,
+                "invariants": checks})
     halved = sum(c["batches_halved_oom"] for r in (first_report, report, pool_report) if r for c in r.counts.values())
     return {
         "sentences": int(sum(per_part)), "parts": len(units), "parts_resumed": report.resumed,

@@ -217,8 +217,13 @@ def run(ctx) -> dict:
     split.finish({"parts": [u.outputs[0].name for u in units]})
     totals = {k: sum(c[k] for c in split_counts) for k in SPLIT_COUNTS}
     if totals["sentences_after_filters"] == 0:
+        too_long = totals["paragraphs_too_long_skipped"]
+        limit = load_spacy(cfg.corpus.spacy_model, purpose="sentences").max_length
         raise PipelineError(f"no sentences left after filtering {totals['sentences_split']} split sentences "
-                            "(check corpus.min_words, min_pieces, max_pieces, require_terminal_punctuation)")
+                            "(check corpus.min_words, min_pieces, max_pieces, require_terminal_punctuation)"
+                            + (f"; {too_long} paragraph(s) were skipped for spaCy's max_length ({limit:,} characters): "
+                               "break the text into paragraphs (blank lines between them in a text file, newlines "
+                               "inside a record's text in JSONL or Parquet)" if too_long else ""))
     sentences = select_sentences(cfg, [u.outputs[0] for u in units], [c["sentences_after_filters"] for c in split_counts],
                                  PartedOutput(ctx.output_path("sentences"), ctx.fingerprint, ctx.force))
     return {

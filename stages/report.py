@@ -19,7 +19,8 @@ from pipeline.metrics import NORM_WEIGHTING, registry, weightings
 from pipeline.report import NORM_FIGURE, figure_specs
 from pipeline.report import claims as claims_check
 from pipeline.report import figures
-from pipeline.report.html import embedded_png, escape, page, render_exemplar, table
+from pipeline.report.compare import position_zero
+from pipeline.report.html import claims_table, embedded_png, escape, page, render_exemplar, table
 from pipeline.report.views import views_section
 from pipeline.results import info as run_info
 from pipeline.parts import scan
@@ -88,6 +89,28 @@ def draw_all(tables: dict[str, pl.DataFrame], out: Path, formats, status: dict) 
     return drawn
 
 
+def claims_intro(claims: pl.DataFrame) -> str:
+    """How to read the claims table: the verdicts, the tolerance, and the bootstrap interval (what it covers, and why
+    some statistics have none)."""
+    held = claims.filter(pl.col("applicable"))
+    count = (f"<p><b>{int(held['holds'].sum())} of {held.height}</b> applicable claims hold"
+             f" ({claims.height - held.height} not applicable).</p>")
+    return count + (
+        "<p>Each row is a sentence of the paper, quoted, with where it stands. <i>holds</i> judges it as the paper states "
+        "it: the paper's own thresholds (\"over 97%\" is ≥ 0.97), the numbers it reports within a <i>tolerance</i> band "
+        "(this run may differ from the paper in model, corpus and spaCy version), and its qualitative point; "
+        "<i>direction</i> judges the qualitative point alone (a sign, an ordering, a head's rank), where the sentence has "
+        "one apart from its number. Open <i>criterion</i> under a sentence for exactly what is tested. Layer spans are "
+        "scaled to the model's depth; claims about named GPT-2 heads apply only to GPT-2 small.</p>"
+        "<p><i>95% interval</i>: a bootstrap over sentences (attend.bootstrap_replicates): how far this run's number "
+        "moves with another sample of sentences from the same corpus, the model, tokenizer and parser fixed. "
+        "<i>Inside</i> means the paper's number lies in it, so the difference from the paper is within this run's "
+        "sampling error; <i>outside</i> means sentence sampling alone does not explain it (another model, corpus or "
+        "parser may). It is shown only where a percentile interval is valid: for a maximum, a count above a threshold, "
+        "an argmax or a rank over heads or layers it is not (the bootstrap distribution of an extreme does not cover "
+        "it), and the row says so instead.</p>")
+
+
 def build_index(tables, state: dict, drawn: dict, claims: pl.DataFrame, exemplar_heads) -> str:
     model = state.get("model", {})
     stages = state.get("stages", {})
@@ -103,12 +126,15 @@ def build_index(tables, state: dict, drawn: dict, claims: pl.DataFrame, exemplar
                   f"{model.get('num_parameters', 0):,}", str(model.get("weights_sha256", ""))[:16],
                   str(counts.get("device")), str(annotate.get("sentences")), str(annotate.get("pieces")),
                   str(state.get("git", {}).get("commit"))]})
+    overview = pl.concat([overview, pl.DataFrame({"item": ["position 0 (model.bos)"], "value": [position_zero(state)]})])
     parts.append(table(overview))
-    timing = pl.DataFrame({"stage": list(stages), "seconds": [s.get("seconds") for s in stages.values()],
-                           "status": [s.get("status") for s in stages.values()],
-                           "fingerprint": [s.get("fingerprint") for s in stages.values()]},
+    finished = {name: s for name, s in stages.items() if name != NAME}  # this stage is still writing this page
+    timing = pl.DataFrame({"stage": list(finished), "seconds": [s.get("seconds") for s in finished.values()],
+                           "status": [s.get("status") for s in finished.values()],
+                           "fingerprint": [s.get("fingerprint") for s in finished.values()]},
                           schema={"stage": pl.String, "seconds": pl.Float64, "status": pl.String, "fingerprint": pl.String})
-    parts.append("<h3>Stage timings</h3>" + table(timing, 1))
+    parts.append("<h3>Stage timings</h3>" + table(timing, 1)
+                 + f"<p>The {NAME} stage itself is not listed: it was writing this page (its time is in run.json).</p>")
     if state.get("metrics"):
         metrics = pl.DataFrame({"metric": list(state["metrics"]), "status": list(state["metrics"].values())})
         parts.append("<h3>Metrics</h3>" + table(metrics))
@@ -116,12 +142,7 @@ def build_index(tables, state: dict, drawn: dict, claims: pl.DataFrame, exemplar
                  + escape(yaml.safe_dump({"config": state.get("config"), "versions": state.get("versions")}, sort_keys=False))
                  + "</pre></details>")
     parts.append("<h2 id='findings'>Findings</h2>" + table(tables["findings"]))
-    parts.append("<h2 id='claims'>The paper's claims, checked on this run</h2><p>Each claim is checked as the paper states "
-                 "it: <i>holds</i> means its numbers lie within the <i>tolerance</i> band (this run may differ from the paper "
-                 "in model, corpus and spaCy version) and its qualitative point holds too; <i>direction holds</i> judges the "
-                 "qualitative point alone (a sign, an ordering, a head's rank) and is blank where the sentence has none apart "
-                 "from its number. Layer spans are scaled to the model's depth; claims about named GPT-2 heads apply only to "
-                 "GPT-2 small.</p>" + table(claims))
+    parts.append("<h2 id='claims'>The paper's claims, checked on this run</h2>" + claims_intro(claims) + claims_table(claims))
     stats = tables.get("corpus_stats")
     if stats is not None:
         parts.append("<h2 id='corpus'>Corpus statistics</h2>" + table(stats.filter(pl.col("paper_value").is_not_null())))

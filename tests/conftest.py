@@ -83,7 +83,7 @@ def make_config(tmp_path: Path, model_dir: Path, corpus_path: Path, *overrides: 
         "corpus": {"source": "text", "path": str(corpus_path), "spacy_model": SPACY_MODEL,
                    "min_words": 3, "min_pieces": 3, "part_documents": 2, "part_sentences": 5},
         "model": {"name": str(model_dir), "device": "cpu"},
-        "attend": {"token_budget": 128, "exemplars_per_head": 3},
+        "attend": {"token_budget": 128, "exemplars_per_head": 3, "logit_lens_sample": 1.0},  # auto: tests/test_large_models.py
     }
     return load_config(data=data, overrides=list(overrides))
 

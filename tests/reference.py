@@ -111,3 +111,72 @@ def reference_tables(model_dir, tokens: pl.DataFrame, window: int = 10, threshol
             pl.DataFrame(dep_rows, schema=["layer", "head", "label", "share"], orient="row"),
             pl.DataFrame(exemplars, schema=["layer", "head", "rank", "sentence_id", "weight", "attending_position",
                                             "receiving_position", "attention_row"], orient="row"))
+
+
+CLARK_OFFSETS = (-3, -2, -1, 0, 1, 2)  # Clark et al. (2019): offset_predictor for i in range(-3, 3)
+
+
+def clark_dependency_accuracy(maps: dict[int, np.ndarray], tokens: pl.DataFrame, null_pieces: str = "first",
+                              tolerance: float = 1e-5):
+    """Clark et al. (2019, section 4.2, Table 1), slowly, one sentence and one word at a time, from their definition:
+    word-level attention (a word's attention to another word is the sum over that word's pieces; a word of several
+    pieces attends with the mean of its pieces' rows; null pieces — position 0, or the special pieces — dropped, as
+    they drop [CLS] and [SEP]); each word's prediction is its most-attended-to *other* word ("dep->head"), or, on the
+    transposed matrix, the other word that attends to it most ("head<-dep"); the first maximum on ties, and no
+    prediction where every other word has weight 0 (a causal model's first or last word). Cases: every
+    word with a non-null piece whose head has one too, or that is the root (gold head ROOT, which no word can be).
+    Baseline: the head of word d is word d + o, clamped as theirs (before the first word: ROOT; past the last: the last).
+
+    Returns ({(layer, head, relation, direction): (sure, possible)}, {relation: n}, {relation: {o: correct}}):
+    `sure` counts the cases whose gold head is the prediction by more than `tolerance` over every other candidate,
+    `possible` those whose gold head is within `tolerance` of the maximum (float32 sums may break a near-tie either
+    way)."""
+    L, H = next(iter(maps.values())).shape[:2]
+    correct = defaultdict(lambda: [0, 0])
+    cases = defaultdict(int)
+    baseline = defaultdict(lambda: dict.fromkeys(CLARK_OFFSETS, 0))
+    for (sid,), s in tokens.sort("position").group_by("sentence_id", maintain_order=True):
+        word, head, dep, pos = (s[c].to_list() for c in ("word_index", "head_word_index", "dep", "pos"))
+        null = {0} if null_pieces == "first" else {p for p, t in enumerate(pos) if t in SPECIAL}
+        pieces = defaultdict(list)  # word → its non-null pieces
+        for p, w in enumerate(word):
+            if w >= 0 and p not in null:
+                pieces[w].append(p)
+        present = sorted(pieces)
+        head_of = {w: head[p] for p, w in enumerate(word) if w >= 0}
+        label = {w: dep[p] for p, w in enumerate(word) if w >= 0}
+        n_words = max(word) + 1
+        A = maps[sid]
+        for d in present:
+            root = head_of[d] == d
+            if not root and head_of[d] not in pieces:
+                continue
+            gold = None if root else head_of[d]
+            relation = label[d]
+            cases[relation] += 1
+            for o in CLARK_OFFSETS:
+                guess = min(max(d + o, -1), n_words - 1)
+                baseline[relation][o] += (guess == -1) if root else (guess == gold)
+            for layer in range(L):
+                for h in range(H):
+                    a = A[layer, h]
+
+                    def attention(v, w):  # word v → word w: mean over v's pieces of the sum over w's pieces
+                        return sum(sum(a[i, j] for j in pieces[w]) for i in pieces[v]) / len(pieces[v])
+
+                    for direction, score in (("dependent_to_head", lambda b: attention(d, b)),
+                                             ("head_to_dependent", lambda b: attention(b, d))):
+                        others = [b for b in present if b != d]
+                        if gold is None or not others:
+                            correct[layer, h, relation, direction]  # a case, never correct
+                            continue
+                        values = {b: score(b) for b in others}
+                        top = max(values.values())
+                        if top <= 0:  # it attends to no other word (a causal model's first or last word): no prediction
+                            correct[layer, h, relation, direction]
+                            continue
+                        rivals = [b for b in others if b != gold and values[b] >= values[gold] - tolerance]
+                        tally = correct[layer, h, relation, direction]
+                        tally[0] += values[gold] >= top and not rivals
+                        tally[1] += values[gold] >= top - tolerance
+    return dict(correct), dict(cases), {r: dict(v) for r, v in baseline.items()}

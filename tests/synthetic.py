@@ -7,6 +7,7 @@ import polars as pl
 
 from pipeline import io
 from pipeline.config import RolesConfig
+from pipeline.parts import PartedOutput, part_name
 from pipeline.roles import head_roles
 
 TAGS = ["NOUN", "PROPN", "DET", "PUNCT", "VERB"]
@@ -24,6 +25,7 @@ def tables(L: int = 12, H: int = 12, seed: int = 0) -> dict[str, pl.DataFrame]:
         "mean_distance": distance, "mean_entropy": 0.2 * distance + 0.1 * rng.random(L * H),
         "mass": np.full(L * H, 100.0), "mass_all": np.full(L * H, 200.0), "mass_null": np.full(L * H, 100.0),
         "entropy_rows": np.full(L * H, 50.0), "entropy_skipped": np.zeros(L * H), "var_abs_dev": np.ones(L * H), "var_mass": np.ones(L * H),
+        "sink_frequency": (layer * H + head) / (L * H),
     })
     layers = heads.group_by("layer").agg(pl.col(c).mean() for c in heads.columns if c not in ("layer", "head")).sort("layer")
     layers = layers.with_columns(baseline_attending_parent=pl.lit(0.04), baseline_receiving_parent=pl.lit(0.06),
@@ -87,7 +89,8 @@ def logit_lens(L: int) -> dict[str, pl.DataFrame]:
               ("relation", "next depends on current: det", 30), ("relation", "current depends on next: nsubj", 20),
               ("relation", "unrelated", 40)]
     rows = [(d, grouping, group, n, 0.4 * d / L, min(1.0, 0.8 * d / L + 0.1), 0.3 * d / L, -8.0 + 6.0 * d / L,
-             4.0 * (1 - d / L), int(1000 * 0.5 ** d), int(1000 * 0.5 ** d) + 1) for d in range(L + 1)
+             4.0 * (1 - d / L), int(1000 * 0.5 ** d), int(1000 * 0.5 ** d) + 1, 0.5 + 0.5 * d / L,
+             min(1.0, 0.8 + 0.2 * d / L), int(100 * 0.5 ** d), int(100 * 0.5 ** d) + 1) for d in range(L + 1)
             for grouping, group, n in groups]
     lens = pl.DataFrame(rows, schema=SCHEMA, orient="row")
     exemplars = pl.DataFrame([("earliest", 0, 0, 3.5, 4, 6, "An early sentence."),
@@ -96,11 +99,17 @@ def logit_lens(L: int) -> dict[str, pl.DataFrame]:
 
 
 def token_share(L: int, H: int) -> pl.DataFrame:
-    """pipeline/metrics/token_share.py: every head's attention split between [CLS], [SEP], PUNCT and NOUN."""
-    tags = ["[CLS]", "[SEP]", "PUNCT", "NOUN"]
-    layer, head, tag = np.meshgrid(np.arange(L, dtype=np.int32), np.arange(H, dtype=np.int32), np.arange(4), indexing="ij")
-    return pl.DataFrame({"layer": layer.ravel(), "head": head.ravel(), "tag": np.asarray(tags)[tag.ravel()],
-                         "share": np.array([0.4, 0.3, 0.1, 0.2])[tag.ravel()]})
+    """pipeline/metrics/token_share.py: every head's mean attention split between [CLS], [SEP], ". or ," and other, with
+    norms beside it (one table, no weighting column)."""
+    from pipeline.metrics.token_share import SCHEMA
+
+    tokens = ["[CLS]", "[SEP]", ". or ,", "other", "all"]
+    layer, head, tag = np.meshgrid(np.arange(L, dtype=np.int32), np.arange(H, dtype=np.int32), np.arange(5), indexing="ij")
+    return pl.DataFrame({"layer": layer.ravel(), "head": head.ravel(), "token": np.asarray(tokens)[tag.ravel()],
+                         "mean_attention": np.array([0.4, 0.3, 0.1, 0.2, 1.0])[tag.ravel()],
+                         "mean_weighted_norm": np.array([0.1, 0.05, 0.2, 2.0, 2.35])[tag.ravel()],
+                         "mean_value_norm": np.array([0.3, 0.2, 1.5, 3.0, 2.9])[tag.ravel()],
+                         "sentences": np.full(L * H * 5, 20, dtype=np.int64)}, schema=SCHEMA)
 
 
 def previous_piece_patterns(L: int, H: int, n: int) -> pl.DataFrame:
@@ -114,7 +123,7 @@ def previous_piece_patterns(L: int, H: int, n: int) -> pl.DataFrame:
 
 
 WEIGHTED = ("head_metrics", "layer_metrics", "pos_share", "dep_share", "dep_share_by_layer", "positional_profile",
-            "dep_accuracy", "head_roles", "findings", "token_share")  # the tables made under each weighting (stages/aggregate.py)
+            "dep_accuracy", "head_roles", "findings")  # the tables made under each weighting (stages/aggregate.py)
 
 
 def with_norm_weighting(t: dict[str, pl.DataFrame], scale: float = 0.5) -> dict[str, pl.DataFrame]:
@@ -133,8 +142,9 @@ def with_norm_weighting(t: dict[str, pl.DataFrame], scale: float = 0.5) -> dict[
 def write_run(run_dir, t: dict[str, pl.DataFrame], model: dict | None = None, metrics: dict | None = None):
     for name, df in t.items():
         if name in ("sentences", "tokens"):  # corpus-sized tables are parted
-            io.write_parquet(df, run_dir / name / "part-00000.parquet")
-            io.write_json({"parts": ["part-00000.parquet"]}, run_dir / name / "meta.json")
+            out = PartedOutput(run_dir / name, fingerprint="synthetic")  # planned, so its part is bound to its place
+            io.write_parquet(df, out.path(0))
+            out.finish({"parts": [part_name(0)]})
         else:
             io.write_parquet(df, run_dir / f"{name}.parquet")
     io.write_json({"run_name": run_dir.name, "model": model or {"name": "synthetic", "model_type": "gpt2", "num_layers": 12,

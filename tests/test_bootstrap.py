@@ -68,7 +68,8 @@ def test_replicates_are_weighted_per_sentence_sums(boot_run, tiny_gpt2):
     vocab = read_meta(boot_run.run_dir / "tokens")
     arrays = TokenArrays.from_frame(tokens, vocab["pos_vocab"], vocab["dep_vocab"])
     adapter = load_adapter(boot_run.model, resolve_device("cpu"))
-    single = AttendConfig(bootstrap_replicates=0, dependency_accuracy=False, positional_offsets=0, norm_weighting=False)
+    single = AttendConfig(bootstrap_replicates=0, dependency_accuracy=False, positional_offsets=0, norm_weighting=False,
+                          logit_lens_sample=1.0)
     first = {k: __import__("torch").from_numpy(v).float() for k, v in first_passes(adapter, arrays, single).items()}
     reduction = Reduction(single, len(arrays.pos_vocab), len(arrays.dep_vocab), first_pass=first)
     per_sentence = [reduce_sentences(adapter, arrays, np.array([s]), reduction, 4096) for s in range(len(arrays.lengths))]
@@ -98,3 +99,15 @@ def test_intervals_do_not_depend_on_batches_and_the_point_values_not_on_the_boot
     f = table(boot_run, "findings").filter(pl.col("statistic") == "r_distance_entropy").row(0, named=True)
     assert f["ci_low"] <= f["value"] <= f["ci_high"]
     assert table(none, "findings")["ci_low"].is_null().all()
+
+
+def test_extremes_over_heads_get_a_note_instead_of_an_interval(boot_run):
+    """A percentile bootstrap of a maximum or an argmax over heads is not a valid interval: those findings carry
+    none, with the reason; a mean and a correlation keep theirs."""
+    f = {r["statistic"]: r for r in table(boot_run, "findings").to_dicts()}
+    for statistic in ("null_share_max", "max_mean_distance", "layer_max_mean_distance", "layer_max_dep_align"):
+        assert f[statistic]["ci_low"] is None and f[statistic]["ci_high"] is None, statistic
+        assert f[statistic]["interval_note"].startswith("no interval: an"), statistic
+    for statistic in ("null_share_mean", "r_distance_entropy"):
+        assert f[statistic]["ci_low"] <= f[statistic]["value"] <= f[statistic]["ci_high"], statistic
+        assert f[statistic]["interval_note"] is None, statistic

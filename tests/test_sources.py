@@ -242,3 +242,23 @@ def test_hub_dataset_not_in_parquet_falls_back_to_a_streaming_shuffle(tmp_path, 
         docs, counts = read_documents(hub_cfg(max_documents=5, shuffle_buffer=10), seed=0)
     assert counts.extra == {"sampling": "streaming_shuffle"} and len(docs) == 5
     assert "not Parquet-backed" in caplog.text
+
+
+def test_bad_jsonl_lines_are_skipped_and_counted_with_their_line_numbers(tmp_path, caplog):
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"text": "One doc."}\nnot json at all\n{"text": 5}\n\n[1, 2]\n{"text": null}\n{"text": "Two."}\n'
+                    '{"text": "Three.", "title": "T"}\n{"text": ["a"]}\n{"text": {"x": 1}}\n{"text": true}\n{"text": 7}\n',
+                    encoding="utf-8")
+    with caplog.at_level("WARNING", logger="pipeline.sources"):
+        docs, counts = read_documents(CorpusConfig(source="jsonl", path=str(path)), seed=0)
+    assert [d.paragraphs for d in docs] == [["One doc."], ["Two."], ["Three."]] and docs[2].title == "T"
+    assert counts.extra["jsonl_lines_skipped"] == 7 and counts.extra["jsonl_skipped_lines"] == [2, 3, 5, 9, 10]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "7 line(s) skipped" in warnings[0] and "lines 2, 3, 5, 9, 10, ..." in warnings[0]
+
+
+def test_a_jsonl_corpus_with_only_bad_lines_is_one_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": 5}\n{oops\n', encoding="utf-8")
+    with pytest.raises(PipelineError, match="no documents with text"):
+        read_documents(CorpusConfig(source="jsonl", path=str(path)), seed=0)

@@ -52,7 +52,7 @@ def test_tokens_table_carries_word_features_to_every_piece(tiny_gpt2, config_fac
 
 
 def test_prepend_bos_makes_position_zero_the_bos_token(tiny_gpt2, config_factory):
-    cfg = config_factory(tiny_gpt2, "model.prepend_bos=true")
+    cfg = config_factory(tiny_gpt2, "model.bos=always")
     run(cfg, ["corpus", "annotate"])
     tokens = table(cfg, "tokens")
     first = tokens.filter(pl.col("position") == 0)
@@ -121,19 +121,18 @@ def test_missing_model_is_a_clear_error(tmp_path, config_factory):
         run(config_factory(tmp_path / "no-such-model"), ["corpus"])
 
 
-def test_encoders_of_an_unknown_layout_are_rejected(tmp_path):
-    """BERT's layout runs (tests/test_encoder.py); an encoder whose layout the families do not know is refused before
+def test_encoder_decoder_models_are_rejected_before_their_weights_load(tmp_path):
+    """An encoder-decoder (T5) has no single self-attention per layer over one sequence: refused with one line before
     its weights load, rather than analysed with the wrong masks."""
     import torch
-    from transformers import DistilBertConfig, DistilBertModel
+    from transformers import T5Config, T5Model
 
     from pipeline.config import ModelConfig
     from pipeline.models import load_adapter
 
-    DistilBertModel(DistilBertConfig(n_layers=1, dim=16, n_heads=2, hidden_dim=16, vocab_size=100)).save_pretrained(
-        tmp_path / "distilbert")
-    with pytest.raises(PipelineError, match="encoder, whose layout is not known"):
-        load_adapter(ModelConfig(name=str(tmp_path / "distilbert")), torch.device("cpu"))
+    T5Model(T5Config(vocab_size=100, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).save_pretrained(tmp_path / "t5")
+    with pytest.raises(PipelineError, match="is an encoder-decoder model"):
+        load_adapter(ModelConfig(name=str(tmp_path / "t5")), torch.device("cpu"))
 
 
 def test_cli_prints_one_line_errors(tmp_path, capsys):

@@ -70,13 +70,17 @@ def mean_in_layers(df: pl.DataFrame, column: str, layers) -> float | None:
 
 @dataclass(frozen=True)
 class Finding:
-    """One number of the paper's section 5.3 (or ours), with the paper's value where it gives one."""
+    """One number of the paper's section 5.3 (or ours), with the paper's value where it gives one.
+    `interval_note` is None where a bootstrap percentile interval is valid for the statistic (a ratio, a mean,
+    a correlation); for an extreme over heads or layers (a maximum, an argmax, a count above a threshold) it
+    says why the findings table prints none (one of the NO_INTERVAL_* notes below)."""
 
     statistic: str
     value: float
     p_value: float | None = None
     n: int | None = None
     paper_value: float | None = None
+    interval_note: str | None = None
 
 
 def pearson(heads: pl.DataFrame, x: str, y: str, statistic: str, paper_value: float | None = None) -> Finding:
@@ -111,13 +115,22 @@ class FigureSpec:
 
 @dataclass(frozen=True)
 class Claim:
-    """A statement of the paper, the criterion that decides whether this run supports it, and the verdict.
+    """A sentence of the paper, the criterion that decides whether this run supports it, and the verdict.
 
-    `holds` judges the sentence as the paper states it: its numbers within `tolerance` (the band the run's number
-    must lie in; None for a sentence with no number) and, where it makes one, its qualitative point too.
+    `statement` is the paper's sentence verbatim ("…" marks what is left out; tests/test_claims.py finds it in the
+    paper's text) and `source` where it stands (section, page). `holds` judges the sentence as the paper states it:
+    the paper's own threshold where it gives one ("over 97%" is ≥ 0.97, "more than double" is > 2×, "all five"), and
+    a number it reports within `tolerance` (the band the run's number must lie in, justified where the claim is
+    declared; None for a sentence with no number), and, where it makes one, its qualitative point too.
     `direction_holds` judges the qualitative point alone, without the number (a correlation's sign, an ordering,
     a head's rank); None where the sentence has no point apart from its number (57% null attention) or no number
-    apart from its point (the top five heads are in the last three layers): there `holds` says it all."""
+    apart from its point (the top five heads are in the last three layers): there `holds` says it all.
+
+    `interval` is the bootstrap's 95% interval of the run's number (pipeline/bootstrap.py), given only where a
+    percentile interval means something: a smooth statistic (a ratio, a mean or SD over heads, a correlation), or
+    one named head's value. `interval_note` says what the interval is of, or why there is none: a maximum,
+    minimum, argmax or count over heads or layers, or a rank, has no valid percentile interval (the bootstrap
+    distribution of an extreme does not cover it), and tag-level and corpus tables are not bootstrapped."""
 
     claim: str
     statement: str
@@ -130,6 +143,17 @@ class Claim:
     direction_holds: bool | None = None
     interval: tuple | None = None        # the bootstrap's 95% interval of the run's number (pipeline/bootstrap.py)
     paper_number: float | None = None    # the paper's number, where paper_value is text (default: paper_value)
+    source: str = ""                     # where the sentence stands in the paper: "§5.2.3, p. 5"
+    interval_note: str | None = None     # what the interval is of, or why there is none
+
+
+# interval_note for the kinds of statistic that have no valid percentile interval, or no bootstrap at all
+NO_INTERVAL_EXTREME = "no interval: an extreme over heads (a maximum, a count above a threshold) has no valid percentile interval"
+NO_INTERVAL_ARGMAX = "no interval: an argmax over layers has no valid percentile interval"
+NO_INTERVAL_RANK = "no interval: a ranking of heads has no valid percentile interval"
+NO_INTERVAL_TAGS = "no interval: tag-level shares are not bootstrapped"
+NO_INTERVAL_CORPUS = "no interval: a property of the corpus and its parse, not of attention"
+HEAD_VALUE_INTERVAL = "of the head's value; its rank has no interval"
 
 
 @dataclass
@@ -178,11 +202,11 @@ class ClaimContext:
 
     def named_head(self, claim: str, statement: str, metric: str, head: tuple[int, int], paper: str,
                    low: float, high: float, highest: bool = True, top: int = 1,
-                   paper_number: float | None = None) -> "Claim":
+                   paper_number: float | None = None, source: str = "") -> "Claim":
         """A claim that the paper's GPT-2 head `head` is the head with the highest (or lowest) `metric` (top=1), or
         among the `top` highest (lowest), with the value the paper gives. holds: its rank and its value in
         [low, high]; direction_holds: its rank alone. Applies to GPT-2 small only; heads whose metric is undefined
-        are left out of the ranking (NaN never tops it)."""
+        are left out of the ranking (NaN never tops it). The interval is the head's own value's."""
         order = ranked(self.tables["head_metrics"], metric, descending=highest)
         keys = list(zip(order["layer"].to_list(), order["head"].to_list()))
         rank = keys.index(head) + 1 if head in keys else None
@@ -196,9 +220,10 @@ class ClaimContext:
         extreme = "highest" if highest else "lowest"
         where = f"is the head with the {extreme} {metric}" if top == 1 else f"ranks among the {top} {extreme} of {len(keys)} heads by {metric}"
         ranks = rank is not None and rank <= top
+        interval = self.head_ci(head, metric)
         return Claim(claim, statement, f"head {head} {where}, and its value lies in the band", paper, run,
                      ranks and in_band(value, low, high), self.gpt2_small and bool(keys), band(low, high), ranks,
-                     self.head_ci(head, metric), paper_number)
+                     interval, paper_number, source, HEAD_VALUE_INTERVAL if interval else None)
 
     def last(self, n: int) -> set[int]:
         """The last n of 12 layers, scaled to this model's depth."""

@@ -13,6 +13,9 @@ from pipeline.metrics.pos_share import share_tables
 
 SUBJECTS = ("nsubj", "nsubjpass", "csubj", "csubjpass")  # section 5.3.2; all in en_core_web_sm's parser labels
 LOWER = ("aux", "cc", "det", "expl", "neg")              # spaCy 3 still calls negation "neg"
+LOWER_SENTENCE = ("auxiliaries (aux), conjunctions (cc), determiners (det), expletives (expl), and negations (neg) were "
+                  "targeted more in lower layers")
+SOURCE = "§5.3.2, p. 7"
 
 
 class DependencyLabels(Metric):
@@ -53,15 +56,15 @@ class DependencyLabels(Metric):
         subjects = [s for s in SUBJECTS if s in set(dep["label"])]
         low, high = thirds(subjects)
         ok = bool(subjects) and low is not None and high is not None
-        out = [Claim("dep_subjects_deeper", "Subjects (nsubj, nsubjpass, csubj, csubjpass) are targeted more in deeper layers (Fig. 9).",
+        out = [Claim("dep_subjects_deeper", "Subjects (csubj, csubjpass, nsubj, nsubjpass) were targeted more in deeper layers",
                      f"summed share of the subject labels present, mean over {span}: last > first", "deeper",
-                     f"{low:.3g} → {high:.3g} ({', '.join(subjects)})" if ok else None, ok and high > low, ok)]
+                     f"{low:.3g} → {high:.3g} ({', '.join(subjects)})" if ok else None, ok and high > low, ok,
+                     source=SOURCE)]
         for label in LOWER:
             low, high = thirds([label])
             ok = label in set(dep["label"]) and low is not None and high is not None
-            out.append(Claim(f"dep_lower_{label}", f"'{label}' is targeted more in lower layers (Fig. 9; with aux, cc, det, expl, neg).",
-                             f"share of '{label}', mean over {span}: first > last", "lower",
-                             f"{low:.3g} → {high:.3g}" if ok else None, ok and low > high, ok))
+            out.append(Claim(f"dep_lower_{label}", LOWER_SENTENCE, f"share of '{label}' alone, mean over {span}: first > last",
+                             "lower", f"{label}: {low:.3g} → {high:.3g}" if ok else None, ok and low > high, ok, source=SOURCE))
         return out
 
 

@@ -9,16 +9,20 @@ whose next piece i + 1 is in the sentence (of the sentences sampled, see below),
   (0-based: 0 is the lens's top-1 prediction);
 - probability p_d(x_{i+1}) and its log, under softmax of the depth's logits;
 - KL(P_L ‖ P_d) = Σ_v p_L(v) (log p_L(v) − log p_d(v)), in nats: how far the depth's distribution is from the
-  final one (0 at d = L).
+  final one (0 at d = L);
+- final-prediction rank: the rank, by the same count, of the model's own top-1 prediction (the argmax of the logits
+  at d = L; 0 at d = L by definition). This is the rank nostalgebraist's essay plots ("these are ranks of the
+  model's final top-1 prediction, not the true token"); the rank above is of the true next piece.
 These are summed per depth over the corpus, per part of speech of the next piece's word, and per relation between
 the current and the next word: "same word" (the next piece continues the current word), "next depends on current:
 <label of the next word>" (the current word is the next word's dependency head), "current depends on next: <label
 of the current word>", and "unrelated" (anything else, pieces without a word included). Each group keeps n, the
-top-1 and top-10 counts, Σ p, Σ log p, Σ KL and a histogram of the ranks (bins exact for ranks 0..15, then
+top-1 and top-10 counts of either rank, Σ p, Σ log p, Σ KL and a histogram of either rank (bins exact for ranks 0..15, then
 log-spaced, each 2^(1/4) ≈ 1.19 × wider than the last). The median rank is read from the histogram: the bin in
 which the cumulative count first reaches half of n holds the lower median (the smallest rank r with at least half
 of the cases at rank ≤ r); `median_rank` is that bin's lower edge and `median_rank_upper` its last rank, so the
-median is exact below 16 and within 19% above.
+median is exact below 16 and within 19% above (`final_pred_median_rank` and `final_pred_median_rank_upper` alike,
+for the final prediction's rank).
 
 Settle depth (the exemplars): for a piece that the final depth predicts correctly (rank 0 at d = L), the smallest
 depth from which the actual next piece is the top-1 prediction at every later depth. A sentence's mean settle
@@ -31,8 +35,10 @@ at every depth during the forward (ModelAdapter.map_attention, residuals=...), a
 the final depth first), vectorised over pieces, in chunks whose [pieces, vocabulary] arrays stay within
 CHUNK_BYTES. attend.logit_lens_sample < 1 decodes a seeded uniform subset of the sentences, chosen by a hash of
 (attend.bootstrap_seed, sentence id), so the subset does not depend on parts or batches; the other sentences'
-residual streams are not kept. The lens needs a causal model (a bidirectional one sees the next piece) whose output
-embeddings are tied to its input embeddings (the adapter loads the base model without its LM head). No bootstrap
+residual streams are not kept. The lens needs a causal model (a bidirectional one sees the next piece) and its
+unembedding (ModelAdapter.unembed: final norm, the real LM head, tied or not, and any logit scaling or soft-capping),
+certified at load by the lens invariant (pipeline/models/invariants.py: the last depth equals the model's own
+logits). No bootstrap
 replicates: the sums are added over the batch as they are."""
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from pipeline.errors import PipelineError
 from pipeline.metrics.base import FigureSpec, Metric, ratio
 from pipeline.sums import Sums
 
@@ -48,7 +55,7 @@ EXACT_RANKS = 16  # ranks 0..15 get a bin each; then log-spaced bins, each 2^(1/
 RANK_EDGES = np.array(list(range(EXACT_RANKS + 1))
                       + [int(EXACT_RANKS * 2 ** (k / 4)) for k in range(1, 81)], dtype=np.int64)  # bin b: [e_b, e_b+1)
 BINS = len(RANK_EDGES) - 1
-STATS = ("n", "top1", "top10", "prob", "log_prob", "kl")  # the per-group sums of lens_stats, in this order
+STATS = ("n", "top1", "top10", "prob", "log_prob", "kl", "final_top1", "final_top10")  # lens_stats, in this order
 MIN_SETTLED = 3        # a sentence's mean settle depth needs at least this many correctly predicted pieces
 CHUNK_BYTES = 256 * 2**20  # bound on the [pieces, vocabulary] arrays of one decoding step
 BYTES_PER_LOGIT = 16   # what one (piece, vocabulary entry) takes in decode's buffers (four float32)
@@ -58,7 +65,9 @@ SET = "logit_lens_settle"  # its ranked candidates in Sums
 
 SCHEMA = {"depth": pl.Int32, "grouping": pl.String, "group": pl.String, "n": pl.Int64, "top1_share": pl.Float64,
           "top10_share": pl.Float64, "mean_prob": pl.Float64, "mean_log_prob": pl.Float64, "mean_kl": pl.Float64,
-          "median_rank": pl.Int64, "median_rank_upper": pl.Int64}
+          "median_rank": pl.Int64, "median_rank_upper": pl.Int64, "final_pred_top1_share": pl.Float64,
+          "final_pred_top10_share": pl.Float64, "final_pred_median_rank": pl.Int64,
+          "final_pred_median_rank_upper": pl.Int64}
 EXEMPLAR_SCHEMA = {"kind": pl.String, "rank": pl.Int32, "sentence_id": pl.Int64, "mean_settle_depth": pl.Float64,
                    "n_settled": pl.Int64, "n_decoded": pl.Int64, "text": pl.String}
 
@@ -75,6 +84,9 @@ def group_labels(pos_vocab: list[str], dep_vocab: list[str]) -> list[tuple[str, 
 def sampled(sentence_ids, share: float, seed: int) -> np.ndarray:
     """bool per sentence: whether the lens decodes it. u = splitmix64(splitmix64(seed) ^ id) / 2^64 is uniform in
     [0, 1) and a function of (seed, sentence id) alone; a sentence is in the sample when u < share."""
+    if isinstance(share, str):  # "auto" is resolved from the model's dimensions by the attend stage (models/memory.py)
+        raise PipelineError(f"attend.logit_lens_sample is {share!r} here: it must be resolved to a share before the "
+                            "forward passes (stages/attend.py resolves it from the model's dimensions)")
     ids = np.asarray(sentence_ids).astype(np.uint64)
     if share >= 1.0:
         return np.ones(ids.shape, dtype=bool)
@@ -103,7 +115,8 @@ def median_from_histogram(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def decode(adapter, residuals: list[torch.Tensor], targets: torch.Tensor, dtype=torch.float64):
     """The lens on N pieces: residuals [N, D] per depth 0..L, targets [N] (the actual next pieces) → rank [L+1, N]
-    (int64), log p [L+1, N] and KL(P_L ‖ P_d) [L+1, N] (in `dtype`, the sums' dtype).
+    (int64), log p [L+1, N] and KL(P_L ‖ P_d) [L+1, N] (in `dtype`, the sums' dtype), and final_rank [L+1, N] (int64):
+    the rank at each depth of the final depth's top-1 prediction (its argmax; 0 at d = L), nostalgebraist's rank.
 
     Computed in float32, the logits' own precision (float64 exponentials cost 8× on a CPU), in chunks of pieces whose
     [chunk, V] buffers (four float32) stay within CHUNK_BYTES and are reused for every depth and chunk
@@ -119,6 +132,7 @@ def decode(adapter, residuals: list[torch.Tensor], targets: torch.Tensor, dtype=
     rank = torch.zeros(depths, N, dtype=torch.int64, device=device)
     log_prob = torch.zeros(depths, N, dtype=dtype, device=device)
     kl = torch.zeros(depths, N, dtype=dtype, device=device)
+    final_rank = torch.zeros(depths, N, dtype=torch.int64, device=device)
     buffers = [torch.empty(chunk, V, device=device) for _ in range(4)]
     with torch.inference_mode():
         for start in range(0, N, chunk):
@@ -133,18 +147,20 @@ def decode(adapter, residuals: list[torch.Tensor], targets: torch.Tensor, dtype=
             t = targets[at, None]
             adapter.unembed(residuals[-1][at], out=final)
             final_lse = logsumexp(final)
+            final_top = final.argmax(-1, keepdim=True)  # [c, 1]: the model's own top-1 prediction
             torch.sub(final, final_lse[:, None], out=p_final).exp_()
             for d in range(depths):
                 last = d == depths - 1
                 x = final if last else adapter.unembed(residuals[d][at], out=z)
                 target = x.gather(1, t)
                 rank[d, at] = torch.gt(x, target, out=scratch).sum(-1).long()  # 0/1 floats: exact below 2^24
+                final_rank[d, at] = torch.gt(x, x.gather(1, final_top), out=scratch).sum(-1).long()
                 lse = final_lse if last else logsumexp(x)
                 log_prob[d, at] = (target[:, 0] - lse).to(dtype)
                 if not last:  # KL(P_L ‖ P_L) = 0: left at zero
                     gap = torch.bmm(p_final[:, None, :], torch.sub(final, x, out=scratch)[:, :, None])[:, 0, 0]
                     kl[d, at] = (gap - final_lse + lse).to(dtype)
-    return rank, log_prob, kl
+    return rank, log_prob, kl, final_rank
 
 
 def settle_depths(rank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,7 +176,8 @@ class LogitLens(Metric):
     name = "logit_lens"
     order = 95
     description = ("nostalgebraist (2020): the residual stream at every depth decoded through the final norm and the "
-                   "unembedding; rank, probability and KL of the actual next piece, by depth, POS and relation.")
+                   "unembedding; rank, probability and KL of the actual next piece, and the rank of the final depth's top-1 "
+                   "prediction (the essay's rank), by depth, POS and relation.")
     norm_weighting = False  # not a statistic of attention: computed once, no weighting column
     wants_residuals = True
     table_schemas = {"logit_lens": SCHEMA, "logit_lens_exemplars": EXEMPLAR_SCHEMA}
@@ -168,17 +185,20 @@ class LogitLens(Metric):
         FigureSpec(
             "beyond_logit_lens", "Logit lens by depth (beyond the paper; nostalgebraist 2020)",
             f"After {CITATION}: the residual stream after each block (depth 0: the embeddings, the input of the first "
-            "block) decoded through the model's final norm and its (tied) unembedding, for every piece whose next piece "
-            "is in the sentence. Left: the median rank of the actual next piece (0 = the lens's top prediction; the "
-            "axis shows rank + 1 on a log scale; read from a histogram exact below 16 and in bins 19% wide above, shaded "
-            "between the bin's edges). Middle: the share of pieces whose next piece is the top-1 and among the top-10 "
-            "predictions. Right: KL(final ‖ depth d) in nats, how far each depth's distribution is from the model's "
-            "output. attend.logit_lens_sample decodes a seeded subset of the sentences; n in the title.",
+            "block) decoded through the model's final norm and its own LM head, for every piece whose next piece "
+            "is in the sentence. Two ranks are drawn, each named: the rank of the TRUE next piece (ours; blue) and the "
+            "rank of the model's FINAL top-1 prediction, the argmax at the last depth (the rank nostalgebraist's essay "
+            "plots; orange; 0 at the last depth by definition). Left: the median of each rank (0 = the lens's top "
+            "prediction; the axis shows rank + 1 on a log scale; read from a histogram exact below 16 and in bins 19% "
+            "wide above, shaded between the bin's edges). Middle: the share of pieces for which each is the lens's top-1 "
+            "and among its top-10 predictions. Right: KL(final ‖ depth d) in nats, how far each depth's distribution is "
+            "from the model's output. attend.logit_lens_sample decodes a seeded subset of the sentences; n in the title.",
             "logit_lens_by_depth", inputs=("logit_lens",)),
         FigureSpec(
             "beyond_logit_lens_pos", "Logit lens by part of speech and relation (beyond the paper)",
-            f"After {CITATION}. Left: the top-1 share of the logit lens at each depth (rows, 0 = the embeddings at the "
-            "top) for next pieces of each part of speech (columns, most frequent first; n beside each tag). Right: the "
+            f"After {CITATION}; here the rank of the TRUE next piece only (not of the final prediction). Left: the "
+            "top-1 share of the logit lens (the share of pieces whose true next piece is its top prediction) at each "
+            "depth (rows, 0 = the embeddings at the top) for next pieces of each part of speech (columns, most frequent first; n beside each tag). Right: the "
             "top-1 share by depth for four relations between the current and the next word: the next piece continues "
             "the current word; the next word depends on the current one (the current word is its head); the current "
             "word depends on the next; unrelated.", "logit_lens_pos_heatmap", inputs=("logit_lens",)),
@@ -223,25 +243,31 @@ class LogitLens(Metric):
         dtype = ctx.sum_dtype
         b, i = rows.nonzero(as_tuple=True)
         targets = ctx.batch.input_ids[b, i + 1]
-        rank, log_prob, kl = decode(adapter, residuals, targets, dtype)
+        rank, log_prob, kl, final_rank = decode(adapter, residuals, targets, dtype)
         depths, N = rank.shape
         G = 1 + ctx.n_pos + 2 + 2 * ctx.n_dep
         stats = torch.stack([torch.ones_like(log_prob), (rank == 0).to(dtype), (rank < 10).to(dtype),
-                             log_prob.exp(), log_prob, kl], -1)  # [L+1, N, 6]
+                             log_prob.exp(), log_prob, kl, (final_rank == 0).to(dtype),
+                             (final_rank < 10).to(dtype)], -1)  # [L+1, N, len(STATS)]
         edges = torch.as_tensor(RANK_EDGES, device=rank.device)
         bins = torch.searchsorted(edges, rank, right=True) - 1  # [L+1, N]
+        final_bins = torch.searchsorted(edges, final_rank, right=True) - 1
         totals = torch.zeros(depths, G, len(STATS), dtype=dtype, device=rank.device)
         hist = torch.zeros(depths, G * BINS, dtype=dtype, device=rank.device)
+        final_hist = torch.zeros(depths, G * BINS, dtype=dtype, device=rank.device)
+        ones = torch.ones_like(bins, dtype=dtype)
         for g in self.groups(ctx, b, i):
             totals.index_add_(1, g, stats)
-            hist.scatter_add_(1, g[None] * BINS + bins, torch.ones_like(bins, dtype=dtype))
+            hist.scatter_add_(1, g[None] * BINS + bins, ones)
+            final_hist.scatter_add_(1, g[None] * BINS + final_bins, ones)
         settle, correct = settle_depths(rank)
         per_sentence = torch.zeros(2, ctx.B, dtype=dtype, device=rank.device)
         per_sentence[0].index_add_(0, b, (settle * correct).to(dtype))
         per_sentence[1].index_add_(0, b, correct.to(dtype))
         decoded = torch.zeros(ctx.B, dtype=dtype, device=rank.device).index_add_(0, b, torch.ones(N, dtype=dtype,
                                                                                                 device=rank.device))
-        additive = {"lens_stats": totals, "lens_rank_hist": hist.reshape(depths, G, BINS)}
+        additive = {"lens_stats": totals, "lens_rank_hist": hist.reshape(depths, G, BINS),
+                    "lens_final_rank_hist": final_hist.reshape(depths, G, BINS)}
         return Sums(additive, None, ctx.cfg.exemplars_per_head, {SET: self.candidates(ctx, per_sentence, decoded)})
 
     @staticmethod
@@ -265,6 +291,7 @@ class LogitLens(Metric):
             raise ValueError(f"logit lens sums have {G} groups, the vocabularies {len(labels)}")
         n = stats[..., 0]
         low, high = median_from_histogram(hist)
+        final_low, final_high = median_from_histogram(np.asarray(sums["lens_final_rank_hist"]))
         depth, group = np.meshgrid(np.arange(depths), np.arange(G), indexing="ij")
         table = pl.DataFrame({
             "depth": depth.ravel().astype(np.int32),
@@ -272,7 +299,10 @@ class LogitLens(Metric):
             "n": np.rint(n).ravel().astype(np.int64),
             **{column: ratio(stats[..., k], n).ravel() for k, column in
                zip(range(1, 6), ("top1_share", "top10_share", "mean_prob", "mean_log_prob", "mean_kl"))},
-            "median_rank": low.ravel().astype(np.int64), "median_rank_upper": high.ravel().astype(np.int64)},
+            "median_rank": low.ravel().astype(np.int64), "median_rank_upper": high.ravel().astype(np.int64),
+            "final_pred_top1_share": ratio(stats[..., 6], n).ravel(), "final_pred_top10_share": ratio(stats[..., 7], n).ravel(),
+            "final_pred_median_rank": final_low.ravel().astype(np.int64),
+            "final_pred_median_rank_upper": final_high.ravel().astype(np.int64)},
             schema=SCHEMA)
         return {"logit_lens": table.filter(pl.col("n") > 0), "logit_lens_exemplars": self.exemplar_table(sums, inputs)}
 

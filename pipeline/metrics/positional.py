@@ -64,10 +64,11 @@ class Positional(Metric):
                    "≥ positional_share (0.5) of its non-null attention; syntactic, dependency alignment (either "
                    "direction) ≥ syntactic_ratio (3) × the share of piece pairs whose words are related; broad, mean "
                    "entropy in the upper broad_entropy_quantile (0.75) quantile of all heads; else mixed. "
-                   "head_roles.parquet has every criterion as its own column. White dots: heads whose mean attention "
-                   "to the first position exceeds ε (sink_rate_epsilon, 0.3); their share of all heads is the "
-                   "attention sink rate of Gu et al. (2024), \"When Attention Sink Emerges in Language Models\" "
-                   "(finding sink_rate).", "head_roles_map", inputs=("head_roles",)),
+                   "head_roles.parquet has every criterion as its own column. White dots: heads whose null share, pooled "
+                   "over the corpus, exceeds ε (aggregate.roles.sink_rate_epsilon, 0.3): the pooled sink rate (finding "
+                   "sink_rate_pooled). The title also gives the sink rate of Gu et al. (2024), \"When Attention Sink "
+                   "Emerges in Language Models\", computed per sentence as they do (finding sink_rate, figure "
+                   "beyond_sink_rate).", "head_roles_map", inputs=("head_roles",)),
     )
 
     def disabled_reason(self, attend_cfg) -> str | None:

@@ -1,53 +1,111 @@
-"""Attention to special pieces and punctuation (beyond the paper; Clark et al. 2019, "What Does BERT Look
-At?", Fig. 2): the share of ALL attention of the attending pieces — null pieces included — received by the
-pieces of each tag, the special pieces ([CLS], [SEP], BOS) being tags of their own. Where the null
-attention of Fig. 5 sets the null pieces apart, this shows how an encoder's attention splits between
-[CLS], [SEP] and punctuation (Clark et al. find [SEP] takes much of it in the middle layers, as a
-no-op), and for a decoder the share of its first piece's tag among the rest.
+"""Attention to [CLS], [SEP] and the tokens "." and "," (beyond the paper): Clark et al. (2019), "What Does BERT Look
+At?", Fig. 2, and the same analysis with vector norms by Kobayashi et al. (2020), "Attention is Not Only a Weight",
+each as its source computes it.
 
-Per head: Σ_{i attending, j of the tag} α_ij / Σ_{i attending, all j} α_ij (the denominator is
-attention_mass's mass_all)."""
+Tokens (`token`): each special piece's tag ([CLS], [SEP]; BOS for a decoder with model.bos: always, or auto with a tokenizer that prepends it), ". or ," (the
+pieces that are the token "." or "," itself, less a leading whitespace marker: engine.comma_or_period; Clark et al.
+and Kobayashi et al. pool the two), "other" (every other piece) and "all" (every piece). Per head, for a sentence s of
+n_s pieces (the special pieces included) and a token c:
+- mean_attention (Clark et al. Fig. 2): a_c(s) = (1/n_s) Σ_i Σ_{j of c} α_ij, i over ALL n_s pieces of the sentence
+  (the special pieces' own rows included, as in their code: the sum over the attention map divided by its number of
+  rows); then the mean over sentences, a sentence without c counting 0. Their "document" is our sentence.
+- mean_weighted_norm (Kobayashi et al.): the same with ‖α_ij f_h(x_j)‖ = α_ij ‖f_h(x_j)‖ for α_ij, an absolute norm,
+  not a ratio (their re-examination of Clark et al.: the mean over rows of Σ_{j of c} ‖α_ij f(x_j)‖, then over
+  sequences). For c = "all" it is the head's mean absolute norm Σ_j ‖α_ij f_h(x_j)‖ per row.
+- mean_value_norm (Kobayashi et al.): ‖f_h(x_j)‖ averaged over the pieces j of c in the sentence, then over the
+  sentences that contain c (their code takes the mean over every sequence, undefined for one without c).
+The norm-weighted shares of every other table are pooled ratios of norms (Σ α' / Σ α'); these two are the absolute
+numbers Kobayashi et al. report. NaN when the run has no value norms (attend.norm_weighting off, or a family without
+them). One table, no weighting column: both weightings are columns here. No bootstrap replicates (sums per token)."""
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 import torch
 
 from pipeline.alignment import is_special_tag
-from pipeline.metrics.base import FigureSpec, Metric
-from pipeline.metrics.pos_share import share_tables
+from pipeline.metrics.base import FigureSpec, Metric, ratio
 
-SCHEMA = {"layer": pl.Int32, "head": pl.Int32, "tag": pl.String, "share": pl.Float64}
-BY_LAYER_SCHEMA = {"layer": pl.Int32, "tag": pl.String, "share": pl.Float64}
+SCHEMA = {"layer": pl.Int32, "head": pl.Int32, "token": pl.String, "mean_attention": pl.Float64,
+          "mean_weighted_norm": pl.Float64, "mean_value_norm": pl.Float64, "sentences": pl.Int64}
+COMMA_OR_PERIOD, OTHER, ALL = ". or ,", "other", "all"
+CLARK = "Clark et al. (2019), \"What Does BERT Look At?\", Fig. 2"
+KOBAYASHI = "Kobayashi et al. (2020), \"Attention is Not Only a Weight\""
 
 
-def shown_tags(tags) -> list[str]:
-    """The tags the figure draws: the special pieces' and punctuation."""
-    return sorted(t for t in set(tags) if is_special_tag(t)) + (["PUNCT"] if "PUNCT" in set(tags) else [])
+def token_names(pos_vocab: list[str]) -> list[str]:
+    """The token of each category index: the tags of pos_vocab (only the special ones are ever filled), then
+    ". or ,", "other", "all"."""
+    return list(pos_vocab) + [COMMA_OR_PERIOD, OTHER, ALL]
+
+
+def categories(ctx) -> torch.Tensor:
+    """[B, T, n_pos + 3] float: each piece of the sentence in its token category (a special piece under its tag's
+    index, else ". or ," or "other") and in "all"; padding in none."""
+    batch, inside = ctx.batch, ctx.in_sentence
+    special = batch.special if batch.special is not None else torch.zeros_like(inside)
+    punct = batch.comma_or_period if batch.comma_or_period is not None else torch.zeros_like(inside)
+    tags = torch.nn.functional.one_hot(batch.pos, ctx.n_pos).to(torch.float32) * (special & inside)[..., None]
+    rest = torch.stack([~special & punct & inside, ~special & ~punct & inside, inside], -1).to(torch.float32)
+    return torch.cat([tags, rest], -1)
 
 
 class TokenShare(Metric):
     name = "token_share"
     order = 12
-    description = ("Share of all attention (null pieces included) received by pieces of each tag; [CLS], [SEP] and BOS "
-                   "are tags of their own (Clark et al. 2019, Fig. 2).")
-    table_schemas = {"token_share": SCHEMA, "token_share_by_layer": BY_LAYER_SCHEMA}
+    description = (f"Mean attention to [CLS], [SEP] and the tokens \".\" and \",\" over all rows ({CLARK}), and the mean "
+                   f"‖α f(x)‖ and ‖f(x)‖ of those tokens ({KOBAYASHI}).")
+    norm_weighting = False  # both weightings are its columns: computed once, from α and the value norms together
+    table_schemas = {"token_share": SCHEMA}
     figures = (FigureSpec(
-        "beyond_token_share", "Attention to special pieces and punctuation (beyond the paper)",
-        "After Clark et al. (2019), \"What Does BERT Look At?\", Fig. 2: by layer, the share of all attention of the "
-        "attending pieces, null pieces included, received by the special pieces the tokenizer adds ([CLS] and [SEP] for "
-        "BERT; BOS when model.prepend_bos) and by punctuation (PUNCT), the mean over the heads of each layer (lines) and "
-        "the spread over them (shaded: the lowest to the highest head). Fig. 5's null share sets the null pieces apart; "
-        "this splits them.", "token_share", inputs=("token_share",)),)
+        "beyond_token_share", "Attention to [CLS], [SEP] and \". or ,\": weights and norms (beyond the paper)",
+        f"Left: after {CLARK}: by layer, the mean attention α that a head gives to each token, averaged over ALL rows of a "
+        "sentence (the special pieces' rows included) and then over sentences; the line is the mean over the layer's "
+        "heads, the dots the heads. \". or ,\" is the tokens \".\" and \",\" themselves (not the PUNCT tag); [CLS] and "
+        "[SEP] (BERT) or BOS (model.bos) are the special pieces. Middle: the same for the absolute norm "
+        f"‖α_ij f(x_j)‖ ({KOBAYASHI}, their re-examination of Clark et al.), \"all\" being the head's mean Σ_j ‖α_ij "
+        "f(x_j)‖ per row; right: the mean ‖f(x_j)‖ of each token's pieces. Middle and right are absolute norms, not the "
+        "pooled ratios of the norm-weighted tables; blank without value norms.", "token_share", inputs=("token_share",)),)
 
     def reduce_layer(self, layer) -> dict:
         ctx = layer.batch
-        every_piece = torch.nn.functional.one_hot(ctx.batch.pos, ctx.n_pos).to(torch.float32) * ctx.in_sentence[..., None]
-        return {"all_to": torch.einsum("bhj,bjp->bhp", layer.received, every_piece).to(ctx.sum_dtype)}
+        cats = categories(ctx)
+        rows = ctx.in_sentence.to(torch.float32) / ctx.batch.lengths[:, None].clamp_min(1).to(torch.float32)
+        received = torch.einsum("bhij,bi->bhj", layer.att, rows)  # [B, H, T]: (1/n_s) Σ_i α_ij over all rows
+        out = {"ts_attention": torch.einsum("bhj,bjc->bhc", received, cats).to(ctx.sum_dtype)}
+        if layer.norms is not None:
+            count = cats.sum(1)  # [B, C] pieces of each token per sentence
+            per_piece = torch.where(count > 0, 1.0 / count.clamp_min(1.0), 0.0)
+            out["ts_weighted_norm"] = torch.einsum("bhj,bjc->bhc", received * layer.norms, cats).to(ctx.sum_dtype)
+            out["ts_value_norm"] = (torch.einsum("bhj,bjc->bhc", layer.norms, cats) * per_piece[:, None, :]).to(ctx.sum_dtype)
+        return out
+
+    def batch_sums(self, ctx) -> dict:
+        """Sentences, and sentences that contain each token: the denominators of the means over sentences."""
+        present = (categories(ctx).sum(1) > 0).to(ctx.sum_dtype)  # [B, C]
+        return {"ts_sentences": torch.ones(ctx.B, 1, dtype=ctx.sum_dtype, device=ctx.device), "ts_sentences_with": present}
 
     def tables(self, sums, inputs) -> dict:
-        per_head, by_layer = share_tables(sums["all_to"], sums["mass_all"], inputs["pos_vocab"], "tag", inputs["tokens"], "pos")
-        return {"token_share": per_head, "token_share_by_layer": by_layer}
+        attention = np.asarray(sums["ts_attention"], dtype=np.float64)  # [L, H, C]
+        L, H, C = attention.shape
+        names = token_names(inputs["pos_vocab"])
+        if len(names) != C:
+            raise ValueError(f"token_share sums have {C} tokens, the vocabulary {len(names)}")
+        sentences = float(np.asarray(sums["ts_sentences"]).sum())
+        present = np.asarray(sums["ts_sentences_with"], dtype=np.float64)  # [C]
+        nan = np.full(attention.shape, np.nan)
+        weighted = ratio(sums["ts_weighted_norm"], sentences) if "ts_weighted_norm" in sums else nan
+        value = ratio(sums["ts_value_norm"], present) if "ts_value_norm" in sums else nan
+        layer, head, c = np.meshgrid(np.arange(L), np.arange(H), np.arange(C), indexing="ij")
+        df = pl.DataFrame({"layer": layer.ravel().astype(np.int32), "head": head.ravel().astype(np.int32),
+                           "token": pl.Series(np.asarray(names, dtype=object)[c.ravel()], dtype=pl.String),
+                           "mean_attention": ratio(attention, sentences).ravel(),
+                           "mean_weighted_norm": np.asarray(weighted).ravel(), "mean_value_norm": np.asarray(value).ravel(),
+                           "sentences": np.broadcast_to(np.rint(present), (L, H, C)).ravel().astype(np.int64)},
+                          schema=SCHEMA)
+        kept = [n for k, n in enumerate(names) if present[k] > 0 and (k >= C - 3 or is_special_tag(n))]
+        return {"token_share": df.filter(pl.col("token").is_in(kept))}
 
 
 METRIC = TokenShare()

@@ -76,19 +76,27 @@ class Variability(Metric):
         return [pearson(heads, "variability", "dep_align_either", "r_variability_dep_align")]
 
     def claims(self, c) -> list[Claim]:
-        heads, early = c.tables["head_metrics"], c.first(2)
-        first, rest = mean_in_layers(heads, "variability", early), mean_in_layers(heads, "variability", set(range(c.L)) - early)
-        out = [Claim("early_layers_low_variability", "Many heads in the initial layers focus attention based on position "
-                     "rather than content (low variability, Fig. 10), which may explain their low dependency alignment.",
-                     f"mean variability over the heads of the first {len(early)} of {c.L} layers (scaled from 0-1 of 12) "
-                     "is below the mean over the heads of the other layers", "lower in layers 0-1",
-                     None if first is None or rest is None else f"{layer_names(early)}: {first:.3g}; other layers: {rest:.3g}",
-                     first is not None and rest is not None and first < rest, first is not None and rest is not None)]
+        heads, layers, early = c.tables["head_metrics"], c.tables["layer_metrics"], c.first(2)
+        others = set(range(c.L)) - early
+        first, rest = mean_in_layers(heads, "variability", early), mean_in_layers(heads, "variability", others)
+        # The sentence says two things: alignment is low in the initial layers (below the other layers', from the
+        # layer means of Fig. 8), and their heads are position-based (variability below the other layers' heads').
+        low_align, rest_align = mean_in_layers(layers, "dep_align_either", early), mean_in_layers(layers, "dep_align_either", others)
+        ok = None not in (first, rest, low_align, rest_align)
+        out = [Claim("early_layers_low_variability", "One possible explanation for the low alignment in the initial "
+                     "layers is that many heads in these layers focus attention based on position rather than content, "
+                     "according to the attention variability (Eq. 5) results in Figure 10.",
+                     f"over the first {len(early)} of {c.L} layers (scaled from 0-1 of 12) against the other layers: the "
+                     "mean dependency alignment of the layers is lower, and the mean variability of the heads is lower",
+                     "lower in layers 0-1",
+                     f"{layer_names(early)} vs other layers: alignment {low_align:.3g} vs {rest_align:.3g}; variability "
+                     f"{first:.3g} vs {rest:.3g}" if ok else None,
+                     ok and low_align < rest_align and first < rest, ok, source="§5.3.2, p. 6")]
         # [0, 0.014], 0.004 + 0.01: a head attending to the previous piece hardly varies with the content; a corpus
         # moves its tiny deviations by thousandths, and 0.014 is still far below a content-dependent head.
-        out.append(c.named_head("l4h11_most_position_focused", "Layer 4, head 11 is the most position-focused head "
-                                "(variability 0.004).", "variability", (4, 11), "(4, 11): 0.004", 0.0, 0.014, highest=False,
-                                paper_number=0.004))
+        out.append(c.named_head("l4h11_most_position_focused", "layer 4, head 11 (Figure 1) … is also the most "
+                                "position-focused (Variability = 0.004).", "variability", (4, 11), "(4, 11): 0.004", 0.0,
+                                0.014, highest=False, paper_number=0.004, source="§5.3.2, p. 7"))
         return out
 
 

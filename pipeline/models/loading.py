@@ -110,8 +110,19 @@ def load_tokenizer(cfg: ModelConfig):
 def bos_token_id(tok) -> int:
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     if bos is None:
-        raise PipelineError("model.prepend_bos is set but the tokenizer has neither a BOS nor an EOS token")
+        raise PipelineError("model.bos is 'always' but the tokenizer has neither a BOS nor an EOS token")
     return int(bos)
+
+
+def tokenizer_adds_bos(tok) -> bool:
+    """Whether the tokenizer itself puts its BOS before a text it encodes (Llama-3, Gemma) or not (GPT-2, SmolLM2):
+    what model.bos: auto follows."""
+    bos = tok.bos_token_id
+    if bos is None:
+        return False
+    with_special = list(tok("a", add_special_tokens=True)["input_ids"])
+    plain = list(tok("a", add_special_tokens=False)["input_ids"])
+    return bool(with_special) and with_special[0] == bos and plain[:1] != [bos]
 
 
 def is_encoder(cfg: ModelConfig) -> bool:
@@ -141,14 +152,15 @@ class SpecialPieces:
 
 
 def special_pieces(cfg: ModelConfig, tok) -> SpecialPieces:
-    """model.prepend_bos: the BOS (or EOS) id before each sentence; model.add_special_tokens (None: for encoders): the
-    tokenizer's own, found by encoding one word with them (BERT: [CLS] before, [SEP] after)."""
-    add = cfg.add_special_tokens if cfg.add_special_tokens is not None else is_encoder(cfg)
-    if cfg.prepend_bos:
+    """The pieces around each sentence. model.add_special_tokens (None: for encoders): the tokenizer's own, found by
+    encoding one word with them (BERT: [CLS] before, [SEP] after). Otherwise model.bos: the BOS (or, lacking one, EOS)
+    id before each sentence, tagged BOS: always, never, or auto: when the tokenizer itself prepends it."""
+    add = cfg.add_special_tokens if cfg.add_special_tokens is not None else (cfg.bos == "auto" and is_encoder(cfg))
+    if not add:
+        if resolved_bos(cfg, tok) == "never":
+            return SpecialPieces((), (), {})
         bos = bos_token_id(tok)
         return SpecialPieces((bos,), (), {bos: "BOS"})
-    if not add:
-        return SpecialPieces((), (), {})
     encoded = tok("a", add_special_tokens=True, return_special_tokens_mask=True)
     ids, mask = list(encoded["input_ids"]), list(encoded["special_tokens_mask"])
     if 0 not in mask:
@@ -156,6 +168,22 @@ def special_pieces(cfg: ModelConfig, tok) -> SpecialPieces:
     first, last = mask.index(0), len(mask) - 1 - mask[::-1].index(0)
     before, after = tuple(ids[:first]), tuple(ids[last + 1:])
     return SpecialPieces(before, after, {i: tok.convert_ids_to_tokens(i) for i in before + after})
+
+
+def resolved_bos(cfg: ModelConfig, tok) -> str:
+    """model.bos resolved for a sentence without the tokenizer's special tokens: "always" or "never"."""
+    if cfg.bos != "auto":
+        return cfg.bos
+    return "always" if tokenizer_adds_bos(tok) else "never"
+
+
+def bos_record(cfg: ModelConfig, tok, special: SpecialPieces) -> dict:
+    """What run.json and the report say about position 0: the setting, what it resolved to ("always": position 0 is
+    a special piece before the text, BOS or the tokenizer's own such as [CLS]; "never": the text's first piece), and
+    that piece."""
+    first = special.before[0] if special.before else None
+    return {"setting": cfg.bos, "resolved": "always" if special.before else "never",
+            "piece": tok.convert_ids_to_tokens(first) if first is not None else None}
 
 
 OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")  # RoBERTa's positions count from padding_idx + 1
@@ -195,6 +223,15 @@ def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
         log.warning("model.dtype=%s on CPU: using float32", choice)
         return torch.float32
     return dtype
+
+
+def load_options(cfg: ModelConfig, device: torch.device) -> dict:
+    """from_pretrained's keyword arguments for the weights' dtype and placement: model.dtype (float32 on a CPU) and,
+    when set, model.device_map (accelerate places the layers over the visible GPUs)."""
+    options = {"dtype": resolve_dtype(cfg.dtype, device)}
+    if cfg.device_map is not None:
+        options["device_map"] = cfg.device_map
+    return options
 
 
 def weights_fingerprint(model) -> str:

@@ -1,16 +1,18 @@
-"""The quantitative statements of the paper's section 5.3, checked against a run's tables.
+"""The quantitative sentences of the paper's section 5 (5.2.3, 5.3, footnote 8, Fig. 4's caption), checked against
+a run's tables.
 
-Each metric declares the claims about it (pipeline/metrics/); each gives the paper's value, this
-run's value, the criterion for "holds" (written out in the table, so a reader can disagree with it),
-and whether it applies: claims naming a GPT-2 head (e.g. layer 4, head 11) apply only to GPT-2 small,
-and claims of a metric the run did not compute apply to nothing. Depth-relative claims ("the last
-three of 12 layers") are scaled to the model's depth: last ⌈3L/12⌉ layers.
+Each metric declares the claims about it (pipeline/metrics/); each gives the paper's sentence verbatim and where it
+stands, the paper's value, this run's value, the criterion for "holds" (written out in the table, so a reader can
+disagree with it), and whether it applies: claims naming a GPT-2 head (e.g. layer 4, head 11) apply only to GPT-2
+small, and claims of a metric the run did not compute apply to nothing. Depth-relative claims ("the last three of 12
+layers") are scaled to the model's depth: last ⌈3L/12⌉ layers.
 
-Two verdicts (pipeline/metrics/base.py, Claim): `holds` judges the sentence as stated, its numbers read within
-the `tolerance` band (a different model, corpus and spaCy version cannot give the paper's exact numbers; each
-band is justified where the claim is declared); `direction_holds` judges the sentence's qualitative point alone
-(a correlation's sign, an ordering, a head's rank), and is null where the sentence has no such point apart from
-its number, or no number apart from its point."""
+Two verdicts (pipeline/metrics/base.py, Claim): `holds` judges the sentence as stated, with the paper's own thresholds
+("over 97%" is ≥ 0.97) and the numbers it reports read within the `tolerance` band (a different model, corpus and
+spaCy version cannot give the paper's exact numbers; each band is justified where the claim is declared);
+`direction_holds` judges the sentence's qualitative point alone (a correlation's sign, an ordering, a head's rank),
+and is null where the sentence has no such point apart from its number, or no number apart from its point.
+docs/claims.md lists every claim with its criterion (`docs_table`, checked against the code by tests/test_claims.py)."""
 
 from __future__ import annotations
 
@@ -21,11 +23,13 @@ import polars as pl
 from pipeline.metrics import registry
 from pipeline.metrics.base import ClaimContext
 
-# ci_95: the bootstrap's 95% interval of the run's number (attend.bootstrap_replicates); paper_in_ci: whether the
-# paper's number lies in it (null where the claim has no single number, or the run no bootstrap).
-SCHEMA = {"claim": pl.String, "statement": pl.String, "criterion": pl.String, "tolerance": pl.String,
+# source: where the sentence stands in the paper (section, page). ci_95: the bootstrap's 95% interval of the run's
+# number (attend.bootstrap_replicates), only where a percentile interval is valid; paper_in_ci: whether the paper's
+# number lies in it (null where the claim has no single number, or no interval); interval_note: what the interval is
+# of, or why there is none (an extreme, argmax or rank over heads or layers; tables that are not bootstrapped).
+SCHEMA = {"claim": pl.String, "source": pl.String, "statement": pl.String, "criterion": pl.String, "tolerance": pl.String,
           "paper_value": pl.String, "run_value": pl.String, "applicable": pl.Boolean, "holds": pl.Boolean,
-          "direction_holds": pl.Boolean, "ci_95": pl.String, "paper_in_ci": pl.Boolean}
+          "direction_holds": pl.Boolean, "ci_95": pl.String, "paper_in_ci": pl.Boolean, "interval_note": pl.String}
 
 
 def _fmt(x) -> str:
@@ -36,10 +40,11 @@ def _fmt(x) -> str:
 
 def _paper_in_interval(c, applicable: bool) -> tuple[str | None, bool | None]:
     number = c.paper_number if c.paper_number is not None else c.paper_value
-    if not applicable or c.interval is None or not isinstance(number, (int, float)):
+    if not applicable or c.interval is None:
         return None, None
     low, high = c.interval
-    return f"[{low:.3g}, {high:.3g}]", bool(low <= number <= high)
+    inside = bool(low <= number <= high) if isinstance(number, (int, float)) else None
+    return f"[{low:.3g}, {high:.3g}]", inside
 
 
 def evaluate(tables: dict[str, pl.DataFrame], model: dict, metric_status: dict | None = None) -> pl.DataFrame:
@@ -49,8 +54,26 @@ def evaluate(tables: dict[str, pl.DataFrame], model: dict, metric_status: dict |
         computed = metric_status is None or metric_status.get(metric.name, "enabled") == "enabled"
         for c in metric.claims(context):
             applicable = bool(c.applicable) and computed
-            rows.append((c.claim, c.statement, c.criterion, c.tolerance, _fmt(c.paper_value), _fmt(c.run_value),
+            rows.append((c.claim, c.source, c.statement, c.criterion, c.tolerance, _fmt(c.paper_value), _fmt(c.run_value),
                          applicable, bool(c.holds) if applicable and c.holds is not None else None,
                          bool(c.direction_holds) if applicable and c.direction_holds is not None else None,
-                         *_paper_in_interval(c, applicable)))
+                         *_paper_in_interval(c, applicable), c.interval_note if applicable else None))
     return pl.DataFrame(rows, schema=SCHEMA, orient="row")
+
+
+DOCS_BEGIN = "<!-- claims table: generated by pipeline.report.claims.docs_table; tests/test_claims.py checks it -->"
+DOCS_END = "<!-- end of the generated claims table -->"
+
+
+def docs_table(table: pl.DataFrame) -> str:
+    """The claims of `table` (evaluate's output for GPT-2 small, 12 × 12) as the Markdown table of docs/claims.md:
+    id → where, the paper's sentence, the paper's value, the criterion and its tolerance."""
+    def cell(text) -> str:
+        return "—" if text is None else str(text).replace("|", "\\|").replace("\n", " ")
+
+    lines = [DOCS_BEGIN, "", "| claim | where | the paper's sentence | paper | holds when | tolerance |",
+             "|---|---|---|---|---|---|"]
+    for r in table.iter_rows(named=True):
+        lines.append(f"| `{r['claim']}` | {cell(r['source'])} | “{cell(r['statement'])}” | {cell(r['paper_value'])} | "
+                     f"{cell(r['criterion'])} | {cell(r['tolerance'])} |")
+    return "\n".join([*lines, "", DOCS_END])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io as bytes_io
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -256,8 +257,43 @@ def runs_table(runs: list[Run]) -> pl.DataFrame:
     def row(run: Run) -> list[str]:
         model = run.info.get("model", {})
         counts = run.info.get("stages", {}).get("annotate", {}).get("counts", {})
-        return [run.label, str(model.get("name")), f"{run.layers} × {run.heads}", str(counts.get("sentences", "—"))]
-    return pl.DataFrame([row(r) for r in runs], schema=["run", "model", "layers × heads", "sentences"], orient="row")
+        return [run.label, str(model.get("name")), f"{run.layers} × {run.heads}", str(counts.get("sentences", "—")),
+                position_zero(run.info)]
+    return pl.DataFrame([row(r) for r in runs], schema=["run", "model", "layers × heads", "sentences", "position 0"],
+                        orient="row")
+
+
+def bos_of(info: dict) -> tuple[str | None, str | None]:
+    """(resolved model.bos, the piece at position 0 when special) as the run's annotate stage recorded it; a run made
+    before model.bos existed says it through its special pieces. (None, None) when neither was recorded."""
+    record = info.get("bos")
+    if isinstance(record, dict) and record.get("resolved"):
+        return record["resolved"], record.get("piece")
+    special = info.get("special_pieces")
+    if isinstance(special, dict) and "before" in special:
+        return ("always" if special["before"] else "never"), None
+    return None, None
+
+
+def position_zero(info: dict) -> str:
+    """What position 0 of every sentence is in a run (its run.json): shown by the report and the comparison."""
+    resolved, piece = bos_of(info)
+    if resolved is None:
+        return "not recorded"
+    if resolved != "always":
+        return "the sentence's first piece"
+    return f"special piece ({piece})" if piece else "special piece"
+
+
+def bos_warning(runs: list[Run]) -> str | None:
+    """One line when the two runs differ in what position 0 is (model.bos): null attention, attention to position 0,
+    is then attention to BOS in one run and to the first word in the other, and the two are not comparable."""
+    resolved = [bos_of(r.info)[0] for r in runs]
+    if None in resolved or resolved[0] == resolved[1]:
+        return None
+    sides = ", ".join(f"{r.label}: {position_zero(r.info)}" for r in runs)
+    return (f"the runs differ at position 0 ({sides}; model.bos): null attention, attention to position 0, and the "
+            "statistics that set it apart are not comparable across them")
 
 
 def report_links(runs: list[Run], out_dir: Path, reports_dir: Path) -> str:
@@ -278,12 +314,16 @@ def compare_runs(run_a: str, run_b: str, out: str | None = None, data_dir: str =
     runs = [Run(d, label) for d, label in zip(dirs, labels)]
     out_dir = Path(out) if out else Path(reports_dir) / f"compare-{names[0]}-{names[1]}"
     matches, used = match_heads(*runs)
+    warning = bos_warning(runs)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     io.write_parquet(matches, out_dir / "head_matches.parquet")
     sections = [("runs", "Runs"), ("depth", "Figures by relative depth"), ("findings", "Findings"), ("claims", "Claims"),
                 ("heads", "Heads matched across the models")]
     parts = [f"<h1>{escape(labels[0])} vs {escape(labels[1])}</h1>",
              "<nav>" + "".join(f"<a href='#{key}'>{escape(title.lower())}</a>" for key, title in sections) + "</nav>",
-             "<h2 id='runs'>Runs</h2>" + table(runs_table(runs)) + report_links(runs, out_dir, Path(reports_dir)),
+             "<h2 id='runs'>Runs</h2>" + table(runs_table(runs)) + report_links(runs, out_dir, Path(reports_dir))
+             + (f"<p class='warning'><b>Warning:</b> {escape(warning)}.</p>" if warning else ""),
              "<h2 id='depth'>Figures by relative depth</h2><p>Each layer at layer / (layers − 1): the first layer of "
              "either model at 0, its last at 1, so models of different depths can be read together.</p>"
              + depth_figures_html(runs),

@@ -142,28 +142,42 @@ def dependency_labels(dep_by_layer: pl.DataFrame, top: int = 12) -> plt.Figure:
 
 
 def token_share(shares: pl.DataFrame) -> plt.Figure:
-    """token_share.parquet: per tag drawn (special pieces, punctuation), the mean share over the heads of each layer,
-    shaded from the lowest to the highest head."""
-    from pipeline.metrics.token_share import shown_tags
+    """token_share.parquet: by layer, per token ([CLS], [SEP], BOS, ". or ,", other; "all" for the norms), three panels
+    each naming what it shows: Clark et al.'s mean attention α (Fig. 2), Kobayashi et al.'s mean absolute norm ‖α f(x)‖,
+    and the mean ‖f(x)‖; lines: the mean over the layer's heads, dots: the heads. A panel without values (no value
+    norms in the run) says so."""
+    from pipeline.metrics.token_share import ALL
 
-    tags = shown_tags(shares["tag"].unique().to_list())
-    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
-    for k, tag in enumerate(tags):
-        by_layer = (shares.filter(pl.col("tag") == tag).with_columns(pl.col("share").fill_nan(None))
-                    .group_by("layer").agg(mean=pl.col("share").mean(), low=pl.col("share").min(),
-                                           high=pl.col("share").max()).sort("layer"))
-        x = by_layer["layer"].to_numpy()
-        colour = plt.get_cmap("tab10")(k % 10)
-        ax.plot(x, by_layer["mean"].cast(pl.Float64).to_numpy(), marker="o", color=colour, label=tag)
-        ax.fill_between(x, by_layer["low"].cast(pl.Float64).to_numpy(), by_layer["high"].cast(pl.Float64).to_numpy(),
-                        color=colour, alpha=0.15, lw=0)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("share of all attention")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_ylim(0, 1)
-    if tags:
-        ax.legend()
-    ax.set_title("Attention to special pieces and punctuation")
+    tokens = [t for t in shares["token"].unique(maintain_order=True).to_list()]
+    order = sorted(tokens, key=lambda t: (t == ALL, t == "other", t == ". or ,", t))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4), layout="constrained")
+    panels = (("mean_attention", "attention weight α (Clark et al. 2019, Fig. 2)", "mean attention, all rows"),
+              ("mean_weighted_norm", "absolute norm ‖α f(x)‖ (Kobayashi et al. 2020)", "mean Σ_j ‖α_ij f(x_j)‖ per row"),
+              ("mean_value_norm", "value norm ‖f(x)‖ (Kobayashi et al. 2020)", "mean ‖f(x_j)‖ of the token's pieces"))
+    for ax, (column, title, label) in zip(axes, panels):
+        ax.set_title(title, fontsize=10)
+        values = shares.with_columns(pl.col(column).fill_nan(None))
+        if values[column].drop_nulls().is_empty():
+            ax.axis("off")
+            ax.text(0.5, 0.5, f"{title}:\nnot computed (no value norms in this run)", ha="center", va="center", fontsize=9)
+            continue
+        for k, token in enumerate(order):
+            if column == "mean_attention" and token == ALL:  # Σ_j α_ij = 1 in every row
+                continue
+            rows = values.filter(pl.col("token") == token).drop_nulls(column)
+            by_layer = rows.group_by("layer").agg(pl.col(column).mean()).sort("layer")
+            colour = "k" if token == ALL else plt.get_cmap("tab10")(k % 10)
+            ax.scatter(rows["layer"].to_numpy(), rows[column].cast(pl.Float64).to_numpy(), s=6, color=colour, alpha=0.35)
+            ax.plot(by_layer["layer"].to_numpy(), by_layer[column].cast(pl.Float64).to_numpy(), marker="o", ms=3,
+                    color=colour, ls="--" if token == ALL else "-", label=token)
+        ax.set_xlabel("layer")
+        ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        if column == "mean_attention":
+            ax.set_ylim(0, 1)
+        ax.legend(fontsize=7)
+    fig.suptitle("Attention to [CLS], [SEP] and the tokens \".\" and \",\": weights (left) and absolute norms (middle, "
+                 "right), mean over sentences")
     return fig
 
 
@@ -172,26 +186,24 @@ DIRECTION_COLOURS = {"dependent_to_head": "tab:blue", "head_to_dependent": "tab:
 
 
 def best_dependency_heads(dep_accuracy: pl.DataFrame) -> pl.DataFrame:
-    """Per (relation, direction) of dep_accuracy.parquet: the head with the highest accuracy (ties: the lowest layer,
-    then head), with its n and the baseline."""
+    """Per relation of dep_accuracy.parquet: the (head, direction) with the highest accuracy, as Clark et al.'s Table 1
+    picks it over both directions (ties: the lowest layer, then head, then direction), with its n and the baseline."""
     d = dep_accuracy.filter(pl.col("accuracy").is_not_null() & pl.col("accuracy").is_not_nan())
-    return (d.sort(["accuracy", "layer", "head"], descending=[True, False, False])
-            .group_by("relation", "direction", maintain_order=True).first())
+    return (d.sort(["accuracy", "layer", "head", "direction"], descending=[True, False, False, False])
+            .group_by("relation", maintain_order=True).first())
 
 
-def offset_name(k: int) -> str:
-    """A baseline offset k (the piece i − k) as the piece it names: i−3 to the left, i+2 to the right (encoders)."""
-    return f"i−{k}" if k > 0 else f"i+{-k}"
+def offset_name(o: int) -> str:
+    """A baseline offset o (Clark et al.'s: the head of word d is the word d + o) as the word it names: d−1, d+2."""
+    return f"d{o:+d}".replace("-", "−")
 
 
-def dependency_accuracy(dep_accuracy: pl.DataFrame, top: int = 15) -> plt.Figure:
-    """Clark et al. (2019), Table 1, as bars: for the `top` relations with the most cases (both directions), one row
-    per direction that has cases, the best head's accuracy (wide bar, coloured by direction) and the best fixed-offset
-    baseline (narrow grey bar), most frequent relation at the top."""
-    best = best_dependency_heads(dep_accuracy)
-    frequency = best.group_by("relation").agg(pl.col("n").sum()).sort(["n", "relation"], descending=[True, False])
-    rows = [r for relation in frequency["relation"].head(top).to_list()
-            for r in best.filter(pl.col("relation") == relation).sort("direction").iter_rows(named=True)]
+def dependency_accuracy(dep_accuracy: pl.DataFrame, top: int = 20) -> plt.Figure:
+    """Clark et al. (2019), Table 1, as bars: for the `top` relations with the most words (ROOT left out, as in their
+    table: no head can predict it), the best single head over both directions (wide bar, coloured by its direction)
+    and the best fixed-offset baseline (narrow grey bar), most frequent relation at the top."""
+    best = best_dependency_heads(dep_accuracy.filter(pl.col("relation").str.to_uppercase() != "ROOT"))
+    rows = best.sort(["n", "relation"], descending=[True, False]).head(top).to_dicts()
     fig, ax = plt.subplots(figsize=(8.5, 0.34 * len(rows) + 1.8), layout="constrained")
     if not rows:
         ax.text(0.5, 0.5, "no dependency cases in this run", ha="center", va="center")
@@ -202,12 +214,13 @@ def dependency_accuracy(dep_accuracy: pl.DataFrame, top: int = 15) -> plt.Figure
     ax.barh(y, [r["baseline_accuracy"] for r in rows], height=0.3, color="0.35")
     for k, r in enumerate(rows):
         ax.text(min(max(r["accuracy"], r["baseline_accuracy"]), 1.0) + 0.01, k,
-                f"L{r['layer']} H{r['head']}; baseline piece {offset_name(r['baseline_offset'])}", va="center", fontsize=7)
-    ax.set_yticks(y, [f"{r['relation']} ({DIRECTION_NAMES[r['direction']]}), n={r['n']:,}" for r in rows], fontsize=8)
+                f"L{r['layer']} H{r['head']} {DIRECTION_NAMES[r['direction']]}; baseline word "
+                f"{offset_name(r['baseline_offset'])}", va="center", fontsize=7)
+    ax.set_yticks(y, [f"{r['relation']}, n={r['n']:,}" for r in rows], fontsize=8)
     ax.set_ylim(len(rows) - 0.5, -0.5)
-    ax.set_xlim(0, 1.45)
+    ax.set_xlim(0, 1.55)
     ax.set_xticks(np.linspace(0, 1, 6))
-    ax.set_xlabel("accuracy: share of cases whose most-attended non-null piece lies in the related word")
+    ax.set_xlabel("accuracy: share of words whose head is the predicted word (word-level attention)")
     handles = [matplotlib.patches.Patch(color=c, label=f"best head, {DIRECTION_NAMES[d]}") for d, c in DIRECTION_COLOURS.items()]
     fig.legend(handles=[*handles, matplotlib.patches.Patch(color="0.35", label="best fixed offset (baseline)")],
                fontsize=8, loc="outside lower center", ncols=3)
@@ -275,8 +288,8 @@ ROLE_COLOURS = {"sink": "0.3", "positional": "tab:orange", "syntactic": "tab:blu
 
 def head_roles_map(roles: pl.DataFrame) -> plt.Figure:
     """head_roles.parquet as a layer × head map, one colour per role (pipeline/roles.py; the legend counts the heads
-    of each). White dots: heads whose mean attention to position 0 exceeds the sink rate's ε; the title gives their
-    share of all heads, the attention sink rate of Gu et al. (2024)."""
+    of each). White dots: heads whose null share, pooled over the corpus, exceeds ε (above_sink_epsilon). The title
+    gives Gu et al. (2024)'s sink rate, per sentence (the mean of sink_frequency over heads), and the dots' share."""
     from matplotlib.colors import ListedColormap
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -295,10 +308,12 @@ def head_roles_map(roles: pl.DataFrame) -> plt.Figure:
     counts = dict(roles.group_by("role").len().iter_rows())
     handles = [Patch(facecolor=ROLE_COLOURS[n], edgecolor="0.5", label=f"{n} ({counts.get(n, 0)})") for n in names]
     handles.append(Line2D([], [], marker="o", ls="", markerfacecolor="white", markeredgecolor="black",
-                          label="mean attention to\nposition 0 > ε"))
+                          label="pooled null\nshare > ε"))
     fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
-    rate = sinks.height / roles.height if roles.height else float("nan")
-    ax.set_title(f"Head roles\nattention sink rate (Gu et al. 2024): {rate:.0%} of heads")
+    pooled = sinks.height / roles.height if roles.height else float("nan")
+    frequency = roles["sink_frequency"].drop_nans().drop_nulls() if "sink_frequency" in roles.columns else pl.Series([])
+    gu = f"{frequency.mean():.0%}" if frequency.len() else "not computed"
+    ax.set_title(f"Head roles\nsink rate (Gu et al. 2024, per sentence): {gu}; pooled null share > ε: {pooled:.0%} of heads")
     return fig
 
 
@@ -332,8 +347,8 @@ def norm_weighting(heads: pl.DataFrame, norm_heads: pl.DataFrame, pos: pl.DataFr
     colours = plt.get_cmap("tab10")
     for column, (name, values, share) in enumerate((("attention weights α_ij", null, shares[0]),
                                                      ("norm-weighted α_ij ‖f(x_j)‖", norm_null, shares[1]))):
-        draw_heatmap(axes[0, column], values, f"null share, {name}", vmin=0, vmax=vmax, colorbar=column == 1,
-                     label="null share (one scale for both)")
+        draw_heatmap(axes[0, column], values, f"null share (a pooled ratio), {name}", vmin=0, vmax=vmax,
+                     colorbar=column == 1, label="null share (one scale for both)")
         ax = axes[1, column]
         for k, tag in enumerate(tags):
             ax.plot(np.arange(share.shape[1]), share[k], marker="o", ms=2.5, color=colours(k % 10), label=tag)
@@ -341,10 +356,11 @@ def norm_weighting(heads: pl.DataFrame, norm_heads: pl.DataFrame, pos: pl.DataFr
         ax.set_xticks(_ticks(share.shape[1]))
         ax.set_xlabel("layer")
         ax.set_ylabel("share of non-null attention")
-        ax.set_title(f"'to' share of each tag, {name}", fontsize=10)
+        ax.set_title(f"'to' share of each tag (a pooled ratio), {name}", fontsize=10)
     handles, labels = axes[1, 0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncols=len(tags), title="the most frequent tags")
-    fig.suptitle("Attention weights vs norm-weighted attention (Kobayashi et al. 2020)")
+    fig.suptitle("Attention weights vs norm-weighted attention (Kobayashi et al. 2020): shares, i.e. pooled ratios "
+                 "Σ α'/Σ α' of norms,\nnot their absolute norms ‖α f(x)‖ (those: figure beyond_token_share)")
     return fig
 
 
@@ -451,36 +467,43 @@ def _lens_rows(lens: pl.DataFrame, grouping: str) -> pl.DataFrame:
 
 
 def logit_lens_by_depth(lens: pl.DataFrame) -> plt.Figure:
-    """logit_lens.parquet, the group "all": by depth (0 = the embeddings), the median rank of the actual next piece
-    (rank + 1 on a log axis, the histogram bin's range shaded), the top-1 and top-10 shares, and KL(final ‖ depth)."""
+    """logit_lens.parquet, the group "all": by depth (0 = the embeddings), two ranks, each named: of the TRUE next piece
+    and of the model's FINAL top-1 prediction (nostalgebraist's rank); their medians (rank + 1 on a log axis, the
+    histogram bin's range shaded), their top-1 and top-10 shares, and KL(final ‖ depth)."""
     d = _lens_rows(lens, "all")
-    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 4.4), layout="constrained")
     if d.is_empty():
         for ax in (left, middle, right):
             ax.axis("off")
         left.text(0.5, 0.5, "no piece was decoded in this run", ha="center", va="center")
         return fig
     depth = d["depth"].to_numpy()
-    low, high = d["median_rank"].to_numpy() + 1, d["median_rank_upper"].to_numpy() + 1
-    left.fill_between(depth, low, high, color="tab:blue", alpha=0.2, lw=0)
-    left.plot(depth, low, marker="o", ms=3, color="tab:blue")
+    ranks = (("median_rank", "top1_share", "top10_share", "true next piece", "tab:blue"),
+             ("final_pred_median_rank", "final_pred_top1_share", "final_pred_top10_share",
+              "final top-1 prediction (nostalgebraist)", "tab:orange"))
+    for median, top1, top10, name, colour in ranks:
+        low, high = d[median].to_numpy() + 1, d[f"{median}_upper"].to_numpy() + 1
+        left.fill_between(depth, low, high, color=colour, alpha=0.2, lw=0)
+        left.plot(depth, low, marker="o", ms=3, color=colour, label=name)
+        middle.plot(depth, d[top1].to_numpy(), marker="o", ms=3, color=colour, label=f"{name}: top-1")
+        middle.plot(depth, d[top10].to_numpy(), marker="o", ms=3, color=colour, ls="--", label=f"{name}: top-10")
     left.set_yscale("log")
     left.set_ylabel("median rank + 1 (log scale)")
-    left.set_title("median rank of the actual next piece")
-    middle.plot(depth, d["top1_share"].to_numpy(), marker="o", ms=3, label="top-1")
-    middle.plot(depth, d["top10_share"].to_numpy(), marker="o", ms=3, label="top-10")
+    left.set_title("median rank of the true next piece\nand of the final top-1 prediction", fontsize=10)
+    left.legend(fontsize=7)
     middle.set_ylim(0, 1)
     middle.set_ylabel("share of pieces")
-    middle.set_title("next piece among the lens's top predictions")
-    middle.legend(fontsize=8)
+    middle.set_title("among the lens's top predictions", fontsize=10)
+    middle.legend(fontsize=7)
     kl = d["mean_kl"].to_numpy()
     right.plot(depth, kl, marker="o", ms=3, color="tab:red")
     right.set_ylabel("mean KL(final ‖ depth), nats")
-    right.set_title("distance from the model's output")
+    right.set_title("distance from the model's output", fontsize=10)
     for ax in (left, middle, right):
         ax.set_xlabel("depth (0 = embeddings, d = output of block d)")
         ax.set_xticks(_ticks(len(depth)))
-    fig.suptitle(f"Logit lens (nostalgebraist 2020), n = {int(d['n'][0]):,} pieces")
+    fig.suptitle(f"Logit lens (nostalgebraist 2020), n = {int(d['n'][0]):,} pieces: ranks of the true next piece (blue) "
+                 "and of the final top-1 prediction (orange)")
     return fig
 
 
@@ -508,7 +531,7 @@ def logit_lens_pos_heatmap(lens: pl.DataFrame, top_tags: int = 16) -> plt.Figure
     left.set_yticks(_ticks(D))
     left.set_ylabel("depth (0 = embeddings)")
     left.set_xlabel("part of speech of the next piece's word (n pieces)")
-    left.set_title("top-1 share of the logit lens")
+    left.set_title("top-1 share of the logit lens (true next piece)")
     fig.colorbar(im, ax=left, label="top-1 share")
     rel = _lens_rows(lens, "relation").with_columns(
         kind=pl.col("group").str.split(":").list.first(), hits=pl.col("n") * pl.col("top1_share"))
@@ -524,7 +547,7 @@ def logit_lens_pos_heatmap(lens: pl.DataFrame, top_tags: int = 16) -> plt.Figure
     right.set_ylabel("top-1 share")
     right.set_title("by relation between the current and the next word")
     right.legend(fontsize=8)
-    fig.suptitle("Logit lens by part of speech and by relation (nostalgebraist 2020)")
+    fig.suptitle("Logit lens by part of speech and by relation (nostalgebraist 2020): the true next piece's top-1 share")
     return fig
 
 

@@ -15,7 +15,12 @@ CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left}
 th{background:#f3f3f3}figure{margin:2em 0}figure img{max-width:100%}figcaption{color:#444;font-size:.9em;max-width:60em}
 .grid{display:grid;grid-template-columns:1fr 1fr;gap:1em}nav a{margin-right:1em}code,pre{background:#f6f6f6}
-.disabled{color:#777;font-style:italic}"""
+.disabled{color:#777;font-style:italic}
+table.claims{width:100%;table-layout:fixed}table.claims td{vertical-align:top;overflow-wrap:anywhere}
+table.claims col.verdict{width:9em}table.claims col.paper{width:11em}table.claims col.run{width:30%}
+table.claims q{font-style:italic}table.claims .source,table.claims small{color:#555;font-size:.85em}
+table.claims details{margin-top:.3em;font-size:.85em;color:#333}table.claims summary{cursor:pointer;color:#555}
+tr.holds td.verdict{background:#e9f6ec}tr.fails td.verdict{background:#fbeaea}tr.na td{color:#777}"""
 
 
 def escape(text) -> str:
@@ -72,3 +77,36 @@ def render_exemplar(row: dict) -> str:
         cursor = max(cursor, end)
     out.append(html.escape(text[cursor:]))
     return "".join(out)
+
+
+def _claim_run_cell(r: dict) -> str:
+    """This run's value, with the bootstrap interval and whether the paper's number lies in it, or why there is none."""
+    out = escape(r["run_value"])
+    if r["ci_95"] is not None:
+        inside = {True: "the paper's number lies inside", False: "the paper's number lies outside", None: ""}[r["paper_in_ci"]]
+        note = f" ({escape(r['interval_note'])})" if r.get("interval_note") else ""
+        out += f"<br><small>95% interval {escape(r['ci_95'])}{note}{'; ' + inside if inside else ''}</small>"
+    elif r.get("interval_note"):
+        out += f"<br><small>{escape(r['interval_note'])}</small>"
+    return out
+
+
+def claims_table(claims: pl.DataFrame) -> str:
+    """The claims check readable at a glance: the verdict, the paper's sentence (the criterion, its tolerance and the
+    claim's id in a details row under it), the paper's value, and this run's value with its interval."""
+    rows = []
+    for r in claims.iter_rows(named=True):
+        kind = "na" if not r["applicable"] else "holds" if r["holds"] else "fails"
+        verdict = VERDICT[r["holds"] if r["applicable"] else None]
+        if r["applicable"] and r["direction_holds"] is not None:
+            verdict += f"<br><small>direction {'✔ holds' if r['direction_holds'] else '✘ does not hold'}</small>"
+        details = (f"<details><summary>criterion</summary><div>{escape(r['criterion'])}"
+                   + (f"<br>tolerance: {escape(r['tolerance'])}" if r["tolerance"] else "")
+                   + f"<br>claim: <code>{escape(r['claim'])}</code></div></details>")
+        source = f" <span class='source'>({escape(r['source'])})</span>" if r.get("source") else ""
+        rows.append(f"<tr class='{kind}' id='claim-{escape(r['claim'])}'><td class='verdict'>{verdict}</td>"
+                    f"<td><q>{escape(r['statement'])}</q>{source}{details}</td><td>{escape(r['paper_value'])}</td>"
+                    f"<td>{_claim_run_cell(r)}</td></tr>")
+    return ("<table class='claims'><colgroup><col class='verdict'><col><col class='paper'><col class='run'></colgroup>"
+            "<thead><tr><th>verdict</th><th>the paper says</th><th>paper</th><th>this run</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
