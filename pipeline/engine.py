@@ -171,6 +171,17 @@ class BatchContext:
 
     cached = functools.cached_property
 
+    def memo(self, key: str, make):
+        """make() once per batch, shared by the layers (a metric's batch-only tensors: dependency accuracy's words,
+        token share's categories), like the cached properties above but owned by the metric that makes it."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+    @functools.cached_property
+    def _memo(self) -> dict:
+        return {}
+
     @cached
     def in_sentence(self) -> torch.Tensor:           # [B, T]
         return self.idx[None, :] < self.batch.lengths[:, None]
@@ -322,7 +333,10 @@ class NormWeightedView(LayerView):
 
     def __init__(self, raw: LayerView, norms: torch.Tensor):
         self.batch, self.index, self.H = raw.batch, raw.index, raw.H
-        norms = norms.float().masked_fill(~raw.batch.in_sentence[:, None, :], 0.0)
+        if raw.norms is not None:  # already masked by LayerView
+            norms = raw.norms
+        else:
+            norms = norms.float().masked_fill(~raw.batch.in_sentence[:, None, :], 0.0)
         self.att = raw.att.float() * norms[:, :, None, :]
 
     @functools.cached_property

@@ -223,14 +223,13 @@ _DIGESTS: dict[tuple, str] = {}  # (device, inode, size, mtime, ctime) → SHA-2
 def file_identity(path: Path) -> list | None:
     """Size and SHA-256 of the content: an edit is seen even when it keeps the size and the modification time
     (an in-place rewrite followed by `touch -r`), and touching a file without changing it redoes nothing. Streamed
-    (hashlib.file_digest, about 1 GB/s), once per process and file state. None for a missing file: the stage that
+    (io.sha256), once per process and file state. None for a missing file: the stage that
     reads it reports that in one line."""
     try:
         st = Path(path).stat()
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if key not in _DIGESTS:
-            with open(path, "rb") as f:
-                _DIGESTS[key] = hashlib.file_digest(f, "sha256").hexdigest()
+            _DIGESTS[key] = io.sha256(path)
     except OSError:
         return None
     return [st.st_size, _DIGESTS[key]]

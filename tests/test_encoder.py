@@ -169,26 +169,21 @@ def test_patterns_hold_the_whole_matrix(special_run, tiny_bert):
 
 
 def test_value_norms_of_bert_match_explicit_products(tiny_bert):
-    """‖f_h(x_j)‖ with f_h(x) = (x W_V^h + b_V^h) W_O^h, x the layer's input (BERT is post-LN)."""
-    from transformers import AutoModel
-
+    """‖f_h(x_j)‖ with f_h(x) = (x W_V^h + b_V^h) W_O^h, x the layer's input (BERT is post-LN): the adapter's against
+    the explicit products of tests/test_token_share.py's reference."""
     from pipeline.config import ModelConfig
     from pipeline.models import load_adapter
+    from test_token_share import bert_value_norms
 
     adapter = load_adapter(ModelConfig(name=str(tiny_bert), device="cpu"), torch.device("cpu"))
-    model = AutoModel.from_pretrained(str(tiny_bert), attn_implementation="eager").eval()
     ids = torch.tensor([[101, 1996, 4248, 2829, 4419, 1012, 102]])
     got = adapter.map_attention(ids, torch.ones_like(ids), lambda index, att, norms: norms[0], value_norms=True)
-    with torch.no_grad():
-        hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
-    H, d = 3, 8
-    for layer, block in enumerate(model.encoder.layer):
-        x = hidden[layer][0].double()
-        v = x @ block.attention.self.value.weight.double().T + block.attention.self.value.bias.double()
-        W_O = block.attention.output.dense.weight.double().T  # [H·d, D]
-        want = np.stack([(v[:, h * d:(h + 1) * d] @ W_O[h * d:(h + 1) * d]).norm(dim=-1).detach().numpy()
-                         for h in range(H)])
-        assert np.allclose(got[layer].numpy(), want, atol=1e-5)
+    tokens = pl.DataFrame({"sentence_id": [0] * ids.shape[1], "position": list(range(ids.shape[1])),
+                           "token_id": ids[0].tolist()})
+    want = bert_value_norms(tiny_bert, tokens)[0]  # [L, H, n]
+    assert len(got) == len(want)
+    for layer in range(len(want)):
+        assert np.allclose(got[layer].numpy(), want[layer], atol=1e-5)
 
 
 def test_encoder_decoders_and_decoder_configured_berts_are_refused():

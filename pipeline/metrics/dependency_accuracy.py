@@ -63,17 +63,16 @@ class Words:
         self.case = self.present & (self.root | ((head != index) & head_present))               # [B, W]
         self.gold = torch.where(self.root, -1, head)  # -1: ROOT
         self.onehot = torch.nn.functional.one_hot(label, ctx.n_dep).to(torch.float32) * self.case[..., None]  # [B, W, R]
-        other = self.present[:, :, None] & self.present[:, None, :] & ~torch.eye(W, dtype=torch.bool, device=ctx.device)
-        self.candidates = other                                                                # [B, W, W]
+        self.candidates = (self.present[:, :, None] & self.present[:, None, :]
+                           & ~torch.eye(W, dtype=torch.bool, device=ctx.device))               # [B, W, W]
+        self.hidden = ~self.candidates[:, None]  # [B, 1, W, W]: self, and words without a non-null piece
         self.n_words = word.max(1).values + 1  # [B]: words of the sentence (padding's word is −1)
         self.index = index
 
 
 def words_of(ctx) -> Words:
     """The batch's Words, made once per batch and shared by its layers (kept on the batch context)."""
-    if "_dependency_words" not in ctx.__dict__:
-        ctx.__dict__["_dependency_words"] = Words(ctx)
-    return ctx.__dict__["_dependency_words"]
+    return ctx.memo("dependency_words", lambda: Words(ctx))
 
 
 def most_attended(scores: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -117,7 +116,7 @@ class DependencyAccuracy(Metric):
         ctx = layer.batch
         words = words_of(ctx)
         scores = word_attention(layer.att, words)  # [B, H, W, W]
-        hidden = ~words.candidates[:, None]        # self, and words without a non-null piece
+        hidden = words.hidden
         to_head = most_attended(scores, hidden)                      # [B, H, W]: d's most-attended-to other word
         from_head = most_attended(scores.transpose(-1, -2), hidden)  # the other word that attends to d most
         correct = torch.stack([to_head, from_head], 2) == words.gold[:, None, None]  # [B, H, 2, W]

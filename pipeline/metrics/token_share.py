@@ -51,6 +51,17 @@ def categories(ctx) -> torch.Tensor:
     return torch.cat([tags, rest], -1)
 
 
+def batch_terms(ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What every layer of a batch shares, made once per batch: the categories [B, T, C], each row's weight 1/n_s
+    [B, T] (all rows of the sentence) and 1/(pieces of each category) per sentence [B, C] (0 where it has none)."""
+    def make():
+        cats = categories(ctx)
+        rows = ctx.in_sentence.to(torch.float32) / ctx.batch.lengths[:, None].clamp_min(1).to(torch.float32)
+        count = cats.sum(1)
+        return cats, rows, torch.where(count > 0, 1.0 / count.clamp_min(1.0), 0.0)
+    return ctx.memo("token_share", make)
+
+
 class TokenShare(Metric):
     name = "token_share"
     order = 12
@@ -70,20 +81,17 @@ class TokenShare(Metric):
 
     def reduce_layer(self, layer) -> dict:
         ctx = layer.batch
-        cats = categories(ctx)
-        rows = ctx.in_sentence.to(torch.float32) / ctx.batch.lengths[:, None].clamp_min(1).to(torch.float32)
+        cats, rows, per_piece = batch_terms(ctx)
         received = torch.einsum("bhij,bi->bhj", layer.att, rows)  # [B, H, T]: (1/n_s) Σ_i α_ij over all rows
         out = {"ts_attention": torch.einsum("bhj,bjc->bhc", received, cats).to(ctx.sum_dtype)}
         if layer.norms is not None:
-            count = cats.sum(1)  # [B, C] pieces of each token per sentence
-            per_piece = torch.where(count > 0, 1.0 / count.clamp_min(1.0), 0.0)
             out["ts_weighted_norm"] = torch.einsum("bhj,bjc->bhc", received * layer.norms, cats).to(ctx.sum_dtype)
             out["ts_value_norm"] = (torch.einsum("bhj,bjc->bhc", layer.norms, cats) * per_piece[:, None, :]).to(ctx.sum_dtype)
         return out
 
     def batch_sums(self, ctx) -> dict:
         """Sentences, and sentences that contain each token: the denominators of the means over sentences."""
-        present = (categories(ctx).sum(1) > 0).to(ctx.sum_dtype)  # [B, C]
+        present = (batch_terms(ctx)[0].sum(1) > 0).to(ctx.sum_dtype)  # [B, C]
         return {"ts_sentences": torch.ones(ctx.B, 1, dtype=ctx.sum_dtype, device=ctx.device), "ts_sentences_with": present}
 
     def tables(self, sums, inputs) -> dict:

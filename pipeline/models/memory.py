@@ -61,18 +61,13 @@ class ModelShape:
 
 
 def _loaded_on_meta(config):
-    """The model as the adapter loads it (causal LM class where transformers has one), on the meta device."""
-    from transformers import AutoModel, AutoModelForCausalLM
+    """The model as the adapter loads it (adapter.model_class: the causal LM class where transformers has one), on
+    the meta device."""
+    from pipeline.models.adapter import model_class
 
-    from pipeline.models.families import is_bidirectional
-
+    loader, _ = model_class(config)
     with torch.device("meta"):
-        if not is_bidirectional(config):
-            try:
-                return AutoModelForCausalLM.from_config(config)
-            except ValueError:  # no causal LM class for this model type
-                pass
-        return AutoModel.from_config(config)
+        return loader.from_config(config)
 
 
 def shape_of(config) -> ModelShape:

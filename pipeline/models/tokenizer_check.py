@@ -40,9 +40,8 @@ def tokenizer_mismatch(rows: int, model_config, tok, own_tok=None) -> str | None
 
 
 def own_tokenizer(model_cfg):
-    """The tokenizer the model itself ships (None when model.tokenizer is not set, or the model ships none)."""
-    if not model_cfg.tokenizer:
-        return None
+    """The tokenizer the model itself ships, for a config that names another (model.tokenizer); None where the
+    model ships none."""
     from pipeline.models.loading import load_tokenizer
 
     try:
@@ -51,21 +50,14 @@ def own_tokenizer(model_cfg):
         return None
 
 
-def check_tokenizer(adapter, tok, model_cfg) -> None:
-    """Refuse (one PipelineError) a tokenizer that does not belong to the adapter's model, unless the config opts out."""
-    if getattr(model_cfg, "allow_foreign_tokenizer", False):
-        return
-    why = tokenizer_mismatch(adapter.vocab_size, adapter.model.config, tok, own_tokenizer(model_cfg))
-    if why:
-        source = model_cfg.tokenizer or model_cfg.name
-        raise PipelineError(f"the tokenizer {source!r} does not belong to the model {model_cfg.name!r}: {why}; "
-                            f"use the model's own tokenizer (unset model.tokenizer), or {OPT_OUT}")
-
-
 def check_model_tokenizer(adapter, model_cfg) -> None:
-    """check_tokenizer with the tokenizer the config names (model.tokenizer, or the model's own)."""
+    """Refuse (one PipelineError) the tokenizer the config names (model.tokenizer) when it does not belong to the
+    adapter's model, unless the config opts out; the model's own tokenizer belongs to it."""
     if getattr(model_cfg, "allow_foreign_tokenizer", False) or not model_cfg.tokenizer:
-        return  # the model's own tokenizer belongs to it
+        return
     from pipeline.models.loading import load_tokenizer
 
-    check_tokenizer(adapter, load_tokenizer(model_cfg), model_cfg)
+    why = tokenizer_mismatch(adapter.vocab_size, adapter.model.config, load_tokenizer(model_cfg), own_tokenizer(model_cfg))
+    if why:
+        raise PipelineError(f"the tokenizer {model_cfg.tokenizer!r} does not belong to the model {model_cfg.name!r}: "
+                            f"{why}; use the model's own tokenizer (unset model.tokenizer), or {OPT_OUT}")
