@@ -10,7 +10,7 @@ ARGS   ?=
 RUN    := $(PY) -m pipeline run --config $(CONFIG) $(ARGS)
 STAGES := $(shell $(PYTHON) -m stages)   # the one list of stages: stages/__init__.py
 
-.PHONY: setup all test bench browser compare clean-runs $(STAGES)
+.PHONY: setup all test test-fast lint format status bench browser compare clean-runs $(STAGES)
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,19 @@ $(STAGES): setup
 
 test: setup browser
 	$(PY) -m pytest
+
+# The edit loop's tier: leaves out the tests marked slow (real models, the browser, crashes, Ray, long runs).
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+lint: setup   # ruff's rules and formatting, configured in pyproject.toml; CI runs it
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+format: setup
+	$(PY) -m ruff check --fix . && $(PY) -m ruff format .
+
+status: setup   # each stage of CONFIG's run: done, stale or missing
+	$(PY) -m pipeline status --config $(CONFIG)
 
 bench: setup   # the cost of each measurement beyond the paper, then the attend stage against its floors
 	$(PY) bench/additions_bench.py --config configs/offline.yaml $(ARGS)

@@ -17,8 +17,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
-    from pipeline.parts import scan
-    from pipeline.nlp import load_spacy
+    from pipeline.run.parts import scan
+    from pipeline.data.nlp import load_spacy
     from stages.annotate import parse_words
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -111,7 +111,7 @@ def random_model(shape: str, dtype: str) -> Path:
 
 def prepare(config: str, sentences: int, overrides: list[str], label: str) -> Path:
     from pipeline.config import load_config
-    from pipeline.runner import run_pipeline
+    from pipeline.run.runner import run_pipeline
 
     cfg = load_config(config, [f"corpus.max_sentences={sentences}", f"run_name=bench-{label}-{sentences}", *overrides])
     run_pipeline(cfg, ["corpus", "annotate"], echo=lambda *a: None)
@@ -129,7 +129,7 @@ def measure(approach: str, config: str, run_dir: Path, limit: int | None, overri
     cfg = load_config(config, overrides)
     device = resolve_device(cfg.model.device)
     adapter = load_adapter(cfg.model, device, "sdpa" if approach == "sdpa_forward" else "eager")
-    from pipeline.parts import scan
+    from pipeline.run.parts import scan
 
     arrays = TokenArrays.from_frame(scan(run_dir / "tokens").collect())  # the bench slices the whole corpus
     order = arrays.length_order()
@@ -199,11 +199,11 @@ def naive(model, arrays, order, device) -> int:
             written += path.stat().st_size
             start, n = arrays.starts[s], arrays.lengths[s]
             pos, word, head = arrays.pos[start:start + n], arrays.word[start:start + n], arrays.head[start:start + n]
-            for l in range(maps.shape[0]):
+            for layer in range(maps.shape[0]):
                 for h in range(maps.shape[1]):
-                    t = totals.setdefault((l, h), np.zeros(8))
+                    t = totals.setdefault((layer, h), np.zeros(8))
                     for i in range(1, n):
-                        row = maps[l, h, i, : i + 1]
+                        row = maps[layer, h, i, : i + 1]
                         rest = row[1:]
                         t[0] += row[0]
                         t[1] += rest.sum()
@@ -215,7 +215,7 @@ def naive(model, arrays, order, device) -> int:
                             p = rest / rest.sum()
                             t[4] -= (p[p > 0] * np.log(p[p > 0])).sum()
                             t[5] += 1
-                        pos_to[(l, h)] = pos_to.get((l, h), 0) + np.bincount(pos[1:i + 1], weights=rest, minlength=64)
+                        pos_to[(layer, h)] = pos_to.get((layer, h), 0) + np.bincount(pos[1:i + 1], weights=rest, minlength=64)
     return written
 
 

@@ -49,8 +49,8 @@ def prepare(config: str, sentences: int, overrides: list[str]) -> MainPass:
     from pipeline.config import load_config
     from pipeline.engine import TokenArrays, plan_batches
     from pipeline.models import load_adapter, resolve_device
-    from pipeline.parts import read_meta, scan
-    from pipeline.runner import run_pipeline
+    from pipeline.run.parts import read_meta, scan
+    from pipeline.run.runner import run_pipeline
 
     cfg = load_config(config, [f"corpus.max_sentences={sentences}", f"run_name=bench-additions-{sentences}", *overrides])
     run_pipeline(cfg, ["corpus", "annotate"], echo=lambda *a: None)

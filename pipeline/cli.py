@@ -1,5 +1,6 @@
 """Command line: `python -m pipeline run --config FILE [--stages a,b] [--set k=v ...] [--force]`,
-`python -m pipeline compare RUN_A RUN_B`."""
+`python -m pipeline status --config FILE [--set k=v ...]` (each stage up to date or stale, and why: read-only,
+safe beside a running run), `python -m pipeline compare RUN_A RUN_B`."""
 
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config field, e.g. corpus.max_sentences=500 (repeatable)")
     run.add_argument("--force", action="store_true", help="redo the selected stages even if up to date")
+    status = sub.add_parser("status", help="say for each stage whether a run would redo it, and why (reads only)")
+    status.add_argument("--config", required=True, help="YAML file in configs/")
+    status.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, as for run (repeatable)")
     cmp = sub.add_parser("compare", help="write an HTML page comparing two runs side by side, with heads matched")
     cmp.add_argument("run_a", help="run name (data/runs/NAME) or run directory")
     cmp.add_argument("run_b")
@@ -41,15 +46,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             from pathlib import Path
 
-            from pipeline.lock import run_lock
+            from pipeline.run.lock import run_lock
 
             cfg = load_config(args.config, args.overrides)
             stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
             # the locks first: a run directory in use is refused before seconds of imports (torch, spaCy, ...)
             with run_lock(cfg.run_dir), run_lock(Path(cfg.reports_dir) / cfg.run_name):
-                from pipeline.runner import run_pipeline
+                from pipeline.run.runner import run_pipeline
 
                 run_pipeline(cfg, stages, force=args.force, config_file=args.config, overrides=args.overrides)
+        elif args.command == "status":
+            from pipeline.run.status import status_lines
+
+            print("\n".join(status_lines(load_config(args.config, args.overrides))))
         elif args.command == "config":
             import yaml
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import io
+from pipeline.run import io
 from pipeline.errors import PipelineError
 
 
@@ -66,7 +66,7 @@ def scan(run: str | Path, table: str, data_dir: str | Path = "data", pool: bool 
     """A parted table (sentences, tokens) as one lazy frame over its parts: the sentences of the
     quantitative analysis, and with pool=True also those searched only for exemplars
     (corpus.exemplar_sentences; their sentence ids follow the analysis sample's)."""
-    from pipeline import parts
+    from pipeline.run import parts
 
     return parts.scan(resolve_run_dir(run, data_dir) / table, pool)
 

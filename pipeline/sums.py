@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bootstrap import PREFIX as BOOT_PREFIX
 
+BOOT_PREFIX = "boot."    # Poisson bootstrap replicates of a head-level sum: boot.<key> shaped [L, R, H]
 EXEMPLAR_PREFIX = "ex_"  # exemplar fields in an .npz file: ex_value, ex_sentence_id, ex_i, ex_j, ex_row
 NORM_PREFIX = "norm."    # sums of norm-weighted attention (Kobayashi et al. 2020): norm.<key>, boot.norm.<key>
 WEIGHTINGS = {"attention": "", "norm": NORM_PREFIX}  # weighting → the prefix of its sums
@@ -114,3 +114,12 @@ class Sums:
                 which, _, f = name[len(RANKED_PREFIX):].partition(".")
                 ranked.setdefault(which, {})[f] = v
         return cls(additive, exemplars or None, int(arrays.get("_exemplars_k", 0)), ranked)
+
+
+def poisson_weights(sentence_ids: np.ndarray, replicates: int, seed: int) -> np.ndarray:
+    """[R, B] float64: each sentence's multiplicity in each replicate, seeded by (seed, sentence id) alone, so that
+    the replicates do not depend on batching, parts or the executor (pipeline/analysis/bootstrap.py: the intervals)."""
+    out = np.empty((replicates, len(sentence_ids)))
+    for b, sid in enumerate(np.asarray(sentence_ids).tolist()):  # per sentence (a batch holds tens), not per token
+        out[:, b] = np.random.default_rng([seed, int(sid)]).poisson(1.0, replicates)
+    return out

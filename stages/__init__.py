@@ -1,6 +1,6 @@
 """The pipeline's stages, one module each, in running order. This tuple is the one list of stages:
 the runner, the CLI, the Makefile (`python -m stages`) and the tests read it. Each module follows
-the contract of pipeline/stage.py (NAME, VERSION, INPUTS, OUTPUTS, CONFIG, run)."""
+the contract of pipeline/run/stage.py (NAME, VERSION, INPUTS, OUTPUTS, CONFIG, run)."""
 
 import importlib
 

@@ -1,6 +1,6 @@
 """aggregate stage: attend/ parts → per-head tables, each a ratio of merged sums.
 
-Which columns and tables exist is the metric registry's business (pipeline/metrics/): every metric
+Which columns and tables exist is the metrics' analysis parts' business (pipeline/analysis/): every metric
 gives its ratio columns to head_metrics (per head) and layer_metrics (from each layer's summed
 numerators and denominators, not means of ratios), may add tables of its own, and its findings.
 A metric the attend stage did not compute (disabled) has NaN columns and empty tables.
@@ -21,18 +21,20 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from pipeline import bootstrap, io, roles
+from pipeline.analysis import analyses, bootstrap, roles
+from pipeline.analysis.base import Finding
 from pipeline.config import AggregateConfig
-from pipeline.metrics import registry, weightings
-from pipeline.metrics.base import Finding
-from pipeline.parts import part_paths, read_meta, scan
-from pipeline.stage import Output
+from pipeline.metrics import weightings
+from pipeline.run import io
+from pipeline.run.parts import part_paths, read_meta, scan
+from pipeline.run.stage import Output
 from pipeline.sums import Sums
 
 NAME = "aggregate"
 VERSION = 1
 INPUTS = ("attend", "tokens", "sentences")
 CONFIG = ("aggregate",)
+MASS = "attention_mass.mass"  # every run has it (the denominator of most shares): its shape gives layers and heads
 FINDINGS_COLUMNS = {"statistic": pl.String, "value": pl.Float64, "p_value": pl.Float64, "n": pl.Int64,
                     "paper_value": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "interval_note": pl.String}
 
@@ -46,7 +48,7 @@ FINDINGS_SCHEMA = weighted(FINDINGS_COLUMNS)
 
 
 def ratio_names() -> list[str]:
-    return [c for m in registry() for c in m.columns]
+    return [c for m in analyses() for c in m.columns]
 
 
 def ci_names() -> list[str]:
@@ -55,12 +57,12 @@ def ci_names() -> list[str]:
 
 
 def head_columns() -> dict:
-    columns = ratio_names() + ci_names() + [c for m in registry() for c in m.raw_columns]
+    columns = ratio_names() + ci_names() + [c for m in analyses() for c in m.raw_columns]
     return {"layer": pl.Int32, "head": pl.Int32, **{c: pl.Float64 for c in columns}}
 
 
 def layer_columns() -> dict:
-    columns = ratio_names() + ci_names() + [c for m in registry() for c in m.layer_extra_columns]
+    columns = ratio_names() + ci_names() + [c for m in analyses() for c in m.layer_extra_columns]
     return {"layer": pl.Int32, **{c: pl.Float64 for c in columns}}
 
 
@@ -77,7 +79,7 @@ def table_schema(metric, schema: dict) -> dict:
 
 
 OUTPUTS = (Output("head_metrics.parquet", head_schema), Output("layer_metrics.parquet", layer_schema),
-           *(Output(f"{name}.parquet", table_schema(m, schema)) for m in registry() for name, schema in m.table_schemas.items()),
+           *(Output(f"{name}.parquet", table_schema(m, schema)) for m in analyses() for name, schema in m.table_schemas.items()),
            Output("findings.parquet", FINDINGS_SCHEMA))
 
 
@@ -90,7 +92,7 @@ def load_sums(run_dir) -> tuple[Sums, dict]:
 def computed_metrics(meta: dict, weighting: str = "attention") -> list:
     """The metrics attend computed, of those that have the weighting (exemplars: attention only)."""
     status = meta.get("metrics", {})
-    return [m for m in registry() if status.get(m.name) == "enabled" and (weighting == "attention" or m.norm_weighting)]
+    return [m for m in analyses() if status.get(m.name) == "enabled" and (weighting == "attention" or m.norm_weighting)]
 
 
 def ratio_columns(active: list, shape: tuple, get, replicate: bool = False) -> dict[str, np.ndarray]:
@@ -98,7 +100,7 @@ def ratio_columns(active: list, shape: tuple, get, replicate: bool = False) -> d
     also NaN for a metric whose ratios need sums the bootstrap does not replicate (only head-level sums, one number
     per head, get replicates). A point estimate missing a sum is an error, never a silent NaN."""
     columns = {}
-    for m in registry():
+    for m in analyses():
         try:
             values = m.ratios(get) if m in active else {}
         except KeyError:
@@ -118,22 +120,22 @@ def ci_columns(replicates: dict[str, np.ndarray], shape: tuple) -> dict[str, np.
 
 
 def head_table(sums: Sums, active: list, boot: dict) -> pl.DataFrame:
-    L, H = sums["mass"].shape
+    L, H = sums[MASS].shape
     layer, head = np.meshgrid(np.arange(L), np.arange(H), indexing="ij")
     columns = {c: v.ravel() for c, v in ratio_columns(active, (L, H), lambda k: sums[k]).items()}
-    replicates = ratio_columns(active, (len(boot["mass"]), L, H), lambda k: boot[k], replicate=True) if boot else {}
-    raw = {c: (np.asarray(sums[c], dtype=np.float64) if m in active else np.full((L, H), np.nan)).ravel()
-           for m in registry() for c in m.raw_columns}
+    replicates = ratio_columns(active, (len(boot[MASS]), L, H), lambda k: boot[k], replicate=True) if boot else {}
+    raw = {c: (np.asarray(sums[key], dtype=np.float64) if m in active else np.full((L, H), np.nan)).ravel()
+           for m in analyses() for c, key in m.raw_columns.items()}
     return pl.DataFrame({"layer": layer.ravel().astype(np.int32), "head": head.ravel().astype(np.int32),
                          **columns, **ci_columns(replicates, (L, H)), **raw}, schema=head_columns())
 
 
 def layer_table(sums: Sums, active: list, boot: dict) -> pl.DataFrame:
-    L = sums["mass"].shape[0]
+    L = sums[MASS].shape[0]
     columns = ratio_columns(active, (L,), lambda k: sums[k].sum(axis=1))
-    replicates = ratio_columns(active, (len(boot["mass"]), L), lambda k: boot[k].sum(axis=2), replicate=True) if boot else {}
+    replicates = ratio_columns(active, (len(boot[MASS]), L), lambda k: boot[k].sum(axis=2), replicate=True) if boot else {}
     columns.update(ci_columns(replicates, (L,)))
-    for m in registry():
+    for m in analyses():
         extra = m.layer_columns(sums) if m in active else {}
         columns.update({c: np.asarray(extra.get(c, np.full(L, np.nan)), dtype=np.float64) for c in m.layer_extra_columns})
     return pl.DataFrame({"layer": np.arange(L, dtype=np.int32), **columns}, schema=layer_columns())
@@ -143,9 +145,9 @@ def replicate_findings(sums: Sums, active: list, boot: dict, heads: pl.DataFrame
                        layers: pl.DataFrame) -> dict[str, list[float]]:
     """{finding: its value in each bootstrap replicate}: every metric's findings on the replicate's head and layer
     ratios (correlations, means, SDs and peaks alike); sums without replicates keep their full-corpus value."""
-    L, H = sums["mass"].shape
+    L, H = sums[MASS].shape
     out: dict[str, list[float]] = {}
-    for r in range(len(boot.get("mass", ()))):
+    for r in range(len(boot.get(MASS, ()))):
         head_r = ratio_columns(active, (L, H), lambda k: boot[k][r], replicate=True)
         layer_r = ratio_columns(active, (L,), lambda k: boot[k][r].sum(axis=1), replicate=True)
         heads_r = heads.with_columns(**{c: pl.Series(v.ravel()) for c, v in head_r.items()})
@@ -182,14 +184,14 @@ def weighting_tables(sums: Sums, weighting: str, active: list, inputs: dict) -> 
     tables = {"head_metrics": heads, "layer_metrics": layers}
     inputs = {**inputs, "head_metrics": heads, "layer_metrics": layers}
     findings = [roles.sink_rate_pooled(heads, roles_cfg.sink_rate_epsilon)]  # from null_share; Gu et al.'s: sink_rate metric
-    for m in registry():
+    for m in analyses():
         if weighting != "attention" and not m.norm_weighting:
             continue
         made = m.tables(sums, inputs) if m in active else {}
         tables.update({name: made.get(name, pl.DataFrame(schema=schema)) for name, schema in m.table_schemas.items()})
         findings += m.findings(heads, layers, sums) if m in active else []
     tables["findings"] = findings_table(findings, replicate_findings(sums, active, boot, heads, layers))
-    unweighted = {name for m in registry() if not m.norm_weighting for name in m.table_schemas}
+    unweighted = {name for m in analyses() if not m.norm_weighting for name in m.table_schemas}
     return {name: df if name in unweighted else df.select(pl.lit(weighting).alias("weighting"), *df.columns)
             for name, df in tables.items()}
 

@@ -2,7 +2,7 @@
 
 Each sentence part is parsed with spaCy (`nlp.pipe`; the parse is cached per part and spaCy model
 under data/cache/spacy/, so another tokenizer or model reuses it) and its words' features are given
-to the model's pieces by character offsets (rule: pipeline/alignment.py). Parts are the executor's
+to the model's pieces by character offsets (rule: pipeline/data/alignment.py). Parts are the executor's
 work units: each is written atomically with its additive statistic counts, so a killed run resumes
 at the first missing part, and the corpus statistics are the merged counts of all parts.
 
@@ -26,17 +26,31 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline import io
-from pipeline.alignment import align_pieces
 from pipeline.config import fingerprint as content_hash
+from pipeline.data.alignment import align_pieces
+from pipeline.data.nlp import installed_version, load_spacy, processes, spacy_identity
+from pipeline.data.syntax_stats import (
+    STATS_SCHEMA,
+    add_counts,
+    format_comparison,
+    statistic_counts,
+    statistics_table,
+)
 from pipeline.errors import PipelineError
-from pipeline.executor import Resources, WorkUnit, make_executor, tqdm_bar
-from pipeline.models.loading import (SpecialPieces, bos_record, load_tokenizer, local_identity, max_positions,
-                                     resolve_source, special_pieces, tokenizer_source)
-from pipeline.nlp import installed_version, load_spacy, processes, spacy_identity
-from pipeline.parts import PartedOutput, is_pool, part_paths, read_part
-from pipeline.stage import Output, check_schema
-from pipeline.syntax_stats import STATS_SCHEMA, add_counts, format_comparison, statistic_counts, statistics_table
+from pipeline.models.loading import (
+    SpecialPieces,
+    bos_record,
+    load_tokenizer,
+    local_identity,
+    max_positions,
+    resolve_source,
+    special_pieces,
+    tokenizer_source,
+)
+from pipeline.run import io
+from pipeline.run.executor import Resources, WorkUnit, make_executor, tqdm_bar
+from pipeline.run.parts import PartedOutput, is_pool, part_paths, read_part
+from pipeline.run.stage import Output, check_schema
 
 NAME = "annotate"
 VERSION = 2

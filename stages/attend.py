@@ -2,7 +2,7 @@
 
 Each tokens part is a work unit of the executor: its sentences, sorted by (length, sentence_id) so
 that padding is minimal, go through the model in batches of `attend.token_budget` padded tokens,
-and every enabled metric reduces each layer's attention on the device into sums (pipeline/engine.py).
+and every enabled metric reduces each layer's attention on the device into sums (pipeline/engine/).
 Metrics that need a first pass (variability's ᾱ) get it before the main pass, as units of their own
 whose sums merge into attend/first_pass.npz: a global step, timed separately. Every unit's file is
 written atomically when finished, so a killed run resumes at the first missing part.
@@ -24,18 +24,34 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from pipeline import io, metrics
-from pipeline.alignment import is_special_tag
-from pipeline.engine import (Reduction, TokenArrays, first_pass_results, first_pass_sums, norm_weighting_reason, null_rule,
-                             reduce_sentences)
+from pipeline import metrics
+from pipeline.data.alignment import is_special_tag
+from pipeline.engine import (
+    Reduction,
+    TokenArrays,
+    first_pass_parts,
+    first_pass_results,
+    first_pass_sums,
+    norm_weighting_reason,
+    null_rule,
+    reduce_sentences,
+)
 from pipeline.errors import PipelineError
-from pipeline.executor import Resources, WorkUnit, make_executor, tqdm_bar
 from pipeline.models import load_adapter, resolve_device
 from pipeline.models.loading import local_identity, resolve_source
-from pipeline.models.tokenizer_check import check_model_tokenizer
 from pipeline.models.memory import plan_attend
-from pipeline.parts import PartedOutput, is_pool, part_paths, read_meta, read_part, scan_parts
-from pipeline.stage import Output
+from pipeline.models.tokenizer_check import check_model_tokenizer
+from pipeline.run import io
+from pipeline.run.executor import Resources, WorkUnit, make_executor, tqdm_bar
+from pipeline.run.parts import (
+    PartedOutput,
+    is_pool,
+    part_paths,
+    read_meta,
+    read_part,
+    scan_parts,
+)
+from pipeline.run.stage import Output
 from pipeline.sums import Sums
 
 NAME = "attend"
@@ -167,7 +183,7 @@ def run(ctx) -> dict:
     first_units = [WorkUnit(k, (p,), (out.path(k, ".npz", "first"),), size=n) for k, (p, n) in enumerate(zip(inputs, per_part))]
     first_path = out.directory / "first_pass.npz"
     first_report = None
-    if any(m.first_pass_positions(a) for m in metrics.enabled(a)):
+    if first_pass_parts(a):
         first_report = executor.run(first_units, functools.partial(AttendWorker, cfg, vocab, row_width, "first"),
                                     resources, desc="attend: first pass")
         parts = Sums.merge(Sums(io.read_npz(u.outputs[0])) for u in first_units)  # cheap: always

@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline import io
+from pipeline.data.nlp import installed_version, load_spacy, processes, spacy_identity
+from pipeline.data.sources import SourceCounts, iter_documents, parquet_files
 from pipeline.errors import PipelineError
-from pipeline.executor import Resources, WorkUnit, make_executor, tqdm_bar
 from pipeline.models.loading import load_tokenizer, local_identity, tokenizer_source
-from pipeline.nlp import installed_version, load_spacy, processes, spacy_identity
-from pipeline.parts import POOL, PartedOutput, read_part
-from pipeline.sources import SourceCounts, iter_documents, parquet_files
-from pipeline.stage import Output, check_schema, file_identity
+from pipeline.run import io
+from pipeline.run.executor import Resources, WorkUnit, make_executor, tqdm_bar
+from pipeline.run.parts import POOL, PartedOutput, read_part
+from pipeline.run.stage import Output, check_schema, file_identity
 
 NAME = "corpus"
 VERSION = 2

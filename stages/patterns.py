@@ -17,11 +17,11 @@ import numpy as np
 import polars as pl
 import torch
 
-from pipeline.engine import TokenArrays, plan_batches
+from pipeline.engine.batches import TokenArrays, plan_batches
 from pipeline.models import load_adapter, resolve_device
 from pipeline.models.loading import local_identity, resolve_source
-from pipeline.parts import scan
-from pipeline.stage import Output, check_schema
+from pipeline.run.parts import scan
+from pipeline.run.stage import Output, check_schema
 
 NAME = "patterns"
 VERSION = 1

@@ -1,10 +1,11 @@
 """report stage: the run's tables → reports/<run_name>/ (figures as PNG and SVG, index.html) and
 claims.parquet (the paper's section 5.3 statements checked against this run).
 
-Needs only the Parquet tables and run.json: figures can be redrawn without the model. Which figures
-and claims exist, and in which order, the metrics declare (pipeline/metrics/). The paper's figures and
-every claim read the attention weighting's rows; the norm-weighted rows go to one figure that sets
-the two side by side (pipeline/report/__init__.py, NORM_FIGURE), as tables named "norm.<table>"."""
+Needs only the Parquet tables and run.json: figures can be redrawn without the model. Which figures and sections
+exist, and in which order, pipeline/report/figure_specs.py declares; the claims, the metrics' analysis parts
+(pipeline/analysis/); the tables it reads, the aggregate stage's outputs. The paper's figures and every claim
+read the attention weighting's rows; the norm-weighted rows go to one figure that sets the two side by side
+(figure_specs.NORM_FIGURE), as tables named "norm.<table>"."""
 
 from __future__ import annotations
 
@@ -13,31 +14,37 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from pipeline import io
+from pipeline.analysis import analyses
 from pipeline.errors import PipelineError
-from pipeline.metrics import NORM_WEIGHTING, registry, weightings
-from pipeline.report import NORM_FIGURE, figure_specs
+from pipeline.metrics import NORM_WEIGHTING, weightings
 from pipeline.report import claims as claims_check
 from pipeline.report import figures
 from pipeline.report.compare import position_zero
-from pipeline.report.html import claims_table, embedded_png, escape, page, render_exemplar, table
+from pipeline.report.figure_specs import FIGURES, NORM_FIGURE, SECTIONS
+from pipeline.report.html import (
+    claims_table,
+    embedded_png,
+    escape,
+    page,
+    render_exemplar,
+    table,
+)
 from pipeline.report.views import views_section
 from pipeline.results import info as run_info
-from pipeline.parts import scan
 from pipeline.results import load, of_weighting
-from pipeline.stage import Output, check_schema
+from pipeline.run import io
+from pipeline.run.parts import scan
+from pipeline.run.stage import Output, check_schema
 
 NAME = "report"
 VERSION = 1
-INPUTS = ("head_metrics.parquet", "layer_metrics.parquet", "pos_share.parquet", "dep_share_by_layer.parquet",
-          "exemplars.parquet", "findings.parquet", "tokens", "corpus_stats.parquet", "patterns.parquet", "attend/meta.json",
-          "dep_accuracy.parquet", "positional_profile.parquet", "head_roles.parquet", "token_share.parquet", "logit_lens.parquet",
-          "logit_lens_exemplars.parquet")
+# The aggregate stage's tables (its own and every metric's) and the patterns table; corpus_stats is optional.
+NEEDED_TABLES = ("head_metrics", "layer_metrics", "findings", *(name for m in analyses() for name in m.table_schemas),
+                 "patterns")
+INPUTS = (*(f"{name}.parquet" for name in NEEDED_TABLES), "corpus_stats.parquet", "tokens", "attend/meta.json")
 OUTPUTS = (Output("index.html", root="report"), Output("figures", root="report"),
            Output("claims.parquet", claims_check.SCHEMA))
 CONFIG = ("report",)
-NEEDED_TABLES = ("head_metrics", "layer_metrics", "pos_share", "dep_share_by_layer", "exemplars", "findings", "patterns",
-                 "dep_accuracy", "positional_profile", "head_roles", "token_share", "logit_lens", "logit_lens_exemplars")
 
 
 def default_exemplar_heads(heads: pl.DataFrame) -> list[tuple[int, int]]:
@@ -75,15 +82,14 @@ def figure_state(spec, status: dict) -> str:
     if spec is NORM_FIGURE:
         state = status.get(NORM_WEIGHTING, "disabled: the attend stage of this run did not record it")
         return state if state == "enabled" else f"norm weighting was not computed ({state})"
-    metric = next(m for m in registry() if spec in m.figures)
-    state = status.get(metric.name, "enabled")
-    return state if state == "enabled" else f"{metric.name} was not computed ({state})"
+    state = status.get(spec.metric, "enabled")
+    return state if state == "enabled" else f"{spec.metric} was not computed ({state})"
 
 
 def draw_all(tables: dict[str, pl.DataFrame], out: Path, formats, status: dict) -> dict[str, dict | str]:
     """{figure stem: {format: path}}, or the reason a figure is not drawn."""
     drawn = {}
-    for spec in figure_specs():
+    for spec in FIGURES:
         state = figure_state(spec, status)
         drawn[spec.stem] = figures.save(render(spec, tables), out / "figures", spec.stem, formats) if state == "enabled" else state
     return drawn
@@ -115,7 +121,8 @@ def build_index(tables, state: dict, drawn: dict, claims: pl.DataFrame, exemplar
     model = state.get("model", {})
     stages = state.get("stages", {})
     parts = [f"<h1>Attention statistics: {escape(state.get('run_name', ''))}</h1>",
-             "<nav>" + "".join(f"<a href='#{s}'>{s}</a>" for s in ("run", "findings", "claims", "corpus", "views", "figures", "exemplars", "logit-lens")) + "</nav>",
+             "<nav>" + "".join(f"<a href='#{s}'>{s}</a>" for s in ("run", "findings", "claims", "corpus", "views", "figures", "exemplars",
+                                                              *(section.anchor for section in SECTIONS))) + "</nav>",
              "<h2 id='run'>Run</h2>"]
     counts = stages.get("attend", {}).get("counts", {})
     annotate = stages.get("annotate", {}).get("counts", {})
@@ -148,7 +155,7 @@ def build_index(tables, state: dict, drawn: dict, claims: pl.DataFrame, exemplar
         parts.append("<h2 id='corpus'>Corpus statistics</h2>" + table(stats.filter(pl.col("paper_value").is_not_null())))
     parts.append(views_section(tables))
     parts.append("<h2 id='figures'>Figures</h2>")
-    for spec in figure_specs():
+    for spec in FIGURES:
         files = drawn.get(spec.stem, {})
         if isinstance(files, str):
             parts.append(f"<figure id='{spec.stem}'><h3>{escape(spec.title)}</h3><p class='disabled'>{escape(files)}</p></figure>")
@@ -174,43 +181,10 @@ def build_index(tables, state: dict, drawn: dict, claims: pl.DataFrame, exemplar
                      f"{m['mean_distance']:.2f}, entropy {m['mean_entropy']:.2f}, dependency alignment {m['dep_align_either']:.3f}</p>"
                      f"<table class='exemplars'><thead><tr><th>#</th><th>max weight</th><th>sentence</th></tr></thead>"
                      f"<tbody>{items}</tbody></table>")
-    parts.append(logit_lens_section(tables.get("logit_lens"), tables.get("logit_lens_exemplars"),
-                                    state.get("metrics", {}).get("logit_lens")))
+    for section in SECTIONS:
+        parts.append(f"<section id='{section.anchor}'>" + section.render(*(tables.get(name) for name in section.inputs),
+                                                                         state.get("metrics", {}).get(section.metric)) + "</section>")
     return page(f"Attention statistics: {state.get('run_name', '')}", "".join(parts))
-
-
-def logit_lens_summary(lens: pl.DataFrame | None) -> str:
-    """One line from logit_lens.parquet (the group "all"): pieces decoded, the final depth's top-1 share, and the first
-    depth whose top-1 share reaches half of it."""
-    rows = None if lens is None else lens.filter(pl.col("grouping") == "all").sort("depth")
-    if rows is None or rows.is_empty():
-        return ""
-    final = rows["top1_share"][-1]
-    half = rows.filter(pl.col("top1_share") >= final / 2)["depth"] if final > 0 else None
-    where = f"; it first reaches half of that at depth {half[0]}" if half is not None and len(half) else ""
-    return (f"<p>{rows['n'][0]:,} pieces decoded; at the final depth (depth {rows['depth'][-1]}, the model's own output) "
-            f"the next piece is the top-1 prediction for {final:.1%} of them{where}.</p>")
-
-
-def logit_lens_section(lens: pl.DataFrame | None, exemplars: pl.DataFrame | None, state: str | None) -> str:
-    """The sentences whose next-piece predictions settle earliest and latest under the logit lens."""
-    head = ("<h2 id='logit-lens'>Logit lens: where the prediction settles</h2><p>After nostalgebraist (2020), "
-            "\"interpreting GPT: the logit lens\": for each piece that the model's output predicts correctly (top-1), its "
-            "settle depth is the depth from which the logit lens's top-1 prediction is the actual next piece at every "
-            "later depth (0: already the embeddings). Sentences with at least three such pieces, by their mean settle "
-            "depth: the earliest and the latest.</p>")
-    if state is not None and state != "enabled":
-        return head + f"<p class='disabled'>logit_lens was not computed ({escape(state)})</p>"
-    if exemplars is None or exemplars.is_empty():
-        return head + logit_lens_summary(lens) + "<p>No sentence has three pieces that the model predicts correctly.</p>"
-    out = [head, logit_lens_summary(lens)]
-    for kind in ("earliest", "latest"):
-        rows = exemplars.filter(pl.col("kind") == kind).sort("rank")
-        items = "".join(f"<tr><td>{r['rank'] + 1}</td><td>{r['mean_settle_depth']:.2f}</td><td>{r['n_settled']} of "
-                        f"{r['n_decoded']}</td><td>{escape(r['text'] or '')}</td></tr>" for r in rows.iter_rows(named=True))
-        out.append(f"<h3>Settling {kind}</h3><table class='exemplars lens'><thead><tr><th>#</th><th>mean settle depth</th>"
-                   f"<th>pieces predicted</th><th>sentence</th></tr></thead><tbody>{items}</tbody></table>")
-    return "".join(out)
 
 
 def build_report(run_dir: Path, out: Path, report_cfg) -> dict:

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from pipeline.results import weighting_rows
-from pipeline.runner import run_pipeline
+from pipeline.run.runner import run_pipeline
 from stages import STAGE_NAMES
 
 ANALYSIS = [s for s in STAGE_NAMES if s != "report"]  # every stage that computes; report draws

@@ -41,13 +41,13 @@ def reference_tables(model_dir, tokens: pl.DataFrame, window: int = 10, threshol
     def columns(i, n):
         return range(0, i + 1) if causal else range(0, n)
     heads, pos_rows, dep_rows, exemplars = [], [], [], []
-    for l in range(L):
+    for layer in range(L):
         for h in range(H):
             s = defaultdict(float)
             pos_to, pos_from, dep_to = defaultdict(float), defaultdict(float), defaultdict(float)
             best = []
             for sid, A in maps.items():
-                a = A[l, h]
+                a = A[layer, h]
                 n = a.shape[0]
                 f = feats[sid]
                 word, head = f["word_index"].to_list(), f["head_word_index"].to_list()
@@ -87,25 +87,25 @@ def reference_tables(model_dir, tokens: pl.DataFrame, window: int = 10, threshol
             num = den = 0.0
             for i in range(window):
                 for j in (range(i + 1) if causal else range(window)):
-                    reach = [A[l, h] for sid, A in maps.items()
+                    reach = [A[layer, h] for sid, A in maps.items()
                              if A.shape[2] > max(i, j) and i not in nulls[sid] and j not in nulls[sid]]
                     if not reach:
                         continue
                     mean = sum(a[i, j] for a in reach) / len(reach)
                     num += sum(abs(a[i, j] - mean) for a in reach)
                     den += sum(a[i, j] for a in reach)
-            row = {"layer": l, "head": h, "null_share": s["mass_null"] / s["mass_all"],
+            row = {"layer": layer, "head": h, "null_share": s["mass_null"] / s["mass_all"],
                    "dep_align_attending_parent": s["dep_attending_parent"] / s["mass"],
                    "dep_align_receiving_parent": s["dep_receiving_parent"] / s["mass"],
                    "dep_align_either": (s["dep_attending_parent"] + s["dep_receiving_parent"]) / s["mass"],
                    "variability": num / (2 * den), "mean_distance": s["distance"] / s["mass"],
                    "mean_entropy": s["entropy_sum"] / s["entropy_rows"]}
             heads.append(row)
-            pos_rows += [(l, h, "to", t, v / s["mass"]) for t, v in pos_to.items()]
-            pos_rows += [(l, h, "from", t, v / s["mass"]) for t, v in pos_from.items()]
-            dep_rows += [(l, h, t, v / s["mass"]) for t, v in dep_to.items()]
+            pos_rows += [(layer, h, "to", t, v / s["mass"]) for t, v in pos_to.items()]
+            pos_rows += [(layer, h, "from", t, v / s["mass"]) for t, v in pos_from.items()]
+            dep_rows += [(layer, h, t, v / s["mass"]) for t, v in dep_to.items()]
             for rank, (neg, sid, i, j, row) in enumerate(sorted(best, key=lambda b: b[:2])[:k]):
-                exemplars.append((l, h, rank, sid, -neg, i, j, row))
+                exemplars.append((layer, h, rank, sid, -neg, i, j, row))
     return (pl.DataFrame(heads),
             pl.DataFrame(pos_rows, schema=["layer", "head", "direction", "tag", "share"], orient="row"),
             pl.DataFrame(dep_rows, schema=["layer", "head", "label", "share"], orient="row"),

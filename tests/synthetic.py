@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from pipeline import io
+from pipeline.run import io
 from pipeline.config import RolesConfig
-from pipeline.parts import PartedOutput, part_name
-from pipeline.roles import head_roles
+from pipeline.run.parts import PartedOutput, part_name
+from pipeline.analysis.roles import head_roles
 
 TAGS = ["NOUN", "PROPN", "DET", "PUNCT", "VERB"]
 
@@ -83,7 +83,7 @@ def tables(L: int = 12, H: int = 12, seed: int = 0) -> dict[str, pl.DataFrame]:
 def logit_lens(L: int) -> dict[str, pl.DataFrame]:
     """pipeline/metrics/logit_lens.py: depths 0..L, the top-1 share rising from 0 to 0.4 and the median rank falling,
     for all pieces, two tags and the four kinds of relation; one earliest and one latest sentence."""
-    from pipeline.metrics.logit_lens import EXEMPLAR_SCHEMA, SCHEMA
+    from pipeline.analysis.logit_lens import EXEMPLAR_SCHEMA, SCHEMA
 
     groups = [("all", "all", 100), ("pos", "NOUN", 40), ("pos", "VERB", 20), ("relation", "same word", 10),
               ("relation", "next depends on current: det", 30), ("relation", "current depends on next: nsubj", 20),
@@ -101,7 +101,7 @@ def logit_lens(L: int) -> dict[str, pl.DataFrame]:
 def token_share(L: int, H: int) -> pl.DataFrame:
     """pipeline/metrics/token_share.py: every head's mean attention split between [CLS], [SEP], ". or ," and other, with
     norms beside it (one table, no weighting column)."""
-    from pipeline.metrics.token_share import SCHEMA
+    from pipeline.analysis.token_share import SCHEMA
 
     tokens = ["[CLS]", "[SEP]", ". or ,", "other", "all"]
     layer, head, tag = np.meshgrid(np.arange(L, dtype=np.int32), np.arange(H, dtype=np.int32), np.arange(5), indexing="ij")

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import GPT2_TOKENIZER, SPACY_MODEL
-from pipeline.alignment import align_pieces
+from pipeline.data.alignment import align_pieces
 
 
 @pytest.fixture(scope="module")

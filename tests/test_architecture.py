@@ -5,6 +5,7 @@ the same whatever the grouping; the model adapter hands over the same attention 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,27 +22,21 @@ from pipeline.errors import PipelineError
 from pipeline.results import weighting_rows
 from stages import STAGE_NAMES
 
-TOY_METRIC = '''"""Attention to the previous piece: a toy metric that lives in this module alone."""
-
-from pipeline.metrics.base import FigureSpec, Metric, ratio
-
-
-class PreviousPiece(Metric):
-    name = "previous_piece"
-    columns = ("previous_piece_share",)
-    figures = (FigureSpec("fig90_previous_piece", "Attention to the previous piece (toy)", "α_i,i-1 share.", "head_heatmap",
-                          options={"metric": "previous_piece_share", "title": "Attention to the previous piece"}),)
-
-    def pair_features(self, batch):
-        i, j = batch.idx[:, None], batch.idx[None, :]
-        return {"previous_piece": batch.nonnull & (j == i - 1)[None]}
-
-    def ratios(self, get):
-        return {"previous_piece_share": ratio(get("previous_piece"), get("mass"))}
+def toy_metric_files() -> dict[str, str]:
+    """The worked example of docs/design.md ("Adding a metric"), block by block: {path: code}, so that the
+    documentation is the code this test runs."""
+    text = (ROOT / "docs" / "design.md").read_text()
+    blocks = re.findall(r"```python\n# (pipeline/\S+\.py)\n(.*?)```", text, flags=re.S)
+    assert {path for path, _ in blocks} == {"pipeline/metrics/previous_piece.py", "pipeline/analysis/previous_piece.py",
+                                          "pipeline/report/figure_specs.py"}
+    return dict(blocks)
 
 
-METRIC = PreviousPiece()
-'''
+def add_toy_metric(project: Path) -> None:
+    """The toy metric as a contributor adds one: its device part, its analysis part and its figure."""
+    for path, code in toy_metric_files().items():
+        target = project / path
+        target.write_text(target.read_text() + "\n" + code if target.exists() else code)
 
 
 def _run_cli(project: Path, config: Path) -> list[str]:
@@ -84,11 +79,13 @@ def _fresh_copy(finished_copy, tmp_path) -> tuple[Path, Path]:
     return project, project / "config.yaml"
 
 
-def test_a_metric_is_one_new_module(finished_copy, tmp_path):
+@pytest.mark.slow
+def test_a_metric_is_two_new_modules_and_a_figure(finished_copy, tmp_path):
     project, config = _fresh_copy(finished_copy, tmp_path)
-    (project / "pipeline" / "metrics" / "previous_piece.py").write_text(TOY_METRIC)
-    # The metric's code joins the engine's: attend and what reads it re-run, corpus and annotate do not.
-    assert _ran(_run_cli(project, config)) == ["attend", "aggregate", "patterns", "report"]
+    add_toy_metric(project)
+    # The metric's code joins the engine's: attend and the stages whose inputs change re-run (patterns reads only the
+    # exemplars, which are the same); corpus and annotate do not.
+    assert _ran(_run_cli(project, config)) == ["attend", "aggregate", "report"]
     run_dir = project / "data" / "runs" / "copy"
     heads = weighting_rows(pl.read_parquet(run_dir / "head_metrics.parquet"))  # attention weights: the closed form's
     layers = weighting_rows(pl.read_parquet(run_dir / "layer_metrics.parquet"))
@@ -102,44 +99,72 @@ def test_a_metric_is_one_new_module(finished_copy, tmp_path):
     assert "Attention to the previous piece (toy)" in (project / "reports" / "copy" / "index.html").read_text()
 
 
-def test_a_code_change_reruns_the_stage_and_its_dependants_only(finished_copy, tmp_path):
+@pytest.mark.slow
+def test_an_edit_redoes_the_stages_whose_outputs_it_can_change(finished_copy, tmp_path):
+    """The fingerprint rule (pipeline/run/stage.py): a stage reruns when its config, its code (what it imports) or
+    the content of the files it reads changed."""
     project, config = _fresh_copy(finished_copy, tmp_path)
     assert _ran(_run_cli(project, config)) == []  # nothing changed: everything is current
-    aggregate = project / "stages" / "aggregate.py"
-    aggregate.write_text(aggregate.read_text() + "\n# a change to the aggregate stage's code\n")
-    assert _ran(_run_cli(project, config)) == ["aggregate", "patterns", "report"]
-    entropy = project / "pipeline" / "metrics" / "entropy.py"  # code the engine uses: attend and everything after
-    entropy.write_text(entropy.read_text() + "\n# a change to a metric\n")
-    assert _ran(_run_cli(project, config)) == ["attend", "aggregate", "patterns", "report"]
-    figures = project / "pipeline" / "report" / "figures.py"  # drawing code: only the report draws
+
+    def edit(path: str, old: str, new: str) -> None:
+        file = project / path
+        text = file.read_text()
+        assert text.count(old) == 1, (path, old)
+        file.write_text(text.replace(old, new))
+
+    # A claim's tolerance: the analysis part, read by aggregate (whose tables come out the same) and by the report.
+    # attend and patterns (which reads only the exemplars) are skipped.
+    edit("pipeline/analysis/entropy.py", "0.26, 0.56", "0.27, 0.56")
+    assert _ran(_run_cli(project, config)) == ["aggregate", "report"]
+    # A figure's caption: only the report draws.
+    edit("pipeline/report/figure_specs.py", "mean ᾱ_ij, scaled to [0, 1].", "mean ᾱ_ij, scaled to [0, 1] (edited).")
+    assert _ran(_run_cli(project, config)) == ["report"]
+    # The figure kit: drawing code, the report only.
+    figures = project / "pipeline" / "report" / "figures.py"
     figures.write_text(figures.read_text() + "\n# a change to the figure kit\n")
     assert _ran(_run_cli(project, config)) == ["report"]
+    # A stage's own code: it reruns; its tables come out the same, so nothing after it does.
+    aggregate = project / "stages" / "aggregate.py"
+    aggregate.write_text(aggregate.read_text() + "\n# a change to the aggregate stage's code\n")
+    assert _ran(_run_cli(project, config)) == ["aggregate"]
+    # A device part: the forward passes, and every stage after them whose inputs change (here all: the exemplars'
+    # weights double, which the patterns stage reads).
+    edit("pipeline/metrics/exemplars.py", '"ex_value": best,', '"ex_value": 2 * best,')
+    assert _ran(_run_cli(project, config)) == ["attend", "aggregate", "patterns", "report"]
 
 
 def test_dependency_graph_comes_from_declared_inputs():
-    from pipeline.runner import dependency_graph
+    from pipeline.run.runner import dependency_graph
 
     assert dependency_graph() == {"corpus": [], "annotate": ["corpus"], "attend": ["annotate"],
                                   "aggregate": ["attend", "annotate", "corpus"],
                                   "patterns": ["aggregate", "annotate"],
-                                  "report": ["aggregate", "annotate", "patterns", "attend"]}
+                                  "report": ["aggregate", "patterns", "annotate", "attend"]}
 
 
 def test_code_fingerprint_covers_imported_project_modules_only():
-    from pipeline.stage import code_files
+    from pipeline.run.stage import code_files
 
     names = {str(p.relative_to(ROOT)) for p in code_files("stages.attend")}
-    assert {"stages/attend.py", "pipeline/engine.py", "pipeline/sums.py", "pipeline/models/adapter.py",
+    assert {"stages/attend.py", "pipeline/engine/reduction.py", "pipeline/sums.py", "pipeline/models/adapter.py",
             "pipeline/metrics/entropy.py", "pipeline/metrics/variability.py"} <= names
-    assert not names & {"stages/corpus.py", "stages/aggregate.py", "stages/report.py", "pipeline/runner.py", "pipeline/cli.py",
+    assert not names & {"stages/corpus.py", "stages/aggregate.py", "stages/report.py", "pipeline/run/runner.py", "pipeline/cli.py",
                         "pipeline/report/figures.py"}  # drawing code does not redo forward passes
     assert "pipeline/report/figures.py" in {str(p.relative_to(ROOT)) for p in code_files("stages.report")}
     aggregate = {str(p.relative_to(ROOT)) for p in code_files("stages.aggregate")}
-    assert "stages/attend.py" not in aggregate and "pipeline/engine.py" not in aggregate
+    assert "stages/attend.py" not in aggregate and not any(n.startswith("pipeline/engine/") for n in aggregate)
+    # The forward pass hashes the device parts only; the analysis (claims too) is aggregate's; figures, the report's.
+    assert not any(n.startswith("pipeline/analysis/") for n in names)
+    assert {"pipeline/analysis/entropy.py", "pipeline/analysis/base.py", "pipeline/metrics/entropy.py"} <= aggregate
+    assert "pipeline/report/figure_specs.py" not in aggregate
+    # How stages run (pipeline/run/), the config's schema and the error type change no output: in no stage's code.
+    for stage in STAGE_NAMES:
+        files = {str(p.relative_to(ROOT)) for p in code_files(f"stages.{stage}")}
+        assert not {f for f in files if f.startswith("pipeline/run/") or f in ("pipeline/config.py", "pipeline/errors.py")}
 
 
 def test_stages_read_only_declared_config_and_write_only_declared_outputs(tiny_gpt2, config_factory):
-    from pipeline.runner import Run
+    from pipeline.run.runner import Run
     from stages import annotate, corpus
 
     cfg = config_factory(tiny_gpt2)
@@ -157,11 +182,12 @@ def test_stages_read_only_declared_config_and_write_only_declared_outputs(tiny_g
         Run(cfg, {}).context(annotate, "x", False).read_parquet("head_metrics.parquet")
 
 
+@pytest.mark.slow
 def test_config_change_reruns_from_the_stage_that_reads_it(tiny_gpt2, config_factory):
     cfg = config_factory(tiny_gpt2, "report.formats=[png]")
     run(cfg, list(STAGE_NAMES))
     messages = []
-    from pipeline.runner import run_pipeline
+    from pipeline.run.runner import run_pipeline
 
     changed = config_factory(tiny_gpt2, "report.formats=[png]", "attend.exemplars_per_head=2")
     run_pipeline(changed, echo=messages.append)

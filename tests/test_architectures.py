@@ -23,6 +23,13 @@ from pipeline.models.invariants import PASSED
 from tiny_architectures import ARCHITECTURES, DECODERS, ENCODERS, has_minilm, save_tiny
 
 CPU = torch.device("cpu")
+# make test-fast runs these layouts (GPT-2's Conv1D, grouped-query with an untied head, BERT); the others are
+# marked slow.
+FAST = ("gpt2", "llama", "bert")
+
+
+def slow_unless_fast(model_types) -> list:
+    return [pytest.param(m, marks=() if m in FAST else pytest.mark.slow) for m in model_types]
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +58,7 @@ def other_batch(vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids * mask, mask
 
 
-@pytest.mark.parametrize("model_type", list(ARCHITECTURES))
+@pytest.mark.parametrize("model_type", slow_unless_fast(ARCHITECTURES))
 def test_every_architecture_passes_the_three_invariants(model_type, tiny_dirs):
     adapter = adapter_of(tiny_dirs(model_type))
     causal = model_type in DECODERS
@@ -73,6 +80,7 @@ def test_every_architecture_passes_the_three_invariants(model_type, tiny_dirs):
         assert torch.allclose(got[layer].double()[valid], want[valid], rtol=1e-4, atol=1e-6), (model_type, layer)
 
 
+@pytest.mark.slow
 def test_the_lens_follows_untied_heads_scaling_and_soft_capping(tiny_dirs):
     """Independently of the invariant's code: the model's own logits from AutoModelForCausalLM loaded anew, against the
     adapter's unembedding of its residual stream at the last depth."""
@@ -93,6 +101,7 @@ def test_the_lens_follows_untied_heads_scaling_and_soft_capping(tiny_dirs):
 
 # ---- the invariants can fail ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_lens_without_the_logit_scaling_fails_its_invariant(tiny_dirs, monkeypatch):
     from pipeline.metrics.logit_lens import METRIC
 
@@ -130,6 +139,7 @@ def test_a_wrong_value_path_fails_the_norm_weighting_invariant(tiny_dirs):
     assert adapter.value_norms_reason.startswith("the norm weighting invariant fails for gpt_neox (")
 
 
+@pytest.mark.slow
 def test_norms_that_are_not_those_of_the_certified_values_fail_the_invariant(tiny_dirs):
     """The engine's fast norms (key/value columns through R_hᵀ) with the key/value heads' factors swapped, the
     reconstruction itself still right: the invariant compares the norms too."""
@@ -230,6 +240,7 @@ def test_values_the_model_clips_are_a_named_exception(tmp_path):
     assert adapter.certificate["logit_lens"] == PASSED
 
 
+@pytest.mark.slow
 def test_attention_rows_that_do_not_sum_to_one_refuse_the_model(tiny_dirs):
     """Attention with a sink outside the sequence (a row summing to less than 1): the model is refused."""
     adapter = adapter_of(tiny_dirs("qwen2"))
@@ -276,6 +287,7 @@ def test_an_untied_head_missing_from_the_checkpoint_turns_the_lens_off(tmp_path)
 REFERENCE = ("gpt_neox", "bloom", "falcon", "phi3", "gemma2", "mixtral", "opt", "distilbert", "deberta-v2", "modernbert")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", REFERENCE)
 def test_metrics_equal_the_slow_reference(model_type, tiny_dirs, config_factory):
     from test_attention_metrics import assert_matches_reference

@@ -58,6 +58,7 @@ def test_pipeline_matches_slow_reference(tiny_run, tiny_gpt2):
     assert_matches_reference(tiny_run, tiny_gpt2)
 
 
+@pytest.mark.slow
 def test_patterns_are_each_heads_attention_on_its_top_exemplar(tiny_run, tiny_gpt2):
     """patterns.parquet (Fig. 4) against the model run one sentence at a time: every head's lower triangle, null
     column included, on the sentence that ranks first among its exemplars."""
@@ -74,6 +75,7 @@ def test_patterns_are_each_heads_attention_on_its_top_exemplar(tiny_run, tiny_gp
         assert np.allclose(p["weight"].to_numpy(), want[i, j], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_layer_metrics_are_ratios_of_summed_sums(tiny_run):
     heads, layers = table(tiny_run, "head_metrics"), table(tiny_run, "layer_metrics")
     by_layer = heads.group_by("layer").agg(
@@ -101,6 +103,7 @@ def test_layer_metrics_are_ratios_of_summed_sums(tiny_run):
     assert baseline[0] == pytest.approx((attending + receiving) / pairs, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_uniform_attention_closed_forms(uniform_gpt2, config_factory):
     """Zero query/key weights: α_ij = 1/(i+1) for j ≤ i, in every layer and head."""
     cfg = config_factory(uniform_gpt2)
@@ -129,6 +132,7 @@ def test_uniform_attention_closed_forms(uniform_gpt2, config_factory):
     assert np.allclose(got.to_numpy(), noun_share, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_shares_sum_to_one_and_variability_in_unit_interval(tiny_run):
     pos = table(tiny_run, "pos_share").group_by("layer", "head", "direction").agg(pl.col("share").sum())
     assert np.allclose(pos["share"], 1.0)
@@ -141,6 +145,7 @@ def test_shares_sum_to_one_and_variability_in_unit_interval(tiny_run):
     assert np.isclose(freq["tag_frequency"].sum(), 1.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [("attend.token_budget=16", "corpus.part_sentences=1000"),  # batch size 1, one part
                                        ("attend.token_budget=4096", "corpus.part_sentences=3")])  # ≤64 per batch, 7 parts
 def test_batch_size_and_parts_do_not_change_results(tiny_gpt2, config_factory, tiny_run, overrides):
@@ -157,6 +162,7 @@ def test_batch_size_and_parts_do_not_change_results(tiny_gpt2, config_factory, t
     assert table(tiny_run, "exemplars")["sentence_id"].to_list() == table(cfg, "exemplars")["sentence_id"].to_list()
 
 
+@pytest.mark.slow
 def test_sentence_order_does_not_change_results(tiny_gpt2, tiny_run):
     """Renumbering sentences (a different corpus order) gives the same per-head sums."""
     import torch
@@ -175,10 +181,11 @@ def test_sentence_order_does_not_change_results(tiny_gpt2, tiny_run):
         arrays = TokenArrays.from_frame(frame)
         reduction = Reduction(attend, len(arrays.pos_vocab), len(arrays.dep_vocab))
         results.append(reduce_sentences(adapter, arrays, arrays.length_order(), reduction, attend.token_budget))
-    for key in ("mass", "mass_null", "distance", "entropy_sum", "dep_attending_parent", "pos_to", "dep_to"):
+    for key in ("attention_mass.mass", "null_attention.mass_null", "distance.distance", "entropy.entropy_sum", "dependency_alignment.dep_attending_parent", "pos_share.pos_to", "dependency_labels.dep_to"):
         assert np.allclose(results[0][key], results[1][key], rtol=1e-6, atol=1e-9), key
 
 
+@pytest.mark.slow
 def test_resume_after_interrupted_attend_matches_uninterrupted(tiny_gpt2, config_factory, tiny_run, monkeypatch):
     import stages.attend as attend
 
@@ -204,6 +211,7 @@ def test_resume_after_interrupted_attend_matches_uninterrupted(tiny_gpt2, config
     assert_frames_close(a, b, ["layer", "head"], METRICS, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_findings_correlations_match_scipy_on_head_table(tiny_run):
     from scipy.stats import pearsonr
 
@@ -229,6 +237,7 @@ def test_batches_cover_every_sentence_once_within_the_token_budget(seed):
     assert plan_batches(np.array([], dtype=int), 64) == []
 
 
+@pytest.mark.slow
 def test_a_batch_out_of_device_memory_is_halved_and_counted(tiny_gpt2, tiny_run, monkeypatch):
     import torch
 
@@ -260,8 +269,8 @@ def test_a_batch_out_of_device_memory_is_halved_and_counted(tiny_gpt2, tiny_run,
     assert events["batches_halved_oom"] >= len(order) // 2  # both passes halve
     assert torch.allclose(first["window_mean"], first_halved["window_mean"], rtol=1e-5)
     assert torch.allclose(first["norm.window_mean"], first_halved["norm.window_mean"], rtol=1e-5)
-    for key in ("mass", "mass_null", "distance", "entropy_sum", "pos_to", "dep_to", "var_abs_dev", "norm.mass",
-                "norm.entropy_sum", "norm.var_abs_dev", "lens_stats", "lens_rank_hist"):
+    for key in ("attention_mass.mass", "null_attention.mass_null", "distance.distance", "entropy.entropy_sum", "pos_share.pos_to", "dependency_labels.dep_to", "variability.var_abs_dev", "norm.attention_mass.mass",
+                "norm.entropy.entropy_sum", "norm.variability.var_abs_dev", "logit_lens.lens_stats", "logit_lens.lens_rank_hist"):
         assert np.allclose(whole[key], halved[key], rtol=1e-5), key  # float32 matmuls over other batch shapes
     assert np.array_equal(whole.exemplars["sentence_id"], halved.exemplars["sentence_id"])
     monkeypatch.setattr(ModelAdapter, "map_attention",

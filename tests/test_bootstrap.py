@@ -1,4 +1,4 @@
-"""The Poisson bootstrap (pipeline/bootstrap.py): coverage with a known truth, collapse where every sentence is
+"""The Poisson bootstrap (pipeline/analysis/bootstrap.py): coverage with a known truth, collapse where every sentence is
 the same, replicates equal to weighted per-sentence sums, and independence of batching."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 
 from conftest import write_corpus
 from helpers import run, table
-from pipeline import bootstrap
+from pipeline.analysis import bootstrap
 
 RATIOS = ["null_share", "dep_align_either", "mean_distance", "mean_entropy", "variability"]
 
@@ -37,6 +37,7 @@ def test_weights_depend_on_the_sentence_and_seed_only():
     assert abs(bootstrap.poisson_weights(np.arange(2000), 100, 0).mean() - 1.0) < 0.02  # Poisson(1)
 
 
+@pytest.mark.slow
 def test_identical_sentences_give_intervals_of_zero_width(tiny_gpt2, tmp_path, config_factory):
     """Every sentence the same: every replicate's ratio is the full corpus's, whatever the weights."""
     corpus = write_corpus(tmp_path / "same.txt", ["The old man sat on the bench by the river."] * 12)
@@ -57,12 +58,13 @@ def boot_run(tiny_gpt2, config_factory):
     return cfg
 
 
+@pytest.mark.slow
 def test_replicates_are_weighted_per_sentence_sums(boot_run, tiny_gpt2):
     """Independent of the batch: each sentence through the engine alone, then Σ_s w_rs x_s per replicate."""
     from pipeline.config import AttendConfig
     from pipeline.engine import Reduction, TokenArrays, first_passes, reduce_sentences
     from pipeline.models import load_adapter, resolve_device
-    from pipeline.parts import read_meta
+    from pipeline.run.parts import read_meta
 
     tokens = table(boot_run, "tokens")
     vocab = read_meta(boot_run.run_dir / "tokens")
@@ -73,8 +75,9 @@ def test_replicates_are_weighted_per_sentence_sums(boot_run, tiny_gpt2):
     first = {k: __import__("torch").from_numpy(v).float() for k, v in first_passes(adapter, arrays, single).items()}
     reduction = Reduction(single, len(arrays.pos_vocab), len(arrays.dep_vocab), first_pass=first)
     per_sentence = [reduce_sentences(adapter, arrays, np.array([s]), reduction, 4096) for s in range(len(arrays.lengths))]
-    x = np.stack([p["dep_attending_parent"] + p["dep_receiving_parent"] for p in per_sentence])  # [S, L, H]
-    y = np.stack([p["mass"] for p in per_sentence])
+    x = np.stack([p["dependency_alignment.dep_attending_parent"] + p["dependency_alignment.dep_receiving_parent"]
+                  for p in per_sentence])  # [S, L, H]
+    y = np.stack([p["attention_mass.mass"] for p in per_sentence])
     w = bootstrap.poisson_weights(arrays.sentence_ids, 40, seed=0)                             # [R, S]
     low, high = bootstrap.interval(np.einsum("rs,slh->rlh", w, x) / np.einsum("rs,slh->rlh", w, y))
     heads = table(boot_run, "head_metrics").sort("layer", "head")
@@ -84,6 +87,7 @@ def test_replicates_are_weighted_per_sentence_sums(boot_run, tiny_gpt2):
     assert (heads["dep_align_either"] <= heads["dep_align_either_ci_high"]).all()
 
 
+@pytest.mark.slow
 def test_intervals_do_not_depend_on_batches_and_the_point_values_not_on_the_bootstrap(boot_run, tiny_gpt2, config_factory):
     small = config_factory(tiny_gpt2, "attend.bootstrap_replicates=40", "attend.token_budget=64", run_name="small")
     none = config_factory(tiny_gpt2, "attend.bootstrap_replicates=0", run_name="none")
@@ -101,6 +105,7 @@ def test_intervals_do_not_depend_on_batches_and_the_point_values_not_on_the_boot
     assert table(none, "findings")["ci_low"].is_null().all()
 
 
+@pytest.mark.slow
 def test_extremes_over_heads_get_a_note_instead_of_an_interval(boot_run):
     """A percentile bootstrap of a maximum or an argmax over heads is not a valid interval: those findings carry
     none, with the reason; a mean and a correlation keep theirs."""

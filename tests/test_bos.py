@@ -54,6 +54,7 @@ def test_bos_setting_against_the_tokenizer(tiny_gpt2, bos_tokenizer, setting, pr
     assert special.tags == ({BOS: "BOS"} if expected else {})
 
 
+@pytest.mark.slow
 def test_position_zero_is_bos_and_recorded(tiny_gpt2, bos_tokenizer, config_factory):
     """auto with a BOS-prepending tokenizer: every sentence starts with BOS (tagged BOS, no word), recorded as such;
     with GPT-2's own tokenizer position 0 is the sentence's first piece."""
@@ -126,6 +127,7 @@ def test_position_zero_as_the_report_says_it():
     assert position_zero({}) == "not recorded"
 
 
+@pytest.mark.slow
 def test_the_report_says_what_position_zero_is(full_run):
     from pathlib import Path
 

@@ -51,7 +51,7 @@ def test_findings_claims_true_then_false(claim, statistic, true_value, false_val
 
 
 def _boost(t, direction, tag, cells, value=0.95):
-    keys = [l * 1000 + h for l, h in cells]
+    keys = [layer * 1000 + h for layer, h in cells]
     pos = t["pos_share"].with_columns(share=pl.when((pl.col("direction") == direction) & (pl.col("tag") == tag)
                                                     & (pl.col("layer") * 1000 + pl.col("head")).is_in(keys))
                                       .then(pl.lit(value)).otherwise(pl.col("share")))
@@ -65,7 +65,7 @@ def test_layer_specific_tag_claims_true_then_false():
     assert _claim(_boost(t, "to", "PROPN", early))["propn_top5_late"]["holds"] is False
     assert _claim(_boost(t, "to", "DET", early))["det_top5_early"]["holds"] is True
     assert _claim(_boost(t, "to", "DET", late))["det_top5_early"]["holds"] is False
-    ten_late = [(l, h) for l in (10, 11) for h in range(5)]
+    ten_late = [(layer, h) for layer in (10, 11) for h in range(5)]
     assert _claim(_boost(t, "from", "PUNCT", ten_late))["punct_from_top10_late"]["holds"] is True
     assert _claim(_boost(t, "from", "PUNCT", [(0, h) for h in range(10)]))["punct_from_top10_late"]["holds"] is False
 
@@ -131,9 +131,9 @@ def test_a_head_without_attention_never_tops_a_ranking():
     c = _claim({**t, "head_metrics": heads, "pos_share": pos, "layer_metrics": layers})
     assert not c["l4h11_top_alignment"]["run_value"].startswith("(0, 0)")
     assert not c["l5h1_top_distance"]["run_value"].startswith("(0, 0)")
-    from pipeline.metrics import registry
+    from pipeline.analysis import analyses
 
-    distance = next(m for m in registry() if m.name == "distance")
+    distance = next(m for m in analyses() if m.name == "distance")
     far = {f.statistic: f.value for f in distance.findings(heads, layers, None)}["layer_max_mean_distance"]
     assert far == float(layers.drop_nans("mean_distance").sort("mean_distance")["layer"][-1]) != 0
     lowest = figures.extreme_head(heads, "mean_distance", highest=False)
@@ -259,7 +259,9 @@ def test_l9h0_nouns_checks_the_heads_share_the_mean_and_more_than_double():
     """"Nouns receive 43% of attention in layer 9, head 0, compared to a mean of 21% over all heads": the head's share
     and the mean each within ±0.05, and the head more than double the mean (the paper's "disproportionately")."""
     t = tables()
-    mean_021 = lambda head: (0.21 * 144 - head) / 143  # the other heads' share that makes the mean over 144 heads 0.21
+    def mean_021(head):  # the other heads' share that makes the mean over 144 heads 0.21
+        return (0.21 * 144 - head) / 143
+
     for head, others, holds, direction in (
         (0.43, mean_021(0.43), True, True),     # the paper's numbers: 0.43 > 2 × 0.21
         (0.40, mean_021(0.40), False, False),   # both in their bands, but not double the mean
@@ -333,7 +335,7 @@ def test_layers_2_4_have_the_shortest_distance_and_the_highest_alignment():
 
 
 def test_depth_scaling_of_layer_spans():
-    from pipeline.metrics.base import ClaimContext
+    from pipeline.analysis.base import ClaimContext
 
     def context(L):
         return ClaimContext({"findings": tables()["findings"], "layer_metrics": pl.DataFrame({"layer": list(range(L))})}, {})

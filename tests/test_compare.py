@@ -88,7 +88,7 @@ def deeper_and_shallower(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("compare-depth")
     a = tables(L=12, H=4, seed=5)
-    b = remap_heads(a, {(l, h): (l // 2, h) for l in range(0, 12, 2) for h in range(4)}, {l: l // 2 for l in range(0, 12, 2)})
+    b = remap_heads(a, {(layer, h): (layer // 2, h) for layer in range(0, 12, 2) for h in range(4)}, {layer: layer // 2 for layer in range(0, 12, 2)})
     b["pos_share"] = pl.concat([b["pos_share"], b["pos_share"].filter(pl.col("tag") == "NOUN").with_columns(
         tag=pl.lit("INTJ"), share=pl.lit(0.0))])
     b["positional_profile"] = b["positional_profile"].filter(pl.col("offset") <= 10)
@@ -99,6 +99,7 @@ def deeper_and_shallower(tmp_path_factory):
     return tmp, Path(out), a, b
 
 
+@pytest.mark.slow
 def test_runs_of_different_depth_meet_at_relative_depth(deeper_and_shallower):
     tmp, out, a, b = deeper_and_shallower
     matches = pl.read_parquet(out.parent / "head_matches.parquet")
@@ -136,6 +137,7 @@ def test_features_take_the_union_of_the_tags_standardised_over_both_runs():
     assert len(set(xa[:, k].round(12))) == 1  # a's INTJ: all the same share (0)
 
 
+@pytest.mark.slow
 def test_the_page_holds_both_runs_claims_findings_and_figures(deeper_and_shallower):
     tmp, out, a, b = deeper_and_shallower
     page = out.read_text()
@@ -163,6 +165,7 @@ def test_cli_writes_the_page_and_prints_its_path(permuted, monkeypatch, capsys):
     assert "no run at 'nothing'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_compare_page_opens_in_a_browser_with_every_image_and_link(deeper_and_shallower):
     from playwright.sync_api import sync_playwright

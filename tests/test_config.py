@@ -66,7 +66,7 @@ def test_missing_config_file_and_cross_field_checks(tmp_path: Path):
 def test_spacy_processes_are_a_positive_number_or_auto():
     import os
 
-    from pipeline.nlp import processes
+    from pipeline.data.nlp import processes
 
     cfg = load_config(data=dict(BASE), overrides=["annotate.n_process=auto", "corpus.n_process=2"])
     assert processes(cfg.annotate.n_process) == len(os.sched_getaffinity(0)) and processes(cfg.corpus.n_process) == 2
@@ -138,7 +138,7 @@ SCALARS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.booleans(
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(NUMERIC), SCALARS), min_size=1, max_size=3))
 def test_fuzzed_numeric_fields_are_valid_as_given_or_one_line_errors(assignments):
-    from pipeline.stage import config_value
+    from pipeline.run.stage import config_value
 
     data = copy.deepcopy(BASE)
     for path, value in assignments:

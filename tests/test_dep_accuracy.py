@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from helpers import run, table
-from pipeline.metrics.dependency_accuracy import DIRECTIONS, METRIC, OFFSETS, SCHEMA
+from pipeline.analysis.dependency_accuracy import ANALYSIS, DIRECTIONS, SCHEMA
+from pipeline.metrics.dependency_accuracy import METRIC, OFFSETS
 from reference import CLARK_OFFSETS, attention_maps, clark_dependency_accuracy
 from stages import STAGE_NAMES
 
@@ -30,7 +31,7 @@ def assert_matches_clark(got: pl.DataFrame, maps: dict, tokens: pl.DataFrame, nu
     """The table against the slow reference: n and the baseline exactly; each accuracy between the reference's sure
     and possible counts (equal except where float32 sums could break a near-tie either way)."""
     correct, cases, baseline = clark_dependency_accuracy(maps, tokens, null_pieces)
-    rows = {(l, h, r, d): (a, n, o, b) for l, h, r, d, a, n, o, b in got.select(
+    rows = {(layer, h, r, d): (a, n, o, b) for layer, h, r, d, a, n, o, b in got.select(
         "layer", "head", "relation", "direction", "accuracy", "n", "baseline_offset", "baseline_accuracy").iter_rows()}
     assert rows.keys() == correct.keys() and len(rows) > 20
     exact = 0
@@ -46,8 +47,9 @@ def assert_matches_clark(got: pl.DataFrame, maps: dict, tokens: pl.DataFrame, nu
     return correct, cases, baseline
 
 
+@pytest.mark.slow
 def test_pipeline_matches_clark_reference_and_draws_its_figure(tiny_gpt2, config_factory, monkeypatch):
-    import pipeline.metrics.dependency_accuracy as module
+    import pipeline.analysis.dependency_accuracy as module
 
     monkeypatch.setattr(module, "MIN_CASES", 5)  # the test corpus is small
     cfg = config_factory(tiny_gpt2, "report.formats=[png]")
@@ -67,10 +69,10 @@ def test_pipeline_matches_clark_reference_and_draws_its_figure(tiny_gpt2, config
     total = sum(cases.values())
     directed = got.group_by("layer", "head", "direction").agg(acc=(pl.col("accuracy") * pl.col("n")).sum() / total)
     assert findings["dep_accuracy_all_best_head"] == pytest.approx(directed["acc"].max(), abs=1e-9)
-    sure = max(sum(c[0] for k, c in correct.items() if k[:2] == (l, h) and k[3] == d)
-               for l, h, _, d in correct) / total
-    possible = max(sum(c[1] for k, c in correct.items() if k[:2] == (l, h) and k[3] == d)
-                   for l, h, _, d in correct) / total
+    sure = max(sum(c[0] for k, c in correct.items() if k[:2] == (layer, h) and k[3] == d)
+               for layer, h, _, d in correct) / total
+    possible = max(sum(c[1] for k, c in correct.items() if k[:2] == (layer, h) and k[3] == d)
+                   for layer, h, _, d in correct) / total
     assert sure - 1e-12 <= findings["dep_accuracy_all_best_head"] <= possible + 1e-12
     all_base = max(sum(baseline[r][o] for r in cases) for o in CLARK_OFFSETS) / total
     assert findings["dep_accuracy_all_baseline"] == pytest.approx(all_base, abs=1e-12)
@@ -81,6 +83,7 @@ def test_pipeline_matches_clark_reference_and_draws_its_figure(tiny_gpt2, config
     assert figure.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_uniform_attention_closed_form(uniform_gpt2, config_factory):
     """Zero query/key weights: α_ij = 1/(i+1) for j ≤ i. Word-level, a word d attends to an earlier word b with
     |b| · mean_{i ∈ d} 1/(i+1) (|b|: b's non-null pieces), so d's prediction is the earlier word with the most
@@ -185,7 +188,7 @@ def test_hand_built_heads_through_the_engine():
     batch, vocab = hand_built_batch()
     reduction = Reduction(AttendConfig(bootstrap_replicates=0, variability_positions=0), 1, len(vocab), metrics=(METRIC,))
     sums = reduction.batch(OneLayer(hand_built_attention()), batch).to_numpy()
-    got = METRIC.tables(sums, {"dep_vocab": vocab})["dep_accuracy"].sort("relation", "direction", "head")
+    got = ANALYSIS.tables(sums, {"dep_vocab": vocab})["dep_accuracy"].sort("relation", "direction", "head")
     want = {  # (relation, direction): n, accuracy of heads 0 and 1, baseline offset and accuracy
         ("det", DEP_TO_HEAD): (1, [0.0, 0.0], 1, 1.0), ("det", HEAD_TO_DEP): (1, [1.0, 1.0], 1, 1.0),
         ("nsubj", DEP_TO_HEAD): (1, [0.0, 0.0], 1, 1.0), ("nsubj", HEAD_TO_DEP): (1, [1.0, 1.0], 1, 1.0),
@@ -198,8 +201,8 @@ def test_hand_built_heads_through_the_engine():
         rows = got.filter((pl.col("relation") == relation) & (pl.col("direction") == direction))
         assert rows["n"].to_list() == [n] * 2 and rows["accuracy"].to_list() == accuracy, (relation, direction)
         assert rows["baseline_offset"].to_list() == [offset] * 2 and rows["baseline_accuracy"].to_list() == [base] * 2
-    assert np.array_equal(sums["depacc_offset_correct"][vocab.index("ROOT")], [2, 1, 0, 0, 0, 0])  # o = −3..+2
-    findings = {f.statistic: f.value for f in METRIC.findings(None, None, sums)}
+    assert np.array_equal(sums["dependency_accuracy.depacc_offset_correct"][vocab.index("ROOT")], [2, 1, 0, 0, 0, 0])  # o = −3..+2
+    findings = {f.statistic: f.value for f in ANALYSIS.findings(None, None, sums)}
     assert findings["dep_accuracy_all_best_head"] == pytest.approx(2 / 6)  # head 0 either way, head 1 head → dependent
     assert findings["dep_accuracy_all_baseline"] == pytest.approx(2 / 6)
     assert OFFSETS == CLARK_OFFSETS
@@ -252,6 +255,7 @@ def test_figure_shows_the_best_head_against_its_baseline():
     assert figures.dependency_accuracy(df.clear()).axes  # an empty table draws, without error
 
 
+@pytest.mark.slow
 def test_disabled_gives_an_empty_table_and_the_report_says_why(tiny_gpt2, config_factory):
     cfg = config_factory(tiny_gpt2, "attend.dependency_accuracy=false", "report.formats=[png]")
     state = run(cfg, stages=STAGE_NAMES).state

@@ -78,6 +78,7 @@ def compare_with_reference(cfg, model_dir, null_pieces):
     return assert_matches_reference(cfg, model_dir, threshold=0.5, causal=False, null_pieces=null_pieces)
 
 
+@pytest.mark.slow
 def test_tokens_get_cls_and_sep_and_wordpieces_share_their_words_features(special_run):
     tokens, sentences = table(special_run, "tokens"), table(special_run, "sentences")
     texts = dict(zip(sentences["sentence_id"], sentences["text"]))
@@ -97,6 +98,7 @@ def test_tokens_get_cls_and_sep_and_wordpieces_share_their_words_features(specia
     assert (joined["word_index"] == joined["prev_word"]).all() and (joined["pos"] == joined["prev_pos"]).all()
 
 
+@pytest.mark.slow
 def test_encoder_tables_match_the_slow_reference(special_run, tiny_bert):
     heads, _ = compare_with_reference(special_run, tiny_bert, "special")
     assert (heads["mean_distance"] > 0).all()
@@ -105,12 +107,14 @@ def test_encoder_tables_match_the_slow_reference(special_run, tiny_bert):
     assert (ex["receiving_position"] > ex["attending_position"]).any()
 
 
+@pytest.mark.slow
 def test_only_cls_null_gives_sep_a_share_of_its_own(first_run, tiny_bert):
     heads, pos = compare_with_reference(first_run, tiny_bert, "first")
     sep = pos.filter((pl.col("tag") == "[SEP]") & (pl.col("direction") == "to"))
     assert sep.height == heads.height and (sep["share"] > 0).all()
 
 
+@pytest.mark.slow
 def test_token_share_is_clark_fig2_with_kobayashis_norms(special_run, tiny_bert):
     """[CLS], [SEP], "." and "," as Clark et al. (2019) Fig. 2 and Kobayashi et al. (2020) compute them (every row of
     the sentence, [CLS] and [SEP] included): tests/test_token_share.py's slow reference, with BERT's value norms."""
@@ -135,23 +139,25 @@ def slow_profile(maps, tokens, D):
                 mass += A[:, :, i, j]
                 if 0 < abs(i - j) <= D:
                     at[i - j] = at.get(i - j, 0) + A[:, :, i, j]
-    return {(l, h, d): at.get(d, np.zeros((L, H)))[l, h] / mass[l, h] for l in range(L) for h in range(H)
+    return {(layer, h, d): at.get(d, np.zeros((L, H)))[layer, h] / mass[layer, h] for layer in range(L) for h in range(H)
             for d in [*range(1, D + 1), *range(-1, -D - 1, -1)]}
 
 
+@pytest.mark.slow
 def test_positional_profile_keeps_the_sign_of_the_offset(special_run, tiny_bert):
     tokens = table(special_run, "tokens")
     want = slow_profile(attention_maps(tiny_bert, tokens), tokens, special_run.attend.positional_offsets)
     profile = table(special_run, "positional_profile")
     assert sorted(set(profile["offset"])) == sorted({d for _, _, d in want})
-    got = {(l, h, d): s for l, h, d, s in profile.select("layer", "head", "offset", "share").iter_rows()}
+    got = {(layer, h, d): s for layer, h, d, s in profile.select("layer", "head", "offset", "share").iter_rows()}
     assert got.keys() == want.keys()
     assert np.allclose([got[k] for k in want], [want[k] for k in want], atol=1e-6)
     heads = table(special_run, "head_metrics")  # previous_piece_share is d = +1; a share never exceeds 1
-    assert np.allclose(heads["previous_piece_share"], [want[(l, h, 1)] for l, h in heads.select("layer", "head").iter_rows()])
+    assert np.allclose(heads["previous_piece_share"], [want[(layer, h, 1)] for layer, h in heads.select("layer", "head").iter_rows()])
     assert (profile["share"] <= 1).all() and (heads["max_offset_share"] <= 1).all()
 
 
+@pytest.mark.slow
 def test_patterns_hold_the_whole_matrix(special_run, tiny_bert):
     from helpers import run as run_stages
 
@@ -201,6 +207,7 @@ def test_encoder_decoders_and_decoder_configured_berts_are_refused():
     refuse_unsupported(BertConfig(), "bert")  # a plain BERT encoder is fine
 
 
+@pytest.mark.slow
 @needs_minilm
 def test_the_packaged_minilm_loads_as_an_encoder():
     from pipeline.config import ModelConfig
@@ -243,6 +250,7 @@ def test_a_full_pattern_is_drawn_whole_and_encoder_cards_leave_out_the_special_p
         [False, False, False], [False, True, False], [False, True, True]]
 
 
+@pytest.mark.slow
 def test_tag_frequencies_count_the_pieces_that_can_receive(special_run):
     tokens, pos = table(special_run, "tokens"), table(special_run, "pos_share")
     real = tokens.filter(~pl.col("pos").is_in(["[CLS]", "[SEP]"]))
@@ -252,6 +260,7 @@ def test_tag_frequencies_count_the_pieces_that_can_receive(special_run):
     assert got.keys() == want.keys() and all(abs(got[t] - want[t]) < 1e-12 for t in want)
 
 
+@pytest.mark.slow
 def test_dependency_accuracy_looks_both_ways(special_run, tiny_bert):
     """Clark et al.'s word-level accuracy against the slow reference written from their definition, [CLS] and [SEP]
     dropped (tests/test_dep_accuracy.py assert_matches_clark)."""

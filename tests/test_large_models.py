@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from helpers import run, table
-from pipeline import io
+from pipeline.run import io
 from pipeline.config import AttendConfig, ModelConfig
 from pipeline.errors import PipelineError
 from pipeline.models import memory
@@ -33,11 +33,11 @@ LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32
                  num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False)
 
 
-def llama_parameters(D, H, kv, I, L, V, d=None):
+def llama_parameters(D, H, kv, F, L, V, d=None):
     """Closed form of a Llama base model: per layer q, k, v, o, gate/up/down and two norms; the embeddings and the
     final norm."""
     d = d or D // H
-    return L * (D * H * d + 2 * D * kv * d + H * d * D + 3 * D * I + 2 * D) + V * D + D
+    return L * (D * H * d + 2 * D * kv * d + H * d * D + 3 * D * F + 2 * D) + V * D + D
 
 
 def test_shapes_from_configs_match_the_published_counts():
@@ -117,6 +117,7 @@ def _attend_sums(cfg) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_lowered_budget_and_capped_sentences_give_the_same_sums(tiny_gpt2, config_factory, monkeypatch, capsys):
     """Short of memory the stage lowers the token budget (one line, recorded) and the sums stay the same; the cap on
     pieces (corpus.max_pieces, plus the BOS) holds for what attend sees; auto on a small corpus decodes every
@@ -142,7 +143,7 @@ def test_lowered_budget_and_capped_sentences_give_the_same_sums(tiny_gpt2, confi
     assert f"[attend] attend.token_budget lowered from 128 to {2 * longest}" in out
     assert plan["logit_lens_sample"] == {"setting": "auto", "share": 1.0} and "at least 100 sentences" in out
     a, b = _attend_sums(plain), _attend_sums(low)
-    assert a.keys() == b.keys() and any(k.startswith("lens") for k in a)
+    assert a.keys() == b.keys() and any(k.startswith("logit_lens.") for k in a)
     for k in a:
         assert np.allclose(a[k], b[k], rtol=1e-5, atol=1e-6, equal_nan=True), (k, np.abs(a[k] - b[k]).max())  # float32 batches
 
@@ -151,6 +152,7 @@ def test_lowered_budget_and_capped_sentences_give_the_same_sums(tiny_gpt2, confi
         run(config_factory(tiny_gpt2, *common, run_name="refused"), ["corpus", "annotate", "attend"])
 
 
+@pytest.mark.slow
 def test_a_device_map_run_gives_the_same_sums(tiny_gpt2, config_factory):
     """model.device_map: the model is left where accelerate placed it (load_adapter does not move it) and the adapter
     brings each layer's maps, norms and residual stream to its device. On this CPU-only machine accelerate puts every
@@ -164,11 +166,12 @@ def test_a_device_map_run_gives_the_same_sums(tiny_gpt2, config_factory):
     assert parts and parts == sorted(p.name for p in (mapped.run_dir / "attend").glob("part-*.npz"))
     for name in parts:  # part by part, every sum bit for bit
         a, b = io.read_npz(plain.run_dir / "attend" / name), io.read_npz(mapped.run_dir / "attend" / name)
-        assert a.keys() == b.keys() and any(k.startswith("norm.") for k in a) and any(k.startswith("lens") for k in a)
+        assert a.keys() == b.keys() and any(k.startswith("norm.") for k in a) and any(k.startswith("logit_lens.") for k in a)
         for k in a:
             assert np.array_equal(np.asarray(a[k]), np.asarray(b[k]), equal_nan=True), (name, k)
 
 
+@pytest.mark.slow
 def test_bfloat16_model_sums_accumulate_in_float64(tiny_gpt2):
     """The engine reduces a bfloat16 model's attention into float64 sums: Σ of every attending row's attention is the
     number of rows (1,216 per head here, far past bfloat16's 256, where adding 1 is lost), and the sums stay within
@@ -191,9 +194,10 @@ def test_bfloat16_model_sums_accumulate_in_float64(tiny_gpt2):
         sums[dtype] = reduce_sentences(adapter, arrays, arrays.length_order(), reduction, 256)
     rows = S * (T - 1)
     bf16, f32 = sums[torch.bfloat16], sums[torch.float32]
-    assert np.asarray(bf16["mass_all"]).dtype == np.float64
-    assert np.allclose(bf16["mass_all"], rows, rtol=2e-3) and np.allclose(f32["mass_all"], rows, rtol=1e-6)
-    for key in ("mass", "mass_null", "distance", "norm.mass"):
+    assert np.asarray(bf16["attention_mass.mass_all"]).dtype == np.float64
+    assert np.allclose(bf16["attention_mass.mass_all"], rows, rtol=2e-3)
+    assert np.allclose(f32["attention_mass.mass_all"], rows, rtol=1e-6)
+    for key in ("attention_mass.mass", "null_attention.mass_null", "distance.distance", "norm.attention_mass.mass"):
         assert np.allclose(bf16[key], f32[key], rtol=3e-2), key
     # what a bfloat16 accumulator would have given: stuck at 256
     stuck = torch.zeros((), dtype=torch.bfloat16)

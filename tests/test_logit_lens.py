@@ -25,7 +25,10 @@ from pipeline import metrics
 from pipeline.config import AttendConfig, ModelConfig
 from pipeline.engine import Reduction
 from pipeline.metrics import logit_lens
+from pipeline.analysis import logit_lens as lens_analysis
+from pipeline.analysis.logit_lens import ANALYSIS
 from pipeline.metrics.logit_lens import METRIC, decode, sampled
+from pipeline.report.figure_specs import FIGURES
 from pipeline.models import load_adapter
 from stages import STAGE_NAMES
 
@@ -280,9 +283,10 @@ def test_last_depth_is_the_models_own_output(which, tiny_gpt2, tiny_llama):
     assert torch.equal(kl[-1], torch.zeros(n - 1, dtype=kl.dtype)) and (kl[:-1] > 0).all()
 
 
+@pytest.mark.slow
 def test_table_matches_slow_reference(lens_run, records):
     got = table(lens_run, "logit_lens")
-    assert got.schema == pl.Schema(logit_lens.SCHEMA)
+    assert got.schema == pl.Schema(lens_analysis.SCHEMA)
     want = reference_table(records)
     assert_tables_equal(got, want)
     assert logit_lens.RANK_EDGES.tolist() == EDGES
@@ -298,14 +302,15 @@ def test_table_matches_slow_reference(lens_run, records):
     assert not table(lens_run, "findings")["statistic"].str.starts_with("logit").any()  # not a weighting's number
     stored = np.load(lens_run.run_dir / "attend" / "part-00000.npz").files  # sums over the batch, no replicates
     boot = [k for k in stored if k.startswith("boot.")]
-    assert {"lens_stats", "lens_rank_hist", "lens_final_rank_hist"} <= set(stored) and boot and not any("lens" in k for k in boot)
+    assert {"logit_lens.lens_stats", "logit_lens.lens_rank_hist", "logit_lens.lens_final_rank_hist"} <= set(stored) and boot and not any("logit_lens." in k for k in boot)
 
 
+@pytest.mark.slow
 def test_exemplars_match_reference(lens_run, records):
     k = lens_run.attend.exemplars_per_head
     want = reference_exemplars(records, k)
     got = table(lens_run, "logit_lens_exemplars")
-    assert got.schema == pl.Schema(logit_lens.EXEMPLAR_SCHEMA)
+    assert got.schema == pl.Schema(lens_analysis.EXEMPLAR_SCHEMA)
     texts = dict(table(lens_run, "sentences").select("sentence_id", "text").iter_rows())
     for kind in ("earliest", "latest"):
         rows = got.filter(pl.col("kind") == kind).sort("rank")
@@ -317,12 +322,13 @@ def test_exemplars_match_reference(lens_run, records):
         assert rows["text"].to_list() == [texts[w[0]] for w in want[kind]]
     assert len(want["earliest"]) == k and want["earliest"][0][1] < want["latest"][0][1]  # not a degenerate case
     html = (Path(lens_run.reports_dir) / lens_run.run_name / "index.html").read_text()
-    for spec in METRIC.figures:
+    for spec in (s for s in FIGURES if s.metric == "logit_lens"):
         assert (Path(lens_run.reports_dir) / lens_run.run_name / "figures" / f"{spec.stem}.png").is_file()
         assert spec.title in html
     assert "nostalgebraist (2020)" in html and "Settling earliest" in html and "Settling latest" in html
 
 
+@pytest.mark.slow
 def test_independent_of_budget_parts_chunks_and_sample(lens_run, records, trained_gpt2, tmp_path, monkeypatch):
     """Batches of 16 padded pieces, parts of 2 sentences and decoding chunks of 3 pieces give the same tables; a
     sample of half the sentences is the same subset whatever the parts and batches, and its table is the reference's
@@ -361,6 +367,7 @@ def test_sample_is_uniform_and_seeded():
     assert sampled(ids, 1.0, 0).all()
 
 
+@pytest.mark.slow
 def test_disabled_with_a_reason(tiny_gpt2, tmp_path):
     assert METRIC.disabled_reason(AttendConfig(logit_lens=False)) == "attend.logit_lens is false"
     assert METRIC not in metrics.enabled(AttendConfig(logit_lens=False))
@@ -383,9 +390,9 @@ def test_disabled_with_a_reason(tiny_gpt2, tmp_path):
     run(cfg, list(STAGE_NAMES))
     status = json.loads((cfg.run_dir / "run.json").read_text())["metrics"]["logit_lens"]
     assert status == "disabled: attend.logit_lens is false"
-    for name, schema in METRIC.table_schemas.items():
+    for name, schema in ANALYSIS.table_schemas.items():
         t = table(cfg, name)
         assert t.is_empty() and t.schema == pl.Schema(schema), name
     html = (Path(cfg.reports_dir) / cfg.run_name / "index.html").read_text()
     assert "logit_lens was not computed (disabled: attend.logit_lens is false)" in html
-    assert not any(k.startswith("lens_") for k in np.load(cfg.run_dir / "attend" / "part-00000.npz").files)
+    assert not any(k.startswith("logit_lens.") for k in np.load(cfg.run_dir / "attend" / "part-00000.npz").files)

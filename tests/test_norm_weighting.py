@@ -142,15 +142,16 @@ def save_constant_value_gpt2(source: Path, directory: Path) -> float:
     return float(b.norm())
 
 
+@pytest.mark.slow
 def test_values_of_one_norm_give_the_attention_tables(tiny_gpt2, tmp_path, config_factory):
     """α'_ij = c α_ij with one c for every head and layer: every ratio, share, argmax, role and finding is that of
     attention; the raw sums are c times attention's."""
-    from pipeline.metrics import registry
+    from pipeline.analysis import analyses
 
     c = save_constant_value_gpt2(tiny_gpt2, tmp_path / "constant")
     cfg = config_factory(tmp_path / "constant", "attend.bootstrap_replicates=20")
     run(cfg)
-    raw = {column for m in registry() for column in m.raw_columns} - {"entropy_rows", "entropy_skipped"}
+    raw = {column for m in analyses() for column in m.raw_columns} - {"entropy_rows", "entropy_skipped"}
     for name in WEIGHTED:
         attention, norm = table(cfg, name), table(cfg, name, "norm")
         assert attention.height == norm.height > 0, name
@@ -164,6 +165,7 @@ def test_values_of_one_norm_give_the_attention_tables(tiny_gpt2, tmp_path, confi
     assert np.allclose(norm_heads["mass"], c * heads["mass"], rtol=1e-5) and abs(c - 1) > 0.1
 
 
+@pytest.mark.slow
 def test_switched_off_gives_attention_rows_identical_to_a_run_with_it(norm_run, config_factory, tiny_gpt2):
     off = config_factory(tiny_gpt2, THRESHOLD, "attend.norm_weighting=false", "report.formats=[png]", run_name="off")
     from stages import STAGE_NAMES
@@ -200,9 +202,10 @@ def test_a_model_without_value_norms_runs_with_norm_weighting_off(tmp_path):
     arrays = TokenArrays.from_frame(tokens)
     reduction = Reduction(attend, len(arrays.pos_vocab), len(arrays.dep_vocab))
     sums = reduce_sentences(adapter, arrays, arrays.length_order(), reduction, 64)
-    assert "mass" in sums and not any(k.startswith(("norm.", "boot.norm.")) for k in sums.additive)
+    assert "attention_mass.mass" in sums and not any(k.startswith(("norm.", "boot.norm.")) for k in sums.additive)
 
 
+@pytest.mark.slow
 def test_the_report_reads_attention_for_the_paper_and_both_weightings_for_their_figure(tmp_path):
     """Claims and the paper's figures from the attention rows alone (norm rows that differ change nothing); the side by
     side figure draws both weightings' null shares on one colour scale and their 'to' shares by layer."""

@@ -6,9 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import pytest
 
 from conftest import ROOT
 from helpers import launch_chromium, needs_chromium
+
+pytestmark = pytest.mark.slow  # a Jupyter kernel and a browser
 
 
 def test_notebook_executes_and_answers_its_questions(full_run, monkeypatch):

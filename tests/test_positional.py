@@ -1,4 +1,4 @@
-"""Positional profiles, head roles and the sink rates (pipeline/metrics/positional.py, pipeline/roles.py,
+"""Positional profiles, head roles and the sink rates (pipeline/metrics/positional.py, pipeline/analysis/roles.py,
 pipeline/metrics/sink_rate.py): against a slow reference (loops over i and j, one sentence at a time; Gu et al.'s
 per-sentence score), closed forms under uniform attention, roles on synthetic head tables made to hold and to fail,
 and the metric switched off."""
@@ -13,11 +13,13 @@ import pytest
 
 from conftest import make_config, write_corpus
 from helpers import ANALYSIS, run, table
-from pipeline import roles
+from pipeline.analysis import roles
 from pipeline.config import RolesConfig
+from pipeline.analysis import positional as positional_analysis
 from pipeline.metrics import positional
+from pipeline.report.figure_specs import FIGURES
 from pipeline.report import figures
-from pipeline.runner import run_pipeline
+from pipeline.run.runner import run_pipeline
 from reference import attention_maps
 from stages import STAGE_NAMES
 
@@ -55,6 +57,7 @@ def reference_offsets(maps: dict, D: int) -> tuple[np.ndarray, np.ndarray]:
     return num, mass
 
 
+@pytest.mark.slow
 def test_offset_shares_match_slow_reference(tiny_run, maps):
     num, mass = reference_offsets(maps, D)
     L, H = mass.shape
@@ -159,6 +162,7 @@ def gu_scores(maps: dict) -> np.ndarray:
     return np.stack(scores)
 
 
+@pytest.mark.slow
 def test_sink_rate_is_gu_et_al_per_sequence(tiny_run, maps):
     """The indicator score > ε per sentence and head, averaged over (layer, head), then over sentences, against the
     sink_rate finding; per head, the share of sentences, against sink_frequency (near-threshold scores, which float32
@@ -173,13 +177,17 @@ def test_sink_rate_is_gu_et_al_per_sequence(tiny_run, maps):
     assert (sure == possible).mean() > 0.95 and 0 < got.mean() < 1  # not degenerate on this model
     rate = table(tiny_run, "findings").filter(pl.col("statistic") == "sink_rate")
     assert rate.height == 1 and rate["n"][0] == S
-    per_sequence = lambda indicator: indicator.reshape(S, -1).mean(1).mean()  # over (layer, head), then sentences
+
+    def per_sequence(indicator):  # over (layer, head), then sentences
+        return indicator.reshape(S, -1).mean(1).mean()
+
     assert per_sequence(sure) - 1e-12 <= rate["value"][0] <= per_sequence(possible) + 1e-12
     assert rate["value"][0] == pytest.approx(got.mean(), abs=1e-12)
     assert np.array_equal(table(tiny_run, "head_roles").sort("layer", "head")["sink_frequency"].to_numpy(), got.ravel())
     assert rate["ci_low"][0] <= rate["value"][0] <= rate["ci_high"][0]  # a mean over sentences: the bootstrap applies
 
 
+@pytest.mark.slow
 def test_uniform_attention_sink_rate_closed_form(uniform_gpt2, config_factory):
     """α_t0 = 1/(t+1): on a sentence of n pieces every head scores H_n / n (H the harmonic numbers), so every head's
     sink_frequency is the share of sentences with H_n / n > ε; the pooled null share is Σ_s (H_n − 1) / Σ_s (n − 1),
@@ -204,6 +212,7 @@ def test_uniform_attention_sink_rate_closed_form(uniform_gpt2, config_factory):
     assert findings["sink_rate_pooled"] == float(pooled > RolesConfig().sink_rate_epsilon)
 
 
+@pytest.mark.slow
 def test_pooled_sink_rate_is_the_share_of_heads_whose_null_share_exceeds_epsilon(tiny_run, maps):
     """The pooled variant: a head's mean attention to the first position, α_i0 averaged over the attending rows i ≥ 1
     of the whole corpus, counted directly from the attention maps, against sink_rate_pooled and null_share."""
@@ -231,6 +240,7 @@ def test_pooled_sink_rate_is_the_share_of_heads_whose_null_share_exceeds_epsilon
     assert again.equals(table(tiny_run, "head_roles").sort("layer", "head"))
 
 
+@pytest.mark.slow
 def test_sink_epsilons_come_from_the_config(tiny_gpt2, config_factory):
     """The pooled ε (aggregate.roles.sink_rate_epsilon) reruns aggregate only; Gu et al.'s (attend.sink_epsilon) is
     applied per sentence on the device, so it reruns attend: at ε = 0 every head of a causal model is a sink on every
@@ -256,9 +266,10 @@ def test_sink_epsilons_come_from_the_config(tiny_gpt2, config_factory):
     assert dict(zip(table(strict, "findings")["statistic"], table(strict, "findings")["value"]))["sink_rate"] == 0.0
 
 
+@pytest.mark.slow
 def test_figures_from_the_tables(tiny_run):
     report = Path(tiny_run.reports_dir) / tiny_run.run_name
-    for spec in positional.METRIC.figures:
+    for spec in (s for s in FIGURES if s.metric == "positional"):
         assert (report / "figures" / f"{spec.stem}.png").is_file()
         assert spec.title in (report / "index.html").read_text()
     profile = table(tiny_run, "positional_profile")
@@ -274,11 +285,11 @@ def test_figures_from_the_tables(tiny_run):
     head_roles = table(tiny_run, "head_roles")
     fig = figures.head_roles_map(head_roles)
     ax = fig.axes[0]
-    codes = head_roles.sort("layer", "head")["role"].replace_strict(list(figures.ROLE_COLOURS), range(5)).to_numpy()
+    codes = head_roles.sort("layer", "head")["role"].replace_strict(list(roles.ROLES), range(5)).to_numpy()
     assert np.array_equal(np.asarray(ax.images[0].get_array()), codes.reshape(ax.images[0].get_array().shape))
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     counts = dict(head_roles.group_by("role").len().iter_rows())
-    assert labels[:5] == [f"{role} ({counts.get(role, 0)})" for role in figures.ROLE_COLOURS]
+    assert labels[:5] == [f"{role} ({counts.get(role, 0)})" for role in roles.ROLES]
     assert f"{head_roles['above_sink_epsilon'].mean():.0%}" in ax.get_title()
     # a synthetic table with every role: one colour each
     heads, layers = synthetic()
@@ -287,14 +298,15 @@ def test_figures_from_the_tables(tiny_run):
     assert shown.shape == (2, 6) and set(np.unique(shown)) == {0, 1, 2, 3, 4}
 
 
+@pytest.mark.slow
 def test_zero_offsets_disables_the_metric(tiny_gpt2, config_factory):
     cfg = config_factory(tiny_gpt2, "attend.positional_offsets=0", "attend.variability_positions=0")
     state = run(cfg, stages=STAGE_NAMES).state
     assert state["metrics"]["positional"] == "disabled: attend.positional_offsets is 0"
     heads = table(cfg, "head_metrics")
-    for column in positional.METRIC.columns:
+    for column in positional_analysis.ANALYSIS.columns:
         assert heads[column].is_nan().all(), column
-    for name, schema in positional.METRIC.table_schemas.items():
+    for name, schema in positional_analysis.ANALYSIS.table_schemas.items():
         t = table(cfg, name)
         assert t.is_empty() and t.schema == pl.Schema(schema), name
     findings = dict(zip(table(cfg, "findings")["statistic"], table(cfg, "findings")["value"]))
@@ -312,6 +324,7 @@ def test_sink_rate_on_a_hand_built_batch():
 
     from pipeline.config import AttendConfig
     from pipeline.engine import Batch, Reduction
+    from pipeline.analysis import sink_rate as sink_analysis
     from pipeline.metrics import sink_rate
 
     class OneLayer:
@@ -334,7 +347,8 @@ def test_sink_rate_on_a_hand_built_batch():
                   sentence_ids=torch.tensor([0, 1]), pos=zeros, dep=zeros, word=zeros, head=zeros)
     reduction = Reduction(AttendConfig(bootstrap_replicates=0), 1, 1, metrics=(sink_rate.METRIC,))
     sums = reduction.batch(OneLayer(), batch).to_numpy()
-    assert sums["sink_sequences"].tolist() == [[2.0, 1.0]] and sums["sink_sequence_count"].tolist() == [[2.0, 2.0]]
-    assert sink_rate.METRIC.ratios(lambda k: sums[k])["sink_frequency"].tolist() == [[1.0, 0.5]]
-    (finding,) = sink_rate.METRIC.findings(None, None, sums)
+    assert sums["sink_rate.sink_sequences"].tolist() == [[2.0, 1.0]]
+    assert sums["sink_rate.sink_sequence_count"].tolist() == [[2.0, 2.0]]
+    assert sink_analysis.ANALYSIS.ratios(lambda k: sums[k])["sink_frequency"].tolist() == [[1.0, 0.5]]
+    (finding,) = sink_analysis.ANALYSIS.findings(None, None, sums)
     assert finding.statistic == "sink_rate" and finding.value == 0.75 and finding.n == 2

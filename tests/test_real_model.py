@@ -57,6 +57,6 @@ def test_padding_does_not_leak_with_rotary_positions(smollm_run):
     for budget in (16, 4096):
         reduction = Reduction(attend, len(arrays.pos_vocab), len(arrays.dep_vocab))
         results.append(reduce_sentences(adapter, arrays, order, reduction, budget))
-    for key in ("mass", "mass_null", "distance", "entropy_sum", "pos_to", "dep_attending_parent",
-                "norm.mass", "norm.mass_null", "norm.distance", "norm.entropy_sum", "norm.pos_to"):  # value norms too
+    for key in ("attention_mass.mass", "null_attention.mass_null", "distance.distance", "entropy.entropy_sum", "pos_share.pos_to", "dependency_alignment.dep_attending_parent",
+                "norm.attention_mass.mass", "norm.null_attention.mass_null", "norm.distance.distance", "norm.entropy.entropy_sum", "norm.pos_share.pos_to"):  # value norms too
         assert np.allclose(results[0][key], results[1][key], rtol=1e-4, atol=1e-6), key

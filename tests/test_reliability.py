@@ -32,7 +32,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS
 def test_a_second_run_on_the_same_directory_fails_at_once_naming_the_holder(tiny_gpt2, config_factory):
     cfg = config_factory(tiny_gpt2)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from pipeline.lock import run_lock\n"
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from pipeline.run.lock import run_lock\n"
          f"with run_lock(Path({str(cfg.run_dir)!r})):\n    print('locked', flush=True); time.sleep(120)"],
         cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
     try:
@@ -77,8 +77,9 @@ def _tables(run_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(paths)}
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_in_every_stage_then_rerun_gives_identical_tables(tiny_gpt2, tmp_path):
-    from pipeline.io import read_json
+    from pipeline.run.io import read_json
     from stages import STAGE_NAMES
 
     corpus = write_corpus(tmp_path / "corpus.txt")
@@ -110,9 +111,10 @@ def test_sigkill_at_random_moments_in_every_stage_then_rerun_gives_identical_tab
     assert not [p for p in crash.rglob("*.tmp") if "cache" not in p.relative_to(crash).parts]
 
 
+@pytest.mark.slow
 def test_a_damaged_part_or_table_is_detected_and_recomputed(tiny_gpt2, config_factory):
-    from pipeline.io import read_npz
-    from pipeline.runner import run_pipeline
+    from pipeline.run.io import read_npz
+    from pipeline.run.runner import run_pipeline
 
     cfg = config_factory(tiny_gpt2)
     run(cfg)
@@ -153,7 +155,7 @@ def test_a_damaged_part_or_table_is_detected_and_recomputed(tiny_gpt2, config_fa
 
 def _full_disk_for(target: str, monkeypatch):
     """The temporary file of `target` becomes a link to /dev/full: the real writer meets a real ENOSPC."""
-    import pipeline.io
+    import pipeline.run.io
 
     real = tempfile.mkstemp
 
@@ -166,7 +168,7 @@ def _full_disk_for(target: str, monkeypatch):
             fd = os.open(os.devnull, os.O_RDONLY)
         return fd, path
 
-    monkeypatch.setattr(pipeline.io.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(pipeline.run.io.tempfile, "mkstemp", mkstemp)
 
 
 def _denied_rename_for(target: str, monkeypatch):
@@ -180,6 +182,7 @@ def _denied_rename_for(target: str, monkeypatch):
     monkeypatch.setattr(os, "replace", replace)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("inject, target, code", [
     (_full_disk_for, "part-00000.parquet", errno.ENOSPC),  # polars' writer
     (_full_disk_for, "part-00000.npz", errno.ENOSPC),      # numpy's writer
@@ -213,6 +216,7 @@ def test_an_unwritable_output_directory_is_one_line(tiny_gpt2, tmp_path, corpus_
         run(cfg, ["corpus"])
 
 
+@pytest.mark.slow
 def test_outputs_have_the_ordinary_mode(tiny_gpt2, config_factory):
     old = os.umask(0o027)
     try:
@@ -227,7 +231,7 @@ def test_outputs_have_the_ordinary_mode(tiny_gpt2, config_factory):
 
 
 def test_paragraphs_longer_than_spacys_limit_are_skipped_and_counted(tiny_gpt2, config_factory):
-    from pipeline.nlp import load_spacy
+    from pipeline.data.nlp import load_spacy
 
     nlp = load_spacy(SPACY_MODEL, purpose="sentences")
     limit, nlp.max_length = nlp.max_length, 160
@@ -285,6 +289,7 @@ def _fuzzed_corpus(data: st.DataObject) -> bytes:
     return b"\n\n".join(paragraphs) + b"\n"
 
 
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.data())
 def test_fuzzed_corpus_bytes_through_corpus_and_annotate_never_a_traceback(tiny_gpt2, data):

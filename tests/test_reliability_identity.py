@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from helpers import run
-from pipeline import io
+from pipeline.run import io
 from pipeline.errors import PipelineError
 
 
@@ -30,6 +30,7 @@ def _copy_part(src_dir, src: str, dst_dir, dst: str, stamp: bool = False) -> Non
         shutil.copyfile(src_dir / a, dst_dir / b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stamp", [False, True])
 def test_a_tokens_part_copied_over_another_with_its_sidecar_is_recomputed_on_resume(tiny_gpt2, config_factory, stamp):
     cfg = config_factory(tiny_gpt2)
@@ -46,6 +47,7 @@ def test_a_tokens_part_copied_over_another_with_its_sidecar_is_recomputed_on_res
     assert {p.name: p.read_bytes() for p in sorted(tokens.glob("part-*"))} == want
 
 
+@pytest.mark.slow
 def test_attend_sums_copied_over_another_part_are_recomputed_on_resume(tiny_gpt2, config_factory):
     cfg = config_factory(tiny_gpt2)
     run(cfg, ["corpus", "annotate", "attend"])
@@ -58,6 +60,7 @@ def test_attend_sums_copied_over_another_part_are_recomputed_on_resume(tiny_gpt2
     assert {p.name: p.read_bytes() for p in sorted(attend.glob("part-*.npz"))} == want
 
 
+@pytest.mark.slow
 def test_a_part_from_another_run_is_recomputed_and_counted(tiny_gpt2, config_factory):
     """Same config, same bytes even: a part of another run directory is not this run's, and is made again."""
     ours, theirs = config_factory(tiny_gpt2), config_factory(tiny_gpt2, run_name="other")
@@ -69,6 +72,7 @@ def test_a_part_from_another_run_is_recomputed_and_counted(tiny_gpt2, config_fac
     assert counts["parts_damaged_recomputed"] == 1 and counts["parts_resumed"] == counts["parts"] - 1
 
 
+@pytest.mark.slow
 def test_a_finished_part_swapped_with_its_sidecar_is_refused_on_read(full_run, tmp_path):
     from pipeline import results
 
@@ -80,6 +84,7 @@ def test_a_finished_part_swapped_with_its_sidecar_is_refused_on_read(full_run, t
         results.scan(run_dir, "tokens")
 
 
+@pytest.mark.slow
 def test_a_meta_json_from_another_run_is_refused_on_read(full_run, tiny_gpt2, config_factory):
     from pipeline import results
 
@@ -93,6 +98,7 @@ def test_a_meta_json_from_another_run_is_refused_on_read(full_run, tiny_gpt2, co
 
 # ---- §3: the notebook API checks what it loads ----
 
+@pytest.mark.slow
 def test_load_refuses_a_damaged_table_naming_the_file_and_its_stage(full_run, tmp_path):
     from pipeline import results
 
@@ -107,6 +113,7 @@ def test_load_refuses_a_damaged_table_naming_the_file_and_its_stage(full_run, tm
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_load_refuses_a_table_of_another_run_copied_with_its_sidecar(full_run, tiny_gpt2, config_factory):
     from pipeline import results
 

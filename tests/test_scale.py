@@ -88,8 +88,9 @@ class KillOnce:
         return self.worker(unit, progress)
 
 
+@pytest.mark.slow
 def test_parts_are_bounded_and_every_stage_writes_them(local_run):
-    from pipeline.parts import read_meta
+    from pipeline.run.parts import read_meta
 
     for name in ("sentences", "tokens", "attend"):
         meta = read_meta(local_run.run_dir / name)
@@ -104,6 +105,7 @@ def test_parts_are_bounded_and_every_stage_writes_them(local_run):
     assert set(table(local_run, "pos_share")["tag"]) == set(table(local_run, "tokens")["pos"])
 
 
+@pytest.mark.slow
 def test_ray_executor_gives_the_local_tables_and_survives_a_killed_actor(wikitext_300, local_run, ray_cluster,
                                                                         monkeypatch, tmp_path):
     cfg = wikitext_300("ray", "executor.kind=ray")
@@ -111,7 +113,7 @@ def test_ray_executor_gives_the_local_tables_and_survives_a_killed_actor(wikitex
     assert state["stages"]["attend"]["counts"]["executor"] == "ray"
     assert_tables_equal(local_run, cfg, rtol=1e-9)
 
-    import pipeline.ray_executor as ray_executor
+    import pipeline.run.ray_executor as ray_executor
 
     ray_cluster.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # KillOnce travels to the actors
     real_run = ray_executor.RayExecutor.run
@@ -135,14 +137,16 @@ def test_ray_executor_gives_the_local_tables_and_survives_a_killed_actor(wikitex
         run(killed, ["annotate"], force=True)
 
 
+@pytest.mark.slow
 def test_a_ray_pool_the_cluster_cannot_place_is_one_line():
-    from pipeline.ray_executor import RayExecutor
+    from pipeline.run.ray_executor import RayExecutor
 
     assert RayExecutor.feasible(2, 1, 0.5, 8, 1.0) == (2, {"num_cpus": 1, "num_gpus": 0.5})
     with pytest.raises(PipelineError, match="needs 1 CPU.*and 2 GPU.*has 8 CPU.*and 1 GPU"):
         RayExecutor.feasible(1, 1, 2.0, 8, 1.0)
 
 
+@pytest.mark.slow
 def test_a_ray_address_that_does_not_answer_is_one_line_quickly(config_factory, tiny_gpt2):
     pytest.importorskip("ray")
     cfg = config_factory(tiny_gpt2, "executor.kind=ray", "executor.address=127.0.0.1:9", "executor.connect_timeout_s=3")
@@ -152,8 +156,9 @@ def test_a_ray_address_that_does_not_answer_is_one_line_quickly(config_factory, 
     assert time.perf_counter() - started < 30
 
 
+@pytest.mark.slow
 def test_an_unreadable_part_is_made_again_alone(local_run):
-    from pipeline.runner import run_pipeline
+    from pipeline.run.runner import run_pipeline
 
     part = local_run.run_dir / "sentences" / "part-00002.parquet"
     good = part.read_bytes()
@@ -165,11 +170,12 @@ def test_an_unreadable_part_is_made_again_alone(local_run):
     assert part.read_bytes() == good
 
 
+@pytest.mark.slow
 def test_empty_parts_are_counted_not_errors(local_run, tmp_path):
     import stages.annotate as annotate
     import stages.attend as attend
-    from pipeline.executor import WorkUnit
-    from pipeline.parts import read_meta
+    from pipeline.run.executor import WorkUnit
+    from pipeline.run.parts import read_meta
 
     empty = tmp_path / "sentences-empty.parquet"
     pl.DataFrame(schema=pl.read_parquet(next((local_run.run_dir / "sentences").glob("part-*.parquet"))).schema).write_parquet(empty)
@@ -193,6 +199,7 @@ def test_a_corpus_part_with_no_prose_is_counted(tmp_path, tiny_gpt2, corpus_file
     assert counts["sentences"] == table(cfg, "sentences").height > 0
 
 
+@pytest.mark.slow
 def test_corpus_statistics_merged_over_parts_match_a_slow_count(local_run):
     """corpus_stats is the sum of five parts' counts: the same numbers as one loop over every pair of the corpus."""
     from collections import Counter
@@ -219,6 +226,7 @@ def test_corpus_statistics_merged_over_parts_match_a_slow_count(local_run):
         assert stats[("pos_frequency", tag)] == pytest.approx(n / tokens.height, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_the_exemplar_pool_adds_exemplars_and_changes_no_statistic(wikitext_300):
     """corpus.exemplar_sentences (the paper: exemplars from 100,000 sentences, statistics from 10,000 of them).
     The analysis sample and every statistic are those of the run without the pool; the exemplars are those of a

@@ -11,7 +11,7 @@ import pytest
 from conftest import WIKITEXT
 from pipeline.config import CorpusConfig
 from pipeline.errors import PipelineError
-from pipeline.sources import detokenize_wikitext, read_documents
+from pipeline.data.sources import detokenize_wikitext, read_documents
 
 
 @pytest.mark.parametrize("raw, clean", [
@@ -73,7 +73,7 @@ def test_document_sampling_is_seeded(tmp_path):
     assert pick(1) == pick(1) and pick(1) != pick(2) and len(pick(1)) == 10
 
 
-# --- Parquet dumps: a uniform, seeded sample drawn from the footers (pipeline/sampling.py) ---
+# --- Parquet dumps: a uniform, seeded sample drawn from the footers (pipeline/data/sampling.py) ---
 
 DUMP_ROWS = [30, 70, 10, 90]        # rows per file: 200 in all
 DUMP_GROUP_ROWS = [7, 20, 10, 16]   # rows per row group, per file
@@ -102,7 +102,7 @@ def open_rb(path):
 
 
 def sampled_docs(paths, n, seed, counts=None):
-    from pipeline.sampling import sample_parquet
+    from pipeline.data.sampling import sample_parquet
 
     records, counts = sample_parquet(paths, open_rb, n, seed, ["text"], ["title"], counts)
     records = list(records)
@@ -151,7 +151,7 @@ def test_parquet_sample_reads_only_the_chosen_row_groups(tmp_path, monkeypatch):
         opened.append(path)
         return open(path, "rb")
 
-    from pipeline.sampling import sample_parquet
+    from pipeline.data.sampling import sample_parquet
     for seed in range(5):
         reads.clear(), opened.clear()
         records, counts = sample_parquet(paths, spy_open, 1, seed, ["text"])
@@ -206,7 +206,7 @@ def hub_cfg(**kw):
 def test_hub_parquet_dataset_uses_the_parquet_sampler(tmp_path, monkeypatch):
     import datasets
 
-    from pipeline import sources
+    from pipeline.data import sources
 
     paths = write_dump(tmp_path / "dump")
     monkeypatch.setattr(sources, "_hub_data_files", lambda cfg: paths)  # as hf:// paths would be, but local
@@ -230,7 +230,7 @@ def test_hub_data_files_resolved_through_datasets(tmp_path):
 def test_hub_dataset_not_in_parquet_falls_back_to_a_streaming_shuffle(tmp_path, monkeypatch, caplog):
     import datasets
 
-    from pipeline import sources
+    from pipeline.data import sources
 
     path = tmp_path / "docs.jsonl"
     path.write_text("".join(f'{{"title": "Doc {i}", "text": "Text {i}."}}\n' for i in range(30)), encoding="utf-8")
@@ -238,7 +238,7 @@ def test_hub_dataset_not_in_parquet_falls_back_to_a_streaming_shuffle(tmp_path, 
     monkeypatch.setattr(sources, "_hub_data_files", lambda cfg: ["hf://datasets/x/y/train.jsonl"])
     monkeypatch.setattr(datasets, "load_dataset",
                         lambda *a, **k: local("json", data_files=str(path), split="train", streaming=True))
-    with caplog.at_level("WARNING", logger="pipeline.sources"):
+    with caplog.at_level("WARNING", logger="pipeline.data.sources"):
         docs, counts = read_documents(hub_cfg(max_documents=5, shuffle_buffer=10), seed=0)
     assert counts.extra == {"sampling": "streaming_shuffle"} and len(docs) == 5
     assert "not Parquet-backed" in caplog.text
@@ -249,7 +249,7 @@ def test_bad_jsonl_lines_are_skipped_and_counted_with_their_line_numbers(tmp_pat
     path.write_text('{"text": "One doc."}\nnot json at all\n{"text": 5}\n\n[1, 2]\n{"text": null}\n{"text": "Two."}\n'
                     '{"text": "Three.", "title": "T"}\n{"text": ["a"]}\n{"text": {"x": 1}}\n{"text": true}\n{"text": 7}\n',
                     encoding="utf-8")
-    with caplog.at_level("WARNING", logger="pipeline.sources"):
+    with caplog.at_level("WARNING", logger="pipeline.data.sources"):
         docs, counts = read_documents(CorpusConfig(source="jsonl", path=str(path)), seed=0)
     assert [d.paragraphs for d in docs] == [["One doc."], ["Two."], ["Three."]] and docs[2].title == "T"
     assert counts.extra["jsonl_lines_skipped"] == 7 and counts.extra["jsonl_skipped_lines"] == [2, 3, 5, 9, 10]

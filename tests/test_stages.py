@@ -51,6 +51,7 @@ def test_tokens_table_carries_word_features_to_every_piece(tiny_gpt2, config_fac
     assert run(other, ["corpus", "annotate"]).state["stages"]["annotate"]["counts"]["parse_cache_hits"] == counts["parts"]
 
 
+@pytest.mark.slow
 def test_prepend_bos_makes_position_zero_the_bos_token(tiny_gpt2, config_factory):
     cfg = config_factory(tiny_gpt2, "model.bos=always")
     run(cfg, ["corpus", "annotate"])
@@ -60,6 +61,7 @@ def test_prepend_bos_makes_position_zero_the_bos_token(tiny_gpt2, config_factory
     assert tokens.group_by("sentence_id").agg(pl.col("position").max() + 1 == pl.len())["position"].all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["truncate", "drop"])
 def test_sentences_longer_than_the_model_are_truncated_or_dropped(tiny_gpt2, config_factory, monkeypatch, mode):
     import stages.annotate as annotate
@@ -79,7 +81,7 @@ def test_stage_is_skipped_when_current_and_redone_when_config_changes(tiny_gpt2,
     run(cfg, ["corpus"])
     first = (cfg.run_dir / "sentences" / "part-00000.parquet").stat().st_mtime_ns
     messages = []
-    from pipeline.runner import run_pipeline
+    from pipeline.run.runner import run_pipeline
 
     run_pipeline(cfg, ["corpus"], echo=messages.append)
     assert "up to date" in messages[0] and (cfg.run_dir / "sentences" / "part-00000.parquet").stat().st_mtime_ns == first
@@ -92,10 +94,11 @@ def test_stage_is_skipped_when_current_and_redone_when_config_changes(tiny_gpt2,
         run(changed, ["attend"])
 
 
+@pytest.mark.slow
 def test_run_json_records_provenance(tiny_gpt2, config_factory):
     cfg = config_factory(tiny_gpt2)
     state = run(cfg, ["corpus", "annotate", "attend"]).state
-    from pipeline.io import read_json
+    from pipeline.run.io import read_json
 
     on_disk = read_json(cfg.run_dir / "run.json")
     assert on_disk["config"]["model"]["name"] == str(tiny_gpt2)
@@ -152,7 +155,7 @@ def test_cli_prints_one_line_errors(tmp_path, capsys):
 def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     import numpy as np
 
-    from pipeline import io
+    from pipeline.run import io
 
     def broken_savez(f, **arrays):
         f.write(b"partial")
@@ -164,6 +167,7 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_paper_tagset_is_spacy2s_function_of_the_fine_tag(tiny_gpt2, config_factory):
     from stages.annotate import PAPER_TAGS
 

@@ -122,6 +122,7 @@ def test_decoder_with_bos_matches_the_sources(bos_run, tiny_gpt2):
     assert (got["mean_weighted_norm"] > 0).all() and not np.allclose(got["mean_weighted_norm"], got["mean_attention"])
 
 
+@pytest.mark.slow
 def test_without_value_norms_the_norm_columns_are_nan(tiny_gpt2, tmp_path):
     from conftest import make_config, write_corpus
 

@@ -157,6 +157,7 @@ def _variance(png: bytes) -> float:
     return float(pixels.mean(axis=2).var())
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_clicking_a_head_redraws_the_head_view_with_its_pattern(synthetic_report):
     from playwright.sync_api import sync_playwright
@@ -204,6 +205,7 @@ def test_clicking_a_head_redraws_the_head_view_with_its_pattern(synthetic_report
     assert requests == [b.uri]
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_views_on_the_tiny_full_run(full_run):
     from playwright.sync_api import sync_playwright

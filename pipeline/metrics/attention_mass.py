@@ -4,14 +4,12 @@ the number of attending pieces)."""
 
 from __future__ import annotations
 
-from pipeline.metrics.base import Metric
+from pipeline.metrics.base import DevicePart
 
 
-class AttentionMass(Metric):
+class AttentionMass(DevicePart):
     name = "attention_mass"
-    order = 0
-    description = "Σ α_ij over non-null pairs (the denominator of Eqs. 3-6) and over all pairs of attending rows."
-    raw_columns = ("mass", "mass_all")
+    provides = ('mass', 'mass_all')
 
     def pair_features(self, batch) -> dict:
         return {"mass": batch.nonnull, "mass_all": batch.causal_rows}

@@ -30,21 +30,16 @@ matmuls, [B, H, W, W]; two argmaxes over it; correct cases summed by relation.""
 
 from __future__ import annotations
 
-import numpy as np
-import polars as pl
 import torch
 
-from pipeline.metrics.base import NO_INTERVAL_EXTREME, FigureSpec, Finding, Metric, ratio
+from pipeline.metrics.base import DevicePart
 
 OFFSETS = tuple(range(-3, 3))  # Clark et al.'s baseline offsets o: the head of word d is word d + o
-DIRECTIONS = ("dependent_to_head", "head_to_dependent")  # Clark et al.'s "dep->head" and "head<-dep"
-MIN_CASES = 30  # a relation enters dep_accuracy_mean_gain with at least this many cases
-SCHEMA = {"layer": pl.Int32, "head": pl.Int32, "relation": pl.String, "direction": pl.String, "accuracy": pl.Float64,
-          "n": pl.Int64, "baseline_offset": pl.Int32, "baseline_accuracy": pl.Float64}
 
 
 class Words:
     """One batch's words: the piece → word map of non-null pieces and each word's gold head, label and case."""
+
 
     def __init__(self, ctx):
         word, B = ctx.batch.word, ctx.B
@@ -90,24 +85,9 @@ def word_attention(att: torch.Tensor, words: Words) -> torch.Tensor:
     return torch.einsum("biv,bhiw->bhvw", words.mean_rows, to_words)
 
 
-class DependencyAccuracy(Metric):
+class DependencyAccuracy(DevicePart):
     name = "dependency_accuracy"
-    order = 45
-    description = ("Clark et al. (2019): per relation and direction, the share of words whose most-attended-to other word "
-                   "(word-level attention) is its head, with the best fixed-offset baseline (offsets −3..+2).")
-    table_schemas = {"dep_accuracy": SCHEMA}
-    figures = (FigureSpec(
-        "beyond_dependency_accuracy", "Dependency accuracy of the best head per relation (Clark et al. 2019, Table 1)",
-        "As Clark et al. (2019), Table 1, at the level of words (a word's attention to another word: the sum over that "
-        "word's pieces; a word of several pieces attends with the mean of its pieces' rows; null pieces left out). For "
-        "the most frequent dependency relations (ROOT left out: no head can predict it), the accuracy of the single best "
-        "head over both directions, coloured by its direction: dependent → head, the share of words whose "
-        "most-attended-to other word is their head; head → dependent (Clark et al.'s 'head<-dep', the word matrix "
-        "transposed), the share of words attended most by their head. Grey: the best fixed offset, 'the head of word d "
-        "is the word d + o' for o = −3..+2 (Clark et al.'s baselines), the same o for every word of the relation. n: "
-        "the words of the relation. A causal model cannot attend to later words, so a relation whose head usually "
-        "follows its dependent scores in the head → dependent direction only; dep_accuracy.parquet has both.",
-        "dependency_accuracy", inputs=("dep_accuracy",)),)
+    provides = ('depacc_correct', 'depacc_cases', 'depacc_root_cases', 'depacc_offset_correct')
 
     def disabled_reason(self, attend_cfg) -> str | None:
         return None if attend_cfg.dependency_accuracy else "attend.dependency_accuracy is false"
@@ -134,48 +114,6 @@ class DependencyAccuracy(Metric):
         baseline = torch.einsum("bwk,bwr->brk", hits, words.onehot)  # [B, R, K]
         return {"depacc_cases": cases.to(ctx.sum_dtype), "depacc_root_cases": roots.to(ctx.sum_dtype),
                 "depacc_offset_correct": baseline.to(ctx.sum_dtype)}
-
-    @staticmethod
-    def best_offsets(offset_correct: np.ndarray) -> np.ndarray:
-        """[R, K] → [R]: the index of the best offset per relation, the larger offset on ties (Clark et al.'s max)."""
-        K = offset_correct.shape[-1]
-        return K - 1 - offset_correct[..., ::-1].argmax(-1)
-
-    def tables(self, sums, inputs) -> dict:
-        correct, cases = np.asarray(sums["depacc_correct"]), np.asarray(sums["depacc_cases"])  # [L, H, 2, R], [R]
-        offsets = np.asarray(sums["depacc_offset_correct"])                                     # [R, K]
-        L, H, D, R = correct.shape
-        best = self.best_offsets(offsets)
-        base = ratio(np.take_along_axis(offsets, best[:, None], -1)[:, 0], cases)
-        layer, head, direction, relation = np.meshgrid(np.arange(L), np.arange(H), np.arange(D), np.arange(R), indexing="ij")
-        table = pl.DataFrame({
-            "layer": layer.ravel().astype(np.int32), "head": head.ravel().astype(np.int32),
-            "relation": pl.Series(np.asarray(inputs["dep_vocab"], dtype=object)[relation.ravel()], dtype=pl.String),
-            "direction": pl.Series(np.asarray(DIRECTIONS, dtype=object)[direction.ravel()], dtype=pl.String),
-            "accuracy": ratio(correct, cases).ravel(),
-            "n": np.rint(np.broadcast_to(cases, correct.shape)).astype(np.int64).ravel(),
-            "baseline_offset": np.broadcast_to(np.asarray(OFFSETS)[best], correct.shape).ravel().astype(np.int32),
-            "baseline_accuracy": np.broadcast_to(base, correct.shape).ravel()}, schema=SCHEMA)
-        return {"dep_accuracy": table.filter(pl.col("n") > 0)}
-
-    def findings(self, heads, layers, sums) -> list[Finding]:
-        """dep_accuracy_mean_gain: over relations with ≥ MIN_CASES cases but ROOT (never predictable), the best head's
-        accuracy (either direction) minus the best offset's; Clark et al.'s "all": the best single (head, direction)
-        and the best single offset on every case."""
-        correct, cases = np.asarray(sums["depacc_correct"]), np.asarray(sums["depacc_cases"])
-        offsets, roots = np.asarray(sums["depacc_offset_correct"]), np.asarray(sums["depacc_root_cases"])
-        frequent = (cases >= MIN_CASES) & (roots == 0)  # [R]
-        best_head = ratio(correct, cases).reshape(-1, cases.size).max(0)[frequent] if frequent.any() else np.array([])
-        base = ratio(offsets.max(-1), cases)[frequent]
-        gain = float(np.mean(best_head - base)) if best_head.size else float("nan")
-        total = cases.sum()
-        all_head = ratio(correct.sum(-1), total)      # [L, H, 2]: one (head, direction) on every case
-        all_base = ratio(offsets.sum(0), total)       # [K]: one offset on every case
-        return [Finding("dep_accuracy_mean_gain", gain, n=int(frequent.sum()), interval_note=NO_INTERVAL_EXTREME),
-                Finding("dep_accuracy_all_best_head", float(np.max(all_head)) if total > 0 else float("nan"), n=int(total),
-                        interval_note=NO_INTERVAL_EXTREME),
-                Finding("dep_accuracy_all_baseline", float(np.max(all_base)) if total > 0 else float("nan"), n=int(total),
-                        interval_note=NO_INTERVAL_EXTREME)]
 
 
 METRIC = DependencyAccuracy()

@@ -3,69 +3,19 @@ dependency label, per head and per layer."""
 
 from __future__ import annotations
 
-import polars as pl
 import torch
 
-from pipeline.metrics.base import Claim, FigureSpec, Metric, mean_in_layers
-from pipeline.metrics.pos_share import share_tables
+from pipeline.metrics.base import DevicePart
 
 
-
-SUBJECTS = ("nsubj", "nsubjpass", "csubj", "csubjpass")  # section 5.3.2; all in en_core_web_sm's parser labels
-LOWER = ("aux", "cc", "det", "expl", "neg")              # spaCy 3 still calls negation "neg"
-LOWER_SENTENCE = ("auxiliaries (aux), conjunctions (cc), determiners (det), expletives (expl), and negations (neg) were "
-                  "targeted more in lower layers")
-SOURCE = "§5.3.2, p. 7"
-
-
-class DependencyLabels(Metric):
+class DependencyLabels(DevicePart):
     name = "dependency_labels"
-    order = 40
-    description = "Share of non-null attention received by pieces of each dependency label."
-    table_schemas = {"dep_share": {"layer": pl.Int32, "head": pl.Int32, "label": pl.String, "share": pl.Float64},
-                     "dep_share_by_layer": {"layer": pl.Int32, "label": pl.String, "share": pl.Float64}}
-    figures = (FigureSpec(
-        "fig09_dependency_labels", "Attention to dependency labels by layer (Fig. 9)",
-        "Share of each layer's non-null attention received by pieces of each dependency label (absolute, on a square-root "
-        "colour scale). Above the line: every label section 5.3.2 discusses (subjects: nsubj, nsubjpass, csubj, "
-        "csubjpass; aux, cc, det, expl, neg), however rare; below it, the most-attended other labels.",
-        "dependency_labels", inputs=("dep_share_by_layer",)),)
+    provides = ('dep_to',)
+    requires = ('attention_mass.mass',)
 
     def reduce_layer(self, layer) -> dict:
         ctx = layer.batch
         return {"dep_to": torch.einsum("bhj,bjd->bhd", layer.received, ctx.dep_onehot).to(ctx.sum_dtype)}
-
-    def tables(self, sums, inputs) -> dict:
-        per_head, by_layer = share_tables(sums["dep_to"], sums["mass"], inputs["dep_vocab"], "label", inputs["tokens"], "dep")
-        return {"dep_share": per_head, "dep_share_by_layer": by_layer}
-
-    def claims(self, c) -> list[Claim]:
-        """Fig. 9: each label's share of a layer's attention, averaged over the first third and over the last third of
-        the layers (scaled: first and last ⌈4L/12⌉). "More in deeper layers" is last third > first third, for the four
-        subject labels summed and for each low-layer label alone (the paper names each). A label the run's parser
-        never produced is not applicable, not false."""
-        dep = c.tables["dep_share_by_layer"]
-        first, last = c.first(4), c.last(4)
-        span = f"the first {len(first)} vs the last {len(last)} of {c.L} layers"
-
-        def thirds(labels) -> tuple[float | None, float | None]:
-            summed = (dep.filter(pl.col("label").is_in(list(labels)))
-                      .group_by("layer").agg(share=pl.col("share").sum()) if not first & last else dep.clear())
-            return mean_in_layers(summed, "share", first), mean_in_layers(summed, "share", last)
-
-        subjects = [s for s in SUBJECTS if s in set(dep["label"])]
-        low, high = thirds(subjects)
-        ok = bool(subjects) and low is not None and high is not None
-        out = [Claim("dep_subjects_deeper", "Subjects (csubj, csubjpass, nsubj, nsubjpass) were targeted more in deeper layers",
-                     f"summed share of the subject labels present, mean over {span}: last > first", "deeper",
-                     f"{low:.3g} → {high:.3g} ({', '.join(subjects)})" if ok else None, ok and high > low, ok,
-                     source=SOURCE)]
-        for label in LOWER:
-            low, high = thirds([label])
-            ok = label in set(dep["label"]) and low is not None and high is not None
-            out.append(Claim(f"dep_lower_{label}", LOWER_SENTENCE, f"share of '{label}' alone, mean over {span}: first > last",
-                             "lower", f"{label}: {low:.3g} → {high:.3g}" if ok else None, ok and low > high, ok, source=SOURCE))
-        return out
 
 
 METRIC = DependencyLabels()

@@ -44,41 +44,38 @@ replicates: the sums are added over the batch as they are."""
 from __future__ import annotations
 
 import numpy as np
-import polars as pl
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.metrics.base import FigureSpec, Metric, ratio
+from pipeline.metrics.base import DevicePart
 from pipeline.sums import Sums
 
 EXACT_RANKS = 16  # ranks 0..15 get a bin each; then log-spaced bins, each 2^(1/4) × the last
+
+
 RANK_EDGES = np.array(list(range(EXACT_RANKS + 1))
                       + [int(EXACT_RANKS * 2 ** (k / 4)) for k in range(1, 81)], dtype=np.int64)  # bin b: [e_b, e_b+1)
+
+
 BINS = len(RANK_EDGES) - 1
+
+
 STATS = ("n", "top1", "top10", "prob", "log_prob", "kl", "final_top1", "final_top10")  # lens_stats, in this order
+
+
 MIN_SETTLED = 3        # a sentence's mean settle depth needs at least this many correctly predicted pieces
+
+
 CHUNK_BYTES = 256 * 2**20  # bound on the [pieces, vocabulary] arrays of one decoding step
+
+
 BYTES_PER_LOGIT = 16   # what one (piece, vocabulary entry) takes in decode's buffers (four float32)
-RELATIONS = ("same word", "unrelated")  # then "next depends on current: <label>", "current depends on next: <label>"
-KINDS = ("earliest", "latest")
+
+
 SET = "logit_lens_settle"  # its ranked candidates in Sums
 
-SCHEMA = {"depth": pl.Int32, "grouping": pl.String, "group": pl.String, "n": pl.Int64, "top1_share": pl.Float64,
-          "top10_share": pl.Float64, "mean_prob": pl.Float64, "mean_log_prob": pl.Float64, "mean_kl": pl.Float64,
-          "median_rank": pl.Int64, "median_rank_upper": pl.Int64, "final_pred_top1_share": pl.Float64,
-          "final_pred_top10_share": pl.Float64, "final_pred_median_rank": pl.Int64,
-          "final_pred_median_rank_upper": pl.Int64}
-EXEMPLAR_SCHEMA = {"kind": pl.String, "rank": pl.Int32, "sentence_id": pl.Int64, "mean_settle_depth": pl.Float64,
-                   "n_settled": pl.Int64, "n_decoded": pl.Int64, "text": pl.String}
 
 CITATION = "nostalgebraist (2020), \"interpreting GPT: the logit lens\" (LessWrong)"
-
-
-def group_labels(pos_vocab: list[str], dep_vocab: list[str]) -> list[tuple[str, str]]:
-    """(grouping, group) of each group index: all, then the next piece's POS, then the relations."""
-    return ([("all", "all")] + [("pos", p) for p in pos_vocab] + [("relation", r) for r in RELATIONS]
-            + [("relation", f"next depends on current: {d}") for d in dep_vocab]
-            + [("relation", f"current depends on next: {d}") for d in dep_vocab])
 
 
 def sampled(sentence_ids, share: float, seed: int) -> np.ndarray:
@@ -91,6 +88,7 @@ def sampled(sentence_ids, share: float, seed: int) -> np.ndarray:
     if share >= 1.0:
         return np.ones(ids.shape, dtype=bool)
 
+
     def mix(z):
         z = z + np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -100,17 +98,6 @@ def sampled(sentence_ids, share: float, seed: int) -> np.ndarray:
     with np.errstate(over="ignore"):
         u = mix(mix(np.full(ids.shape, seed, dtype=np.uint64)) ^ ids)
     return (u >> np.uint64(11)).astype(np.float64) * 2.0**-53 < share
-
-
-def median_from_histogram(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """hist [..., BINS] → (lower edge, last rank) of the bin holding the lower median; -1 where n = 0."""
-    hist = np.asarray(hist, dtype=np.float64)
-    n = hist.sum(-1, keepdims=True)
-    reached = np.cumsum(hist, -1) >= n / 2
-    b = np.where(n[..., 0] > 0, reached.argmax(-1), -1)
-    low = np.where(b >= 0, RANK_EDGES[np.maximum(b, 0)], -1)
-    high = np.where(b >= 0, RANK_EDGES[np.maximum(b, 0) + 1] - 1, -1)
-    return low, high
 
 
 def decode(adapter, residuals: list[torch.Tensor], targets: torch.Tensor, dtype=torch.float64):
@@ -172,37 +159,11 @@ def settle_depths(rank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rank.shape[0] - trailing, top1[-1].bool()
 
 
-class LogitLens(Metric):
+class LogitLens(DevicePart):
     name = "logit_lens"
-    order = 95
-    description = ("nostalgebraist (2020): the residual stream at every depth decoded through the final norm and the "
-                   "unembedding; rank, probability and KL of the actual next piece, and the rank of the final depth's top-1 "
-                   "prediction (the essay's rank), by depth, POS and relation.")
+    provides = ('lens_stats', 'lens_rank_hist', 'lens_final_rank_hist')
     norm_weighting = False  # not a statistic of attention: computed once, no weighting column
     wants_residuals = True
-    table_schemas = {"logit_lens": SCHEMA, "logit_lens_exemplars": EXEMPLAR_SCHEMA}
-    figures = (
-        FigureSpec(
-            "beyond_logit_lens", "Logit lens by depth (beyond the paper; nostalgebraist 2020)",
-            f"After {CITATION}: the residual stream after each block (depth 0: the embeddings, the input of the first "
-            "block) decoded through the model's final norm and its own LM head, for every piece whose next piece "
-            "is in the sentence. Two ranks are drawn, each named: the rank of the TRUE next piece (ours; blue) and the "
-            "rank of the model's FINAL top-1 prediction, the argmax at the last depth (the rank nostalgebraist's essay "
-            "plots; orange; 0 at the last depth by definition). Left: the median of each rank (0 = the lens's top "
-            "prediction; the axis shows rank + 1 on a log scale; read from a histogram exact below 16 and in bins 19% "
-            "wide above, shaded between the bin's edges). Middle: the share of pieces for which each is the lens's top-1 "
-            "and among its top-10 predictions. Right: KL(final ‖ depth d) in nats, how far each depth's distribution is "
-            "from the model's output. attend.logit_lens_sample decodes a seeded subset of the sentences; n in the title.",
-            "logit_lens_by_depth", inputs=("logit_lens",)),
-        FigureSpec(
-            "beyond_logit_lens_pos", "Logit lens by part of speech and relation (beyond the paper)",
-            f"After {CITATION}; here the rank of the TRUE next piece only (not of the final prediction). Left: the "
-            "top-1 share of the logit lens (the share of pieces whose true next piece is its top prediction) at each "
-            "depth (rows, 0 = the embeddings at the top) for next pieces of each part of speech (columns, most frequent first; n beside each tag). Right: the "
-            "top-1 share by depth for four relations between the current and the next word: the next piece continues "
-            "the current word; the next word depends on the current one (the current word is its head); the current "
-            "word depends on the next; unrelated.", "logit_lens_pos_heatmap", inputs=("logit_lens",)),
-    )
 
     def disabled_reason(self, attend_cfg, adapter=None) -> str | None:
         if not getattr(attend_cfg, "logit_lens", False):
@@ -215,8 +176,8 @@ class LogitLens(Metric):
                     "the next piece from the residual stream is meaningless")
         reason = adapter.unembed_reason
         return None if reason is None else f"the residual stream cannot be unembedded: {reason}"
-
     # ---- on the device ----
+
     def residual_rows(self, ctx) -> torch.Tensor:
         """[B, T]: pieces i of the sampled sentences whose next piece i + 1 is in the sentence."""
         chosen = sampled(ctx.batch.sentence_ids.cpu().numpy(), ctx.cfg.logit_lens_sample, ctx.cfg.bootstrap_seed)
@@ -269,8 +230,8 @@ class LogitLens(Metric):
         additive = {"lens_stats": totals, "lens_rank_hist": hist.reshape(depths, G, BINS),
                     "lens_final_rank_hist": final_hist.reshape(depths, G, BINS)}
         return Sums(additive, None, ctx.cfg.exemplars_per_head, {SET: self.candidates(ctx, per_sentence, decoded)})
-
     @staticmethod
+
     def candidates(ctx, per_sentence: torch.Tensor, decoded: torch.Tensor) -> dict:
         """The batch's sentences as ranked candidates [2, B] (earliest: −mean settle depth, latest: +mean); a sentence
         with fewer than MIN_SETTLED correctly predicted pieces gets −inf (never kept over a real one)."""
@@ -281,49 +242,6 @@ class LogitLens(Metric):
         ids = ctx.batch.sentence_ids.cpu().numpy().astype(np.int64)
         return {"value": value, "sentence_id": np.stack([ids, ids]), "mean_settle_depth": np.stack([mean, mean]),
                 "n_settled": np.stack([count, count]), "n_decoded": np.stack([decoded.cpu().double().numpy()] * 2)}
-
-    # ---- tables ----
-    def tables(self, sums, inputs) -> dict:
-        stats, hist = np.asarray(sums["lens_stats"], dtype=np.float64), np.asarray(sums["lens_rank_hist"])
-        depths, G, _ = stats.shape
-        labels = group_labels(list(inputs["pos_vocab"]), list(inputs["dep_vocab"]))
-        if len(labels) != G:
-            raise ValueError(f"logit lens sums have {G} groups, the vocabularies {len(labels)}")
-        n = stats[..., 0]
-        low, high = median_from_histogram(hist)
-        final_low, final_high = median_from_histogram(np.asarray(sums["lens_final_rank_hist"]))
-        depth, group = np.meshgrid(np.arange(depths), np.arange(G), indexing="ij")
-        table = pl.DataFrame({
-            "depth": depth.ravel().astype(np.int32),
-            "grouping": [labels[g][0] for g in group.ravel()], "group": [labels[g][1] for g in group.ravel()],
-            "n": np.rint(n).ravel().astype(np.int64),
-            **{column: ratio(stats[..., k], n).ravel() for k, column in
-               zip(range(1, 6), ("top1_share", "top10_share", "mean_prob", "mean_log_prob", "mean_kl"))},
-            "median_rank": low.ravel().astype(np.int64), "median_rank_upper": high.ravel().astype(np.int64),
-            "final_pred_top1_share": ratio(stats[..., 6], n).ravel(), "final_pred_top10_share": ratio(stats[..., 7], n).ravel(),
-            "final_pred_median_rank": final_low.ravel().astype(np.int64),
-            "final_pred_median_rank_upper": final_high.ravel().astype(np.int64)},
-            schema=SCHEMA)
-        return {"logit_lens": table.filter(pl.col("n") > 0), "logit_lens_exemplars": self.exemplar_table(sums, inputs)}
-
-    @staticmethod
-    def exemplar_table(sums, inputs) -> pl.DataFrame:
-        c = sums.ranked.get(SET)
-        if not c:
-            return pl.DataFrame(schema=EXEMPLAR_SCHEMA)
-        kinds, k = np.asarray(c["value"]).shape
-        df = pl.DataFrame({"kind": [KINDS[r] for r in range(kinds) for _ in range(k)],
-                           "rank": np.tile(np.arange(k), kinds).astype(np.int32),
-                           "sentence_id": np.asarray(c["sentence_id"]).ravel().astype(np.int64),
-                           "value": np.asarray(c["value"], dtype=np.float64).ravel(),
-                           "mean_settle_depth": np.asarray(c["mean_settle_depth"], dtype=np.float64).ravel(),
-                           "n_settled": np.rint(np.asarray(c["n_settled"], dtype=np.float64)).ravel().astype(np.int64),
-                           "n_decoded": np.rint(np.asarray(c["n_decoded"], dtype=np.float64)).ravel().astype(np.int64)})
-        df = df.filter(pl.col("value") > -np.inf).drop("value")
-        ids = pl.Series(df["sentence_id"].unique().sort().to_list(), dtype=pl.Int64).implode()
-        text = inputs["sentences"].filter(pl.col("sentence_id").is_in(ids)).select("sentence_id", "text")
-        df = df.join(text.collect(engine="streaming"), on="sentence_id", how="left", maintain_order="left")
-        return df.select(list(EXEMPLAR_SCHEMA)).cast(EXEMPLAR_SCHEMA)
 
 
 METRIC = LogitLens()

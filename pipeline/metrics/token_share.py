@@ -20,24 +20,17 @@ them). One table, no weighting column: both weightings are columns here. No boot
 
 from __future__ import annotations
 
-import numpy as np
-import polars as pl
 import torch
 
-from pipeline.alignment import is_special_tag
-from pipeline.metrics.base import FigureSpec, Metric, ratio
+from pipeline.metrics.base import DevicePart
 
-SCHEMA = {"layer": pl.Int32, "head": pl.Int32, "token": pl.String, "mean_attention": pl.Float64,
-          "mean_weighted_norm": pl.Float64, "mean_value_norm": pl.Float64, "sentences": pl.Int64}
 COMMA_OR_PERIOD, OTHER, ALL = ". or ,", "other", "all"
+
+
 CLARK = "Clark et al. (2019), \"What Does BERT Look At?\", Fig. 2"
+
+
 KOBAYASHI = "Kobayashi et al. (2020), \"Attention is Not Only a Weight\""
-
-
-def token_names(pos_vocab: list[str]) -> list[str]:
-    """The token of each category index: the tags of pos_vocab (only the special ones are ever filled), then
-    ". or ,", "other", "all"."""
-    return list(pos_vocab) + [COMMA_OR_PERIOD, OTHER, ALL]
 
 
 def categories(ctx) -> torch.Tensor:
@@ -54,6 +47,7 @@ def categories(ctx) -> torch.Tensor:
 def batch_terms(ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What every layer of a batch shares, made once per batch: the categories [B, T, C], each row's weight 1/n_s
     [B, T] (all rows of the sentence) and 1/(pieces of each category) per sentence [B, C] (0 where it has none)."""
+
     def make():
         cats = categories(ctx)
         rows = ctx.in_sentence.to(torch.float32) / ctx.batch.lengths[:, None].clamp_min(1).to(torch.float32)
@@ -62,22 +56,10 @@ def batch_terms(ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return ctx.memo("token_share", make)
 
 
-class TokenShare(Metric):
+class TokenShare(DevicePart):
     name = "token_share"
-    order = 12
-    description = (f"Mean attention to [CLS], [SEP] and the tokens \".\" and \",\" over all rows ({CLARK}), and the mean "
-                   f"‖α f(x)‖ and ‖f(x)‖ of those tokens ({KOBAYASHI}).")
+    provides = ('ts_attention', 'ts_weighted_norm', 'ts_value_norm', 'ts_sentences', 'ts_sentences_with')
     norm_weighting = False  # both weightings are its columns: computed once, from α and the value norms together
-    table_schemas = {"token_share": SCHEMA}
-    figures = (FigureSpec(
-        "beyond_token_share", "Attention to [CLS], [SEP] and \". or ,\": weights and norms (beyond the paper)",
-        f"Left: after {CLARK}: by layer, the mean attention α that a head gives to each token, averaged over ALL rows of a "
-        "sentence (the special pieces' rows included) and then over sentences; the line is the mean over the layer's "
-        "heads, the dots the heads. \". or ,\" is the tokens \".\" and \",\" themselves (not the PUNCT tag); [CLS] and "
-        "[SEP] (BERT) or BOS (model.bos) are the special pieces. Middle: the same for the absolute norm "
-        f"‖α_ij f(x_j)‖ ({KOBAYASHI}, their re-examination of Clark et al.), \"all\" being the head's mean Σ_j ‖α_ij "
-        "f(x_j)‖ per row; right: the mean ‖f(x_j)‖ of each token's pieces. Middle and right are absolute norms, not the "
-        "pooled ratios of the norm-weighted tables; blank without value norms.", "token_share", inputs=("token_share",)),)
 
     def reduce_layer(self, layer) -> dict:
         ctx = layer.batch
@@ -93,27 +75,6 @@ class TokenShare(Metric):
         """Sentences, and sentences that contain each token: the denominators of the means over sentences."""
         present = (batch_terms(ctx)[0].sum(1) > 0).to(ctx.sum_dtype)  # [B, C]
         return {"ts_sentences": torch.ones(ctx.B, 1, dtype=ctx.sum_dtype, device=ctx.device), "ts_sentences_with": present}
-
-    def tables(self, sums, inputs) -> dict:
-        attention = np.asarray(sums["ts_attention"], dtype=np.float64)  # [L, H, C]
-        L, H, C = attention.shape
-        names = token_names(inputs["pos_vocab"])
-        if len(names) != C:
-            raise ValueError(f"token_share sums have {C} tokens, the vocabulary {len(names)}")
-        sentences = float(np.asarray(sums["ts_sentences"]).sum())
-        present = np.asarray(sums["ts_sentences_with"], dtype=np.float64)  # [C]
-        nan = np.full(attention.shape, np.nan)
-        weighted = ratio(sums["ts_weighted_norm"], sentences) if "ts_weighted_norm" in sums else nan
-        value = ratio(sums["ts_value_norm"], present) if "ts_value_norm" in sums else nan
-        layer, head, c = np.meshgrid(np.arange(L), np.arange(H), np.arange(C), indexing="ij")
-        df = pl.DataFrame({"layer": layer.ravel().astype(np.int32), "head": head.ravel().astype(np.int32),
-                           "token": pl.Series(np.asarray(names, dtype=object)[c.ravel()], dtype=pl.String),
-                           "mean_attention": ratio(attention, sentences).ravel(),
-                           "mean_weighted_norm": np.asarray(weighted).ravel(), "mean_value_norm": np.asarray(value).ravel(),
-                           "sentences": np.broadcast_to(np.rint(present), (L, H, C)).ravel().astype(np.int64)},
-                          schema=SCHEMA)
-        kept = [n for k, n in enumerate(names) if present[k] > 0 and (k >= C - 3 or is_special_tag(n))]
-        return {"token_share": df.filter(pl.col("token").is_in(kept))}
 
 
 METRIC = TokenShare()

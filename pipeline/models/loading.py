@@ -13,6 +13,7 @@ import torch
 
 from pipeline.config import ModelConfig
 from pipeline.errors import PipelineError
+from pipeline.run.io import file_identity
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +77,8 @@ WEIGHT_AND_VOCAB_FILES = ("*.safetensors", "*.bin", "*.gguf", "*.json", "*.txt",
 
 
 def local_identity(source: Source) -> dict:
-    """Size and mtime of the files a local model or tokenizer is read from ({} for a hub id, whose
-    identity is its revision); part of the stage fingerprints that read them."""
-    from pipeline.stage import file_identity
-
+    """Size and SHA-256 (io.file_identity) of the files a local model or tokenizer is read from
+    ({} for a hub id, whose identity is its revision); part of the stage fingerprints that read them."""
     path = Path(source.path)
     if not path.exists():
         return {}

@@ -20,8 +20,8 @@ import math
 
 import polars as pl
 
-from pipeline.metrics import registry
-from pipeline.metrics.base import ClaimContext
+from pipeline.analysis import analyses
+from pipeline.analysis.base import ClaimContext
 
 # source: where the sentence stands in the paper (section, page). ci_95: the bootstrap's 95% interval of the run's
 # number (attend.bootstrap_replicates), only where a percentile interval is valid; paper_in_ci: whether the paper's
@@ -50,7 +50,7 @@ def _paper_in_interval(c, applicable: bool) -> tuple[str | None, bool | None]:
 def evaluate(tables: dict[str, pl.DataFrame], model: dict, metric_status: dict | None = None) -> pl.DataFrame:
     context = ClaimContext(tables, model)
     rows = []
-    for metric in registry():
+    for metric in analyses():
         computed = metric_status is None or metric_status.get(metric.name, "enabled") == "enabled"
         for c in metric.claims(context):
             applicable = bool(c.applicable) and computed

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline import io
 from pipeline.errors import PipelineError
 from pipeline.report import claims as claims_check
 from pipeline.report import figures
 from pipeline.report.html import VERDICT, escape, page, table
 from pipeline.results import info as run_info
 from pipeline.results import load, of_weighting, resolve_run_dir
+from pipeline.run import io
 
 # layer_metrics columns drawn by relative depth: (column, title, y label); those both runs have are drawn
 DEPTH_FIGURES = (

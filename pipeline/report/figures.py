@@ -15,9 +15,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from pipeline import io  # noqa: E402
-from pipeline.metrics.base import top_row  # noqa: E402
-from pipeline.alignment import special_tags  # noqa: E402
+from pipeline.analysis.roles import COLOURS as ROLE_COLOURS  # noqa: E402
+from pipeline.analysis.roles import ROLES  # noqa: E402
+from pipeline.analysis.base import top_row  # noqa: E402
+from pipeline.data.alignment import special_tags  # noqa: E402
+from pipeline.run import io  # noqa: E402
 
 CMAP = "viridis"
 
@@ -283,18 +285,17 @@ def positional_profile(profile: pl.DataFrame) -> plt.Figure:
     return fig
 
 
-ROLE_COLOURS = {"sink": "0.3", "positional": "tab:orange", "syntactic": "tab:blue", "broad": "tab:green", "mixed": "0.85"}
 
 
 def head_roles_map(roles: pl.DataFrame) -> plt.Figure:
-    """head_roles.parquet as a layer × head map, one colour per role (pipeline/roles.py; the legend counts the heads
+    """head_roles.parquet as a layer × head map, one colour per role (pipeline/analysis/roles.py; the legend counts the heads
     of each). White dots: heads whose null share, pooled over the corpus, exceeds ε (above_sink_epsilon). The title
     gives Gu et al. (2024)'s sink rate, per sentence (the mean of sink_frequency over heads), and the dots' share."""
     from matplotlib.colors import ListedColormap
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    names = list(ROLE_COLOURS)
+    names = list(ROLES)
     codes = grid(roles.with_columns(code=pl.col("role").replace_strict(names, list(range(len(names))), default=None,
                                                                       return_dtype=pl.Float64)), "code")
     L, H = codes.shape
@@ -366,7 +367,7 @@ def norm_weighting(heads: pl.DataFrame, norm_heads: pl.DataFrame, pos: pl.DataFr
 
 def _piece_labels(tokens: pl.DataFrame, text: str) -> list[str]:
     """Each piece's characters in the sentence; a special piece ([CLS], [SEP], BOS: no characters) by its name."""
-    from pipeline.alignment import is_special_tag
+    from pipeline.data.alignment import is_special_tag
 
     pos = tokens["pos"].to_list() if "pos" in tokens.columns else [""] * tokens.height
     return [piece if is_special_tag(tag) else (text[s:e].strip() or "␣")
@@ -412,7 +413,7 @@ def pattern_matrix(patterns: pl.DataFrame, layer: int, head: int, n: int) -> np.
 def nonnull_pairs(sent: pl.DataFrame, causal: bool) -> np.ndarray:
     """[n, n] bool: pairs of non-null pieces (the special pieces when the sentence has any, as attend.null_pieces: auto
     gives for an encoder or a prepended BOS; else position 0), j ≤ i for a causal model."""
-    from pipeline.alignment import is_special_tag
+    from pipeline.data.alignment import is_special_tag
 
     n = sent.height
     special = np.array([is_special_tag(t) for t in sent["pos"].to_list()], dtype=bool)
@@ -552,7 +553,7 @@ def logit_lens_pos_heatmap(lens: pl.DataFrame, top_tags: int = 16) -> plt.Figure
 
 
 def save(fig: plt.Figure, directory, name: str, formats=("png", "svg")) -> dict[str, str]:
-    """Each format written atomically, with the ordinary file mode and a checksum (pipeline/io.py)."""
+    """Each format written atomically, with the ordinary file mode and a checksum (pipeline/run/io.py)."""
     paths = {}
     try:
         for fmt in formats:

@@ -18,12 +18,13 @@ import numpy as np
 import polars as pl
 from matplotlib.colors import to_hex
 
-from pipeline.metrics import registry
-from pipeline.report.figures import ROLE_COLOURS, _piece_labels
+from pipeline.analysis import analyses
+from pipeline.analysis.roles import COLOURS as ROLE_COLOURS
+from pipeline.analysis.roles import CRITERIA, ROLES
+from pipeline.report.figures import _piece_labels
 from pipeline.report.views_static import CSS, JS
 from pipeline.results import weighting_rows
 
-CRITERIA = ("sink", "positional", "syntactic", "broad")  # the head_roles criteria, each an is_<name> column
 
 
 def attention_rows(df: pl.DataFrame | None) -> pl.DataFrame | None:
@@ -44,8 +45,8 @@ def _number(x, digits: int = 4):
 
 
 def metric_columns(heads: pl.DataFrame) -> list[str]:
-    """The ratio columns the metrics declare, in registry order, that this head table has (not the sums)."""
-    return [c for m in registry() for c in m.columns if c in heads.columns]
+    """The ratio columns the metrics declare, in column order, that this head table has (not the sums)."""
+    return [c for m in analyses() for c in m.columns if c in heads.columns]
 
 
 def _per_head(df: pl.DataFrame, H: int, n_heads: int, value) -> list:
@@ -69,11 +70,11 @@ def _metrics(heads: pl.DataFrame, H: int, n_heads: int) -> dict:
 
 
 def _roles(roles: pl.DataFrame | None, H: int, n_heads: int) -> dict | None:
-    """Each head's role and every criterion it meets (pipeline/roles.py), or None without a head_roles table."""
+    """Each head's role and every criterion it meets (pipeline/analysis/roles.py), or None without a head_roles table."""
     if roles is None or roles.is_empty() or "role" not in roles.columns:
         return None
     met = [c for c in CRITERIA if f"is_{c}" in roles.columns]
-    return {"names": list(ROLE_COLOURS), "colours": [to_hex(ROLE_COLOURS[n]) for n in ROLE_COLOURS],
+    return {"names": list(ROLES), "colours": [to_hex(ROLE_COLOURS[n]) for n in ROLES],
             "role": _per_head(roles, H, n_heads, lambda r: r["role"]),
             "criteria": _per_head(roles, H, n_heads, lambda r: [c for c in met if r[f"is_{c}"]])}
 

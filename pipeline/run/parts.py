@@ -4,7 +4,7 @@ A parted output is a directory holding `plan.json` (the fingerprint it was made 
 when the directory was planned: the identity of this run's output), the parts (`part-NNNNN.parquet`,
 `.npz`, ...: each written atomically with its checksum), and `meta.json`, written last: the stage
 finished. A part made for another fingerprint is never resumed: the directory is emptied first.
-Each part is bound to its place: a work unit's stamp (pipeline/executor.py) records the plan, the
+Each part is bound to its place: a work unit's stamp (pipeline/run/executor.py) records the plan, the
 part's name, its inputs' and its own checksums; meta.json records each part's checksum and sentence-id
 range. So a part is read only if it is this run's, this stage's and this part's, intact: a valid part
 copied over another with its sidecar is recomputed (resume) or refused (read), never read as data.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import io
+from pipeline.run import io
 from pipeline.errors import PipelineError
 
 

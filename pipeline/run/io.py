@@ -176,3 +176,21 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
 def read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+_DIGESTS: dict[tuple, str] = {}  # (device, inode, size, mtime, ctime) → SHA-256: each file hashed once per process
+
+
+def file_identity(path: Path) -> list | None:
+    """Size and SHA-256 of the content: an edit is seen even when it keeps the size and the modification time
+    (an in-place rewrite followed by `touch -r`), and touching a file without changing it redoes nothing. Streamed
+    (sha256), once per process and file state. None for a missing file: the stage that reads it reports that in
+    one line. Part of the fingerprints of the stages that read files outside the run (corpus, model, tokenizer)."""
+    try:
+        st = Path(path).stat()
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if key not in _DIGESTS:
+            _DIGESTS[key] = sha256(path)
+    except OSError:
+        return None
+    return [st.st_size, _DIGESTS[key]]

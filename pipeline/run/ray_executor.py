@@ -22,7 +22,15 @@ from typing import Callable
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.executor import ExecutionReport, Resources, WorkUnit, execution_report, open_bar, pending
+from pipeline.run.executor import (
+    ExecutionReport,
+    Resources,
+    WorkUnit,
+    execution_report,
+    open_bar,
+    pending,
+    register_executor,
+)
 
 QUIET = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_LOG_LEVEL": "WARNING", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
 
@@ -147,8 +155,7 @@ class RayExecutor:
         n_damaged = sum(u.damaged for u in todo)
         if not todo:
             return execution_report(units, todo, counts, n_damaged)
-        ray = connect(self.cfg)
-        import ray.data
+        ray = connect(self.cfg)  # imports ray.data too: ray.data.from_items below
 
         size, actor_resources = self.pool(ray, resources)
         by_index = {u.index: u for u in todo}
@@ -183,3 +190,6 @@ class RayExecutor:
             raise PipelineError(f"{desc}: Ray returned no result for unit(s) {missing[:5]} after "
                                 f"{time.perf_counter() - started:.0f}s; rerun to resume")
         return execution_report(units, todo, counts, n_damaged)
+
+
+register_executor("ray", RayExecutor)  # `executor.kind: ray` (pipeline/run/executor.py imports no executor)

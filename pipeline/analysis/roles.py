@@ -28,11 +28,16 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from pipeline.metrics.base import NO_INTERVAL_EXTREME, Finding
+from pipeline.analysis.base import NO_INTERVAL_EXTREME, Finding
 
-ROLES = ("sink", "positional", "syntactic", "broad", "mixed")  # in precedence order; mixed: none of the others
-SCHEMA = {"layer": pl.Int32, "head": pl.Int32, "role": pl.String, "is_sink": pl.Boolean, "is_positional": pl.Boolean,
-          "is_syntactic": pl.Boolean, "is_broad": pl.Boolean, "above_sink_epsilon": pl.Boolean, "sink_frequency": pl.Float64,
+# The one definition of the roles (the table, its figure and the report's views read these): the criteria in
+# precedence order, each an is_<name> column, then the role of a head that meets none; and each role's colour.
+CRITERIA = ("sink", "positional", "syntactic", "broad")
+MIXED = "mixed"
+ROLES = (*CRITERIA, MIXED)
+COLOURS = {"sink": "0.3", "positional": "tab:orange", "syntactic": "tab:blue", "broad": "tab:green", MIXED: "0.85"}
+SCHEMA = {"layer": pl.Int32, "head": pl.Int32, "role": pl.String, **{f"is_{c}": pl.Boolean for c in CRITERIA},
+          "above_sink_epsilon": pl.Boolean, "sink_frequency": pl.Float64,
           "null_share": pl.Float64, "max_offset_share": pl.Float64, "argmax_offset": pl.Float64,
           "dep_align_either": pl.Float64, "syntactic_threshold": pl.Float64, "mean_entropy": pl.Float64,
           "broad_entropy_threshold": pl.Float64}
@@ -69,9 +74,10 @@ def head_roles(heads: pl.DataFrame, layers: pl.DataFrame, cfg) -> pl.DataFrame:
                                                          dtype=np.float64)
     known = entropy[~np.isnan(entropy)]
     broad_threshold = float(np.quantile(known, cfg.broad_entropy_quantile)) if known.size else float("nan")
-    criteria = {"sink": at_least(null, cfg.sink_null_share), "positional": at_least(offset_share, cfg.positional_share),
-                "syntactic": at_least(dep, syntactic_threshold), "broad": at_least(entropy, broad_threshold)}
-    role = np.select(list(criteria.values()), list(criteria), default="mixed") if heads.height else np.array([], dtype=str)
+    met = {"sink": at_least(null, cfg.sink_null_share), "positional": at_least(offset_share, cfg.positional_share),
+           "syntactic": at_least(dep, syntactic_threshold), "broad": at_least(entropy, broad_threshold)}
+    criteria = {name: met[name] for name in CRITERIA}  # in precedence order
+    role = np.select(list(criteria.values()), list(criteria), default=MIXED) if heads.height else np.array([], dtype=str)
     return pl.DataFrame({
         "layer": heads["layer"].cast(pl.Int32), "head": heads["head"].cast(pl.Int32), "role": role.astype(str),
         **{f"is_{name}": value for name, value in criteria.items()},

@@ -1,7 +1,7 @@
 """The stage runner: builds the dependency graph from the stages' declared inputs and outputs, skips
-a stage whose outputs are current for its fingerprint (config fields it reads, its code, its
-upstream), times the others, and records everything that produced a run in
-`data/runs/<run_name>/run.json`."""
+a stage whose outputs are current for its fingerprint (config fields it reads, its code) and for the
+files it reads (their checksums), times the others, and records everything that produced a run in
+`data/runs/<run_name>/run.json`, each stage's fingerprint parts included (`pipeline status` diffs them)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline import io
+import pipeline.run.ray_executor  # noqa: F401  registers `executor.kind: ray` (the stages call make_executor)
 from pipeline.config import Config
 from pipeline.config import fingerprint as content_hash
 from pipeline.errors import PipelineError
-from pipeline.lock import run_lock
-from pipeline.stage import ConfigView, StageContext, stage_config, stage_fingerprint
+from pipeline.run import io
+from pipeline.run.lock import run_lock
+from pipeline.run.stage import ConfigView, StageContext, fingerprint_parts, stage_config
 from stages import STAGE_NAMES, load_stages
 
 PACKAGES = ("torch", "transformers", "tokenizers", "spacy", "datasets", "pyarrow", "polars", "numpy",
@@ -37,7 +38,7 @@ def package_versions() -> dict:
 
 
 def git_commit() -> dict:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
@@ -47,8 +48,13 @@ def git_commit() -> dict:
         return {"commit": None, "dirty": None}
 
 
+def _within(name: str, declared: str) -> bool:
+    """A file or folder name is the declared one or lies under it (a parted output's files)."""
+    return name == declared or name.startswith(declared.rstrip("/") + "/")
+
+
 def _produces(stage, name: str) -> bool:
-    return any(o.name == name or name.startswith(o.name.rstrip("/") + "/") for o in stage.OUTPUTS)
+    return any(_within(name, o.name) for o in stage.OUTPUTS)
 
 
 def dependency_graph(stages=None) -> dict[str, list[str]]:
@@ -66,13 +72,16 @@ def dependency_graph(stages=None) -> dict[str, list[str]]:
     return graph
 
 
-def stage_fingerprints(cfg: Config, stages=None) -> dict[str, str]:
-    stages = stages or load_stages()
-    graph = dependency_graph(stages)
-    hashes: dict[str, str] = {}
-    for stage in stages:
-        hashes[stage.NAME] = stage_fingerprint(stage, cfg, [hashes[u] for u in graph[stage.NAME]])
-    return hashes
+def stage_fingerprint_parts(cfg: Config, stages=None) -> dict[str, dict]:
+    """{stage: what its fingerprint hashes (stage.fingerprint_parts)}, in running order. run.json keeps them, and
+    `pipeline status` diffs them."""
+    return {stage.NAME: fingerprint_parts(stage, cfg) for stage in stages or load_stages()}
+
+
+def stage_fingerprints(cfg: Config, stages=None, parts: dict[str, dict] | None = None) -> dict[str, str]:
+    """{stage: fingerprint}: the hash of its parts, as stage.stage_fingerprint computes it."""
+    parts = parts if parts is not None else stage_fingerprint_parts(cfg, stages)
+    return {name: content_hash(p) for name, p in parts.items()}
 
 
 class Run:
@@ -99,30 +108,57 @@ class Run:
                 files[("report:" if o.root == "report" else "") + str(path.relative_to(root))] = io.sha256(path)
         return files
 
-    def inputs_digest(self, upstream: list[str]) -> str:
-        """What the stage read: the checksums of every file its upstream stages wrote."""
-        return content_hash({u: self.state.get("stages", {}).get(u, {}).get("files") for u in upstream})
+    def inputs_digest(self, stage, upstream: list[str]) -> str:
+        """What the stage read: the checksums, as its upstream stages recorded them, of the files it declares in
+        INPUTS (only those: a table of an upstream stage that it does not read may change without redoing it)."""
+        stages = self.state.get("stages", {})
+        return content_hash({u: {name: digest for name, digest in (stages.get(u, {}).get("files") or {}).items()
+                                 if any(_within(name, i) for i in stage.INPUTS)} for u in upstream})
 
-    def why_not_done(self, stage, fingerprint: str, upstream: list[str] = ()) -> str | None:
-        """None when the stage ran for this fingerprint on its upstream's current files, and every file it
-        wrote is there, unchanged."""
+    def check(self, stage, fingerprint: str, upstream: list[str] = ()) -> tuple[str | None, list[str]]:
+        """(why the stage must run, or None; its output files missing or changed). None when it ran for this
+        fingerprint on its upstream's current files, and every file it wrote is there, unchanged. Reads only:
+        `pipeline status` asks it too, beside a running run."""
         entry = self.state.get("stages", {}).get(stage.NAME, {})
         if entry.get("fingerprint") != fingerprint or entry.get("status") != "done" or "files" not in entry:
-            return "not done for this config and code"
-        if entry.get("inputs") != self.inputs_digest(upstream):
-            return "its inputs were written again since it ran, with other contents"
+            return "not done for this config and code", []
+        if entry.get("inputs") != self.inputs_digest(stage, upstream):
+            return "its inputs were written again since it ran, with other contents", []
         failed = []
         for name, digest in entry["files"].items():
             path = self.report_dir / name[len("report:"):] if name.startswith("report:") else self.run_dir / name
             if not path.is_file() or io.sha256(path) != digest:
                 failed.append(name)
         if failed:
+            return (f"{len(failed)} output file(s) missing, changed or damaged since written "
+                    f"({', '.join(failed[:3])})"), failed
+        return None, []
+
+    def why_stale(self, name: str, by_name: dict, graph: dict, fingerprints: dict) -> str | None:
+        """None when the stage and every stage before it that it depends on are current (`check`); else why, naming
+        the stage: a stage made from current files of a stale stage is stale too, since that stage may write others."""
+        why = self.check(by_name[name], fingerprints[name], graph[name])[0]
+        if why:
+            return f"{name}: {why}"
+        for upstream in graph[name]:
+            if why := self.why_stale(upstream, by_name, graph, fingerprints):
+                return why
+        return None
+
+    def inputs_changed(self, by_name: dict, graph: dict) -> set[str]:
+        """Finished stages whose input files were written again, with other contents, since they ran."""
+        return {name for name, entry in self.state.get("stages", {}).items()
+                if name in by_name and entry.get("status") == "done"
+                and entry.get("inputs") != self.inputs_digest(by_name[name], graph[name])}
+
+    def why_not_done(self, stage, fingerprint: str, upstream: list[str] = ()) -> str | None:
+        """`check`, and output files that fail their checksum listed in run.json (`integrity`)."""
+        why, failed = self.check(stage, fingerprint, upstream)
+        if failed:
             integrity = self.state.setdefault("integrity", {"files_failed_checksum": []})
             integrity["files_failed_checksum"] = sorted(set(integrity["files_failed_checksum"]) | set(failed))
             self.record("integrity", integrity)
-            return f"{len(failed)} output file(s) missing, changed or damaged since written ({', '.join(failed[:3])})"
-        return None
-
+        return why
 
     def context(self, stage, fingerprint: str, force: bool) -> StageContext:
         readable = tuple(stage.CONFIG) + tuple(getattr(stage, "TUNING", ()))
@@ -139,13 +175,14 @@ def run_pipeline(cfg: Config, stages: list[str] | None = None, force: bool = Fal
     selected = list(stages) if stages else list(STAGE_NAMES)
     modules = load_stages()
     graph = dependency_graph(modules)
-    fingerprints = stage_fingerprints(cfg, modules)
+    parts = stage_fingerprint_parts(cfg, modules)
+    fingerprints = stage_fingerprints(cfg, parts=parts)
     report_dir = Path(cfg.reports_dir) / cfg.run_name
     with run_lock(cfg.run_dir), run_lock(report_dir):
         for directory in (cfg.run_dir, report_dir):  # what a killed run was writing: never complete, never read
             io.remove_stale_temporaries(directory)
         io.remove_stale_temporaries(Path(cfg.data_dir) / "cache", older_than_s=24 * 3600)  # shared with other runs
-        return _run_locked(cfg, selected, modules, graph, fingerprints, force, config_file, overrides, echo)
+        return _run_locked(cfg, selected, modules, graph, parts, fingerprints, force, config_file, overrides, echo)
 
 
 def read_state(path: Path, echo) -> dict:
@@ -161,12 +198,14 @@ def read_state(path: Path, echo) -> dict:
     return {}
 
 
-def settle_config(state: dict, fingerprints: dict[str, str], invocation: dict) -> None:
+def settle_config(state: dict, fingerprints: dict[str, str], invocation: dict, inputs_changed=frozenset()) -> None:
     """The top-level config of run.json describes every finished stage's tables, or is null: when a partial
-    run (--stages) left finished stages made with another config, their names are listed under
-    `config_mismatch`, and each stage's own entry keeps the config values it read and its fingerprint."""
+    run (--stages) left finished stages made with another config, or from inputs written again since
+    (`inputs_changed`), their names are listed under `config_mismatch`, and each stage's own entry keeps the config
+    values it read and its fingerprint."""
     stale = sorted(name for name, entry in state.get("stages", {}).items()
-                   if entry.get("status") == "done" and entry.get("fingerprint") != fingerprints.get(name))
+                   if entry.get("status") == "done"
+                   and (entry.get("fingerprint") != fingerprints.get(name) or name in inputs_changed))
     if stale:
         state.update({"config": None, "config_file": None, "overrides": None, "config_mismatch": {
             "stages": stale, "note": "these stages' tables were made with another config than the last run's: "
@@ -176,7 +215,7 @@ def settle_config(state: dict, fingerprints: dict[str, str], invocation: dict) -
         state.pop("config_mismatch", None)
 
 
-def _run_locked(cfg, selected, modules, graph, fingerprints, force, config_file, overrides, echo) -> Run:
+def _run_locked(cfg, selected, modules, graph, parts, fingerprints, force, config_file, overrides, echo) -> Run:
     state = read_state(cfg.run_dir / "run.json", echo)
     invocation = {"config": cfg.model_dump(mode="json"), "config_file": config_file, "overrides": list(overrides)}
     git = git_commit()
@@ -187,15 +226,18 @@ def _run_locked(cfg, selected, modules, graph, fingerprints, force, config_file,
         "platform": {"machine": platform.machine(), "system": platform.system(), "cpus": os.cpu_count()},
     })
     state.setdefault("stages", {})
-    settle_config(state, fingerprints, invocation)
     run = Run(cfg, state)
     by_name = {s.NAME: s for s in modules}
+
+    def settle() -> None:
+        settle_config(state, fingerprints, invocation, run.inputs_changed(by_name, graph))
+
+    settle()
     for stage in modules:
         if stage.NAME not in selected:
             continue
         for upstream in graph[stage.NAME]:
-            why = None if upstream in selected else run.why_not_done(by_name[upstream], fingerprints[upstream],
-                                                                     graph[upstream])
+            why = None if upstream in selected else run.why_stale(upstream, by_name, graph, fingerprints)
             if why:
                 raise PipelineError(f"stage {stage.NAME!r} needs {upstream!r} for this config ({why}): "
                                     f"add it to --stages (or run all stages)")
@@ -203,21 +245,25 @@ def _run_locked(cfg, selected, modules, graph, fingerprints, force, config_file,
         why = "--force" if force else run.why_not_done(stage, fingerprint, graph[stage.NAME])
         if why is None:
             echo(f"[{stage.NAME}] up to date (fingerprint {fingerprint}), skipped")
+            if "fingerprint_parts" not in state["stages"][stage.NAME]:  # a run.json of an older version: the same hash
+                state["stages"][stage.NAME]["fingerprint_parts"] = parts[stage.NAME]
+                run.record("stages", state["stages"])
             continue
         echo(f"[{stage.NAME}] running (fingerprint {fingerprint}): {why}")
         state["stages"][stage.NAME] = {"fingerprint": fingerprint, "status": "running",
                                        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                                        "config": stage_config(stage, cfg), "config_file": config_file,
-                                       "overrides": list(overrides), "git": git}
-        settle_config(state, fingerprints, invocation)
+                                       "overrides": list(overrides), "git": git,
+                                       "fingerprint_parts": parts[stage.NAME]}  # what `pipeline status` diffs
+        settle()
         run.record("stages", state["stages"])
         started = time.perf_counter()
         counts = stage.run(run.context(stage, fingerprint, force))
         seconds = time.perf_counter() - started
         state["stages"][stage.NAME].update({"status": "done", "seconds": round(seconds, 2), "counts": counts,
                                             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                                            "files": run.manifest(stage), "inputs": run.inputs_digest(graph[stage.NAME])})
-        settle_config(state, fingerprints, invocation)
+                                            "files": run.manifest(stage), "inputs": run.inputs_digest(stage, graph[stage.NAME])})
+        settle()
         run.record("stages", state["stages"])
         text = stage.summary(counts) if hasattr(stage, "summary") else ", ".join(f"{k}={v}" for k, v in counts.items())
         echo(f"[{stage.NAME}] done in {seconds:.1f}s: {text}")

@@ -9,10 +9,18 @@ A stage is a module in `stages/` with
   TUNING    (optional) fields it also reads that change speed, not results (batch sizes, workers)
   external_inputs(cfg) -> dict  (optional) identity of files outside the run it reads (size, SHA-256)
   run(ctx) -> counts, and optionally summary(counts) -> str.
-Its fingerprint hashes NAME, VERSION, the values of CONFIG, the identity of its external inputs,
-the source of every project module it imports (transitively), and the fingerprints of the stages
-whose outputs it reads: a change of config, input file or code redoes the stage and what depends
-on it, and nothing upstream."""
+
+The fingerprint rule (this module, nowhere else): a stage's fingerprint hashes NAME, VERSION, the values of
+CONFIG, the identity of its external inputs and its code. The runner redoes a stage when its fingerprint
+changed or when the files it reads (INPUTS) differ from those it last ran on, by the checksums their stage
+recorded: so a change redoes the stage it concerns, and a stage after it only if that stage's outputs change
+(an edit to a claim reruns aggregate, whose tables come out the same, and not patterns). Its code is
+the source of every project module it imports, transitively (imports inside functions count), except
+the modules in NOT_CODE: how stages are run (pipeline/run/), the config's schema (its values are hashed
+instead) and the error type, which decide where, when and whether outputs are written, never what they hold.
+So the forward pass (stages/attend.py) hashes the device parts of the metrics (pipeline/metrics/), the
+aggregate stage the analysis (pipeline/analysis/), and only the report stage the figures and claims.
+`fingerprint_parts` gives the pieces, per file, so that `python -m pipeline status` can say which changed."""
 
 from __future__ import annotations
 
@@ -26,12 +34,13 @@ from typing import Callable, Literal
 
 import polars as pl
 
-from pipeline import io
+from pipeline.run import io
 from pipeline.config import fingerprint as content_hash
 from pipeline.errors import PipelineError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROJECT_PACKAGES = ("pipeline", "stages")
+NOT_CODE = ("pipeline.run", "pipeline.config", "pipeline.errors")  # never part of a stage's code (module docstring)
 ALWAYS_READABLE = ("run_name", "data_dir", "reports_dir")
 
 
@@ -94,6 +103,11 @@ def _imported_modules(path: Path, package: str) -> set[str]:
     return {n for n in names if n.split(".")[0] in PROJECT_PACKAGES}
 
 
+def is_machinery(module: str) -> bool:
+    """A module of NOT_CODE (or inside one of its packages): how stages run, not what they compute."""
+    return any(module == m or module.startswith(m + ".") for m in NOT_CODE)
+
+
 @functools.cache
 def code_files(module: str) -> tuple[Path, ...]:
     """The files of `module` and of every project module it imports, transitively (imports inside functions
@@ -106,7 +120,7 @@ def code_files(module: str) -> tuple[Path, ...]:
         if name in seen:
             continue
         path = _module_file(name)
-        if path is None:
+        if path is None or is_machinery(name):
             continue
         seen[name] = path
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -117,11 +131,9 @@ def code_files(module: str) -> tuple[Path, ...]:
     return tuple(sorted(set(seen.values())))
 
 
-def code_hash(module: str) -> str:
-    h = hashlib.sha256()
-    for path in code_files(module):
-        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
+def code_digests(module: str) -> dict[str, str]:
+    """{file relative to the project: SHA-256 of its source} for every file of `module`'s code."""
+    return {str(path.relative_to(ROOT)): hashlib.sha256(path.read_bytes()).hexdigest()[:16] for path in code_files(module)}
 
 
 # ---- config seen by a stage ----
@@ -217,26 +229,16 @@ class StageContext:
         return io.write_parquet(df, self.output_path(name))
 
 
-_DIGESTS: dict[tuple, str] = {}  # (device, inode, size, mtime, ctime) → SHA-256: each file hashed once per process
+from pipeline.run.io import file_identity  # noqa: E402,F401  (moved to io; stages/corpus.py imports it from here)
 
 
-def file_identity(path: Path) -> list | None:
-    """Size and SHA-256 of the content: an edit is seen even when it keeps the size and the modification time
-    (an in-place rewrite followed by `touch -r`), and touching a file without changing it redoes nothing. Streamed
-    (io.sha256), once per process and file state. None for a missing file: the stage that
-    reads it reports that in one line."""
-    try:
-        st = Path(path).stat()
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        if key not in _DIGESTS:
-            _DIGESTS[key] = io.sha256(path)
-    except OSError:
-        return None
-    return [st.st_size, _DIGESTS[key]]
-
-
-def stage_fingerprint(stage, cfg, upstream: list[str]) -> str:
+def fingerprint_parts(stage, cfg) -> dict:
+    """What a stage's fingerprint hashes, by name: the runner keeps it in run.json, and `pipeline status` compares
+    it with the current one to say why a stage is stale (which config key, input file or module changed)."""
     external = getattr(stage, "external_inputs", None)
-    return content_hash({"stage": stage.NAME, "version": stage.VERSION, "code": code_hash(stage.__name__),
-                         "config": stage_config(stage, cfg), "inputs": external(cfg) if external else {},
-                         "upstream": sorted(upstream)})
+    return {"stage": stage.NAME, "version": stage.VERSION, "code": code_digests(stage.__name__),
+            "config": stage_config(stage, cfg), "inputs": external(cfg) if external else {}}
+
+
+def stage_fingerprint(stage, cfg) -> str:
+    return content_hash(fingerprint_parts(stage, cfg))

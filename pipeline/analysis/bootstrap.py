@@ -6,7 +6,8 @@ per-sentence sums (Σ_s w_rs · x_s) — additive over batches, parts and worker
 (pipeline/sums.py). The weights of a sentence are a function of (seed, sentence id) alone, so the
 intervals do not depend on batching, part boundaries or the executor. A replicate's ratio (a share,
 a mean distance, ...) is the ratio of its replicate sums; the interval is the percentile interval of
-the R replicate values."""
+the R replicate values. The weights are drawn in the batch, on the device side (pipeline/sums.py); this
+module forms the intervals."""
 
 from __future__ import annotations
 
@@ -14,16 +15,10 @@ import warnings
 
 import numpy as np
 
-PREFIX = "boot."  # replicate sums in an attend part: boot.<key> shaped [L, R, H]
+from pipeline.sums import BOOT_PREFIX as PREFIX
+from pipeline.sums import poisson_weights  # noqa: F401 (drawn in the batch: pipeline/sums.py)
+
 LEVEL = 0.95
-
-
-def poisson_weights(sentence_ids: np.ndarray, replicates: int, seed: int) -> np.ndarray:
-    """[R, B] float64: each sentence's multiplicity in each replicate, seeded by (seed, sentence id)."""
-    out = np.empty((replicates, len(sentence_ids)))
-    for b, sid in enumerate(np.asarray(sentence_ids).tolist()):  # per sentence (a batch holds tens), not per token
-        out[:, b] = np.random.default_rng([seed, int(sid)]).poisson(1.0, replicates)
-    return out
 
 
 def interval(replicates: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,7 @@
 callable that builds, once per process, the worker that holds the expensive state (spaCy, the
 model). A worker computes a unit, writes its outputs atomically with their checksums, and returns
 small counts. A unit is finished when its outputs are all present and verified and its stamp (beside
-the first output, written when the unit is done) names this output directory's plan (pipeline/parts.py:
+the first output, written when the unit is done) names this output directory's plan (pipeline/run/parts.py:
 this run, this stage's fingerprint), this part, its inputs as they are now and these very outputs (their
 checksums): such a unit is skipped, so a killed run resumes where it stopped, a part whose input changed
 is made again, and a valid part copied over another with its sidecar (right bytes, wrong place) is made
@@ -11,7 +11,8 @@ again and counted as damaged, never read as data. A unit computed twice (a retri
 the merge reads each unit's files once, so nothing is lost or counted twice.
 
 `LocalExecutor` runs the units one after another in this process. `RayExecutor`
-(pipeline/ray_executor.py) runs them on a Ray cluster as a Ray Data pipeline of actors."""
+(pipeline/run/ray_executor.py) runs them on a Ray cluster as a Ray Data pipeline of actors; it registers
+itself here (`register_executor`) when imported, and the runner imports it: this module imports no executor."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from pipeline import io
+from pipeline.errors import PipelineError
+from pipeline.run import io
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class WorkUnit:
 
     def identity(self) -> dict:
         """What this unit's outputs must be: made in this plan (run and fingerprint), as this part, from these inputs."""
-        from pipeline.parts import read_plan
+        from pipeline.run.parts import read_plan
 
         plan = read_plan(self.outputs[0].parent)
         return {"plan": plan.get("plan"), "fingerprint": plan.get("fingerprint"), "part": self.outputs[0].name,
@@ -145,13 +147,22 @@ class LocalExecutor:
         return execution_report(units, todo, counts, damaged)
 
 
-def make_executor(cfg, progress_bar: Callable | None = None) -> Executor:
-    """The executor the config names (`executor.kind`): local (the default) or ray."""
-    if cfg.kind == "ray":
-        from pipeline.ray_executor import RayExecutor
+EXECUTORS: dict[str, Callable[..., Executor]] = {"local": lambda cfg, progress_bar: LocalExecutor(progress_bar)}
 
-        return RayExecutor(cfg, progress_bar)
-    return LocalExecutor(progress_bar)
+
+def register_executor(kind: str, factory: Callable[..., Executor]) -> None:
+    """Make `executor.kind: KIND` build `factory(cfg, progress_bar)`. An executor module registers itself when
+    imported (the Ray one: pipeline/run/ray_executor.py, which the runner imports), so that this module, which
+    every executor imports, imports none of them."""
+    EXECUTORS[kind] = factory
+
+
+def make_executor(cfg, progress_bar: Callable | None = None) -> Executor:
+    """The executor the config names (`executor.kind`): local (the default) or a registered one (ray)."""
+    if cfg.kind not in EXECUTORS:
+        raise PipelineError(f"executor.kind {cfg.kind!r} has no executor registered (known: {', '.join(EXECUTORS)}): "
+                            f"import its module first (pipeline.run.ray_executor for 'ray'; the runner does)")
+    return EXECUTORS[cfg.kind](cfg, progress_bar)
 
 
 def tqdm_bar(unit: str):

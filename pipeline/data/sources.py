@@ -3,7 +3,7 @@
 A document is a list of paragraphs; sentences never cross a paragraph. WikiText raw files are
 grouped into articles by their ` = Title = ` lines and detokenised. Parquet data (local, or a
 Parquet-backed hub dataset such as wikimedia/wikipedia) is sampled uniformly from its footers
-(`pipeline.sampling`); other sources are read through `datasets`."""
+(`pipeline.data.sampling`); other sources are read through `datasets`."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline.config import CorpusConfig
 from pipeline.errors import PipelineError
-from pipeline.sampling import first_line, sample_parquet
+from pipeline.data.sampling import first_line, sample_parquet
 
 log = logging.getLogger(__name__)
 
