@@ -31,17 +31,35 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-OFF = {"positional_offsets": 0, "dependency_accuracy": False, "bootstrap_replicates": 0, "norm_weighting": False,
-       "logit_lens": False}
-ON = {"positional_offsets": 20, "dependency_accuracy": True, "bootstrap_replicates": 200, "norm_weighting": True,
-      "logit_lens": True}
-VARIANTS = {"paper": {}, "+positional": {"positional_offsets": ON["positional_offsets"]},
-            "+dep_accuracy": {"dependency_accuracy": True}, "+bootstrap": {"bootstrap_replicates": ON["bootstrap_replicates"]},
-            "+norm": {"norm_weighting": True}, "+logit_lens": {"logit_lens": True}, "all": ON}
+OFF = {
+    "positional_offsets": 0,
+    "dependency_accuracy": False,
+    "bootstrap_replicates": 0,
+    "norm_weighting": False,
+    "logit_lens": False,
+}
+ON = {
+    "positional_offsets": 20,
+    "dependency_accuracy": True,
+    "bootstrap_replicates": 200,
+    "norm_weighting": True,
+    "logit_lens": True,
+}
+VARIANTS = {
+    "paper": {},
+    "+positional": {"positional_offsets": ON["positional_offsets"]},
+    "+dep_accuracy": {"dependency_accuracy": True},
+    "+bootstrap": {"bootstrap_replicates": ON["bootstrap_replicates"]},
+    "+norm": {"norm_weighting": True},
+    "+logit_lens": {"logit_lens": True},
+    "all": ON,
+}
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", default="configs/offline.yaml")
     p.add_argument("--sentences", type=int, default=300)
     p.add_argument("--rounds", type=int, default=5)
@@ -64,19 +82,41 @@ def main() -> None:
     for r in range(args.rounds):
         for n, t in bench.rotated_round(reductions, r).items():
             seconds[n].append(t)
-        print(f"round {r + 1}: " + ", ".join(f"{n} {seconds[n][-1]:.2f}s" for n in names), flush=True)
-    ratios = {n: statistics.median(seconds[n][k] / seconds["paper"][k] for k in range(args.rounds)) for n in names}
-    result = {"device": device.type, "model": cfg.model.name, "sentences": len(order), "tokens": tokens,
-              "rounds": args.rounds, "torch_threads": torch.get_num_threads(),
-              "variants": {n: {"seconds_median": statistics.median(seconds[n]), "seconds_min": min(seconds[n]),
-                               "seconds_max": max(seconds[n]), "ratio_to_paper_median": ratios[n],
-                               "tokens_per_s_median": tokens / statistics.median(seconds[n])} for n in names}}
-    print(f"\n{len(order)} sentences, {tokens} tokens, {cfg.model.name} on {device.type}, {args.rounds} rounds")
+        print(
+            f"round {r + 1}: " + ", ".join(f"{n} {seconds[n][-1]:.2f}s" for n in names), flush=True
+        )
+    ratios = {
+        n: statistics.median(seconds[n][k] / seconds["paper"][k] for k in range(args.rounds))
+        for n in names
+    }
+    result = {
+        "device": device.type,
+        "model": cfg.model.name,
+        "sentences": len(order),
+        "tokens": tokens,
+        "rounds": args.rounds,
+        "torch_threads": torch.get_num_threads(),
+        "variants": {
+            n: {
+                "seconds_median": statistics.median(seconds[n]),
+                "seconds_min": min(seconds[n]),
+                "seconds_max": max(seconds[n]),
+                "ratio_to_paper_median": ratios[n],
+                "tokens_per_s_median": tokens / statistics.median(seconds[n]),
+            }
+            for n in names
+        },
+    }
+    print(
+        f"\n{len(order)} sentences, {tokens} tokens, {cfg.model.name} on {device.type}, {args.rounds} rounds"
+    )
     print(f"{'variant':<16}{'median s':>10}{'min–max s':>16}{'× paper':>10}{'tokens/s':>11}")
     for n in names:
         v = result["variants"][n]
-        print(f"{n:<16}{v['seconds_median']:>10.2f}{v['seconds_min']:>8.2f}–{v['seconds_max']:<7.2f}"
-              f"{v['ratio_to_paper_median']:>10.3f}{v['tokens_per_s_median']:>11.0f}")
+        print(
+            f"{n:<16}{v['seconds_median']:>10.2f}{v['seconds_min']:>8.2f}–{v['seconds_max']:<7.2f}"
+            f"{v['ratio_to_paper_median']:>10.3f}{v['tokens_per_s_median']:>11.0f}"
+        )
     out = ROOT / ".bench" / f"additions-{device.type}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

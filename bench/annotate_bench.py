@@ -17,11 +17,13 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
-    from pipeline.run.parts import scan
     from pipeline.data.nlp import load_spacy
+    from pipeline.run.parts import scan
     from stages.annotate import parse_words
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("run_dir", type=Path)
     p.add_argument("--sentences", type=int, default=2000)
     p.add_argument("--processes", default="1,2")
@@ -33,14 +35,16 @@ def main() -> None:
     counts = [int(n) for n in args.processes.split(",")]
     rates = {n: [] for n in counts}
     for r in range(args.rounds):
-        for n in counts[r % len(counts):] + counts[:r % len(counts)]:
+        for n in counts[r % len(counts) :] + counts[: r % len(counts)]:
             started = time.perf_counter()
             parse_words(sentences, nlp, 256, n)
             rates[n].append(sentences.height / (time.perf_counter() - started))
             print(f"round {r}: {n} process(es): {rates[n][-1]:.0f} sentences/s", flush=True)
     for n in counts:
-        print(f"{n} process(es): median {statistics.median(rates[n]):.0f} sentences/s "
-              f"[{min(rates[n]):.0f}-{max(rates[n]):.0f}]")
+        print(
+            f"{n} process(es): median {statistics.median(rates[n]):.0f} sentences/s "
+            f"[{min(rates[n]):.0f}-{max(rates[n]):.0f}]"
+        )
     for n in counts[1:]:
         ratio = statistics.median(a / b for a, b in zip(rates[n], rates[counts[0]]))
         print(f"{n} vs {counts[0]} processes: {ratio:.2f}x (median of same-round ratios)")

@@ -47,14 +47,18 @@ def row(label: str, adapter, seconds: float, reference: str) -> str:
     else:
         values = "—"
     norm = type(adapter.final_norm).__name__ if adapter.final_norm is not None else "—"
-    return (f"| {label} | `{adapter.family.blocks}.N.{adapter.family.attention}` | {values} | {norm} | "
-            f"{short(cert['attention'])} | {short(cert['norm_weighting'])} | {short(cert['logit_lens'])} | "
-            f"{reference} | {seconds:.1f} |")
+    return (
+        f"| {label} | `{adapter.family.blocks}.N.{adapter.family.attention}` | {values} | {norm} | "
+        f"{short(cert['attention'])} | {short(cert['norm_weighting'])} | {short(cert['logit_lens'])} | "
+        f"{reference} | {seconds:.1f} |"
+    )
 
 
-HEADER = ("| architecture | attention module | value source (head h's first column) → output projection, layer 0 | "
-          "final norm | attention | norm weighting | logit lens | metrics = slow reference | load + certify (s) |\n"
-          "|---|---|---|---|---|---|---|---|---|")
+HEADER = (
+    "| architecture | attention module | value source (head h's first column) → output projection, layer 0 | "
+    "final norm | attention | norm weighting | logit lens | metrics = slow reference | load + certify (s) |\n"
+    "|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def grouped(rows: list[str]) -> str:
@@ -63,17 +67,22 @@ def grouped(rows: list[str]) -> str:
     for line in rows:
         cells = [c.strip() for c in line.strip("|").split(" | ")]
         groups.setdefault(tuple(cells[4:7]), []).append(cells[0])
-    return ("| architectures | attention | norm weighting | logit lens |\n|---|---|---|---|\n"
-            + "\n".join(f"| {', '.join(names)} | {' | '.join(result)} |" for result, names in groups.items()))
+    return (
+        "| architectures | attention | norm weighting | logit lens |\n|---|---|---|---|\n"
+        + "\n".join(
+            f"| {', '.join(names)} | {' | '.join(result)} |" for result, names in groups.items()
+        )
+    )
 
 
 def table(real: bool) -> list[str]:
     import torch
+    from test_architectures import REFERENCE
 
     from pipeline.config import ModelConfig, load_config
     from pipeline.errors import PipelineError
     from pipeline.models import load_adapter
-    from test_architectures import REFERENCE
+
     from tiny_architectures import ARCHITECTURES, save_tiny
 
     rows = []
@@ -82,27 +91,43 @@ def table(real: bool) -> list[str]:
             directory = save_tiny(model_type, Path(tmp) / model_type)
             started = time.perf_counter()
             try:
-                adapter = load_adapter(ModelConfig(name=str(directory), device="cpu"), torch.device("cpu"))
-            except PipelineError as error:  # a refused architecture is a row with its one-line reason, not a crash
+                adapter = load_adapter(
+                    ModelConfig(name=str(directory), device="cpu"), torch.device("cpu")
+                )
+            except (
+                PipelineError
+            ) as error:  # a refused architecture is a row with its one-line reason, not a crash
                 rows.append(f"| {model_type} | ✗ refused: {error} | | | | | | | |")
                 continue
             seconds = time.perf_counter() - started
-            reference = ("tests/test_architectures.py" if model_type in REFERENCE
-                         else REFERENCE_TESTED.get(model_type, "—"))
+            reference = (
+                "tests/test_architectures.py"
+                if model_type in REFERENCE
+                else REFERENCE_TESTED.get(model_type, "—")
+            )
             rows.append(row(model_type, adapter, seconds, reference))
     if real:
-        for config, test in (("configs/offline.yaml", "tests/test_real_model.py"), ("configs/encoder.yaml", "—")):
+        for config, test in (
+            ("configs/offline.yaml", "tests/test_real_model.py"),
+            ("configs/encoder.yaml", "—"),
+        ):
             cfg = load_config(ROOT / config)
             started = time.perf_counter()
             adapter = load_adapter(cfg.model, torch.device("cpu"))
-            rows.append(row(f"{cfg.model.name} ({config})", adapter, time.perf_counter() - started, test))
+            rows.append(
+                row(f"{cfg.model.name} ({config})", adapter, time.perf_counter() - started, test)
+            )
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--real", action="store_true", help="also the offline configs' real checkpoints")
-    parser.add_argument("--write", action="store_true", help="write the table into docs/architectures.md")
+    parser.add_argument(
+        "--real", action="store_true", help="also the offline configs' real checkpoints"
+    )
+    parser.add_argument(
+        "--write", action="store_true", help="write the table into docs/architectures.md"
+    )
     args = parser.parse_args()
     rows = table(args.real)
     text = HEADER + "\n" + "\n".join(rows)

@@ -23,8 +23,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def pipeline(config: str, scratch: Path, *args: str) -> None:
-    cmd = [sys.executable, "-m", "pipeline", "run", "--config", config, "--set", "run_name=executor-bench",
-           "--set", f"data_dir={scratch}", "--set", f"reports_dir={scratch}/reports", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "run",
+        "--config",
+        config,
+        "--set",
+        "run_name=executor-bench",
+        "--set",
+        f"data_dir={scratch}",
+        "--set",
+        f"reports_dir={scratch}/reports",
+        *args,
+    ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
@@ -33,12 +46,16 @@ def pipeline(config: str, scratch: Path, *args: str) -> None:
 def annotate_rate(config: str, scratch: Path, kind: str) -> float:
     shutil.rmtree(scratch / "cache", ignore_errors=True)
     pipeline(config, scratch, "--stages", "annotate", "--force", "--set", f"executor.kind={kind}")
-    stage = json.loads((scratch / "runs" / "executor-bench" / "run.json").read_text())["stages"]["annotate"]
+    stage = json.loads((scratch / "runs" / "executor-bench" / "run.json").read_text())["stages"][
+        "annotate"
+    ]
     return stage["counts"]["sentences"] / stage["seconds"]
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", default="configs/offline.yaml")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--scratch", type=Path, default=Path("/tmp/executor_bench"))
@@ -47,14 +64,16 @@ def main() -> None:
     kinds, rates, ratios = ["local", "ray"], {"local": [], "ray": []}, []
     for r in range(args.rounds):
         this_round = {}
-        for kind in kinds[r % 2:] + kinds[: r % 2]:  # rotated order
+        for kind in kinds[r % 2 :] + kinds[: r % 2]:  # rotated order
             this_round[kind] = annotate_rate(args.config, args.scratch, kind)
             rates[kind].append(this_round[kind])
             print(f"round {r + 1}: {kind:<5} {this_round[kind]:7.1f} sentences/s", flush=True)
         ratios.append(this_round["ray"] / this_round["local"])
     for kind in kinds:
-        print(f"{kind:<5} median {statistics.median(rates[kind]):7.1f} sentences/s "
-              f"[{min(rates[kind]):.1f}-{max(rates[kind]):.1f}]")
+        print(
+            f"{kind:<5} median {statistics.median(rates[kind]):7.1f} sentences/s "
+            f"[{min(rates[kind]):.1f}-{max(rates[kind]):.1f}]"
+        )
     print(f"ray / local (same-round ratios, median): {statistics.median(ratios):.2f}")
 
 

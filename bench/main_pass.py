@@ -12,18 +12,22 @@ from dataclasses import dataclass
 @dataclass
 class MainPass:
     cfg: object
-    arrays: object   # engine.TokenArrays of the slice
+    arrays: object  # engine.TokenArrays of the slice
     adapter: object
     device: object
-    order: object    # the slice's sentences by length
-    batches: list    # rows of arrays, one entry per batch of attend.token_budget padded pieces
+    order: object  # the slice's sentences by length
+    batches: list  # rows of arrays, one entry per batch of attend.token_budget padded pieces
 
     def reduction(self, **attend):
         """The main pass under these attend settings (variability's first pass left out: the same in every variant)."""
         from pipeline.engine import Reduction
 
-        return Reduction(self.cfg.attend.model_copy(update={**attend, "variability_positions": 0}),
-                         len(self.arrays.pos_vocab), len(self.arrays.dep_vocab), row_width=int(self.arrays.lengths.max()))
+        return Reduction(
+            self.cfg.attend.model_copy(update={**attend, "variability_positions": 0}),
+            len(self.arrays.pos_vocab),
+            len(self.arrays.dep_vocab),
+            row_width=int(self.arrays.lengths.max()),
+        )
 
     def rotated_round(self, reductions: dict, r: int) -> dict[str, float]:
         """Seconds per variant over every batch, each batch through every variant in an order rotated by r + batch."""
@@ -52,10 +56,15 @@ def prepare(config: str, sentences: int, overrides: list[str]) -> MainPass:
     from pipeline.run.parts import read_meta, scan
     from pipeline.run.runner import run_pipeline
 
-    cfg = load_config(config, [f"corpus.max_sentences={sentences}", f"run_name=bench-additions-{sentences}", *overrides])
+    cfg = load_config(
+        config,
+        [f"corpus.max_sentences={sentences}", f"run_name=bench-additions-{sentences}", *overrides],
+    )
     run_pipeline(cfg, ["corpus", "annotate"], echo=lambda *a: None)
     vocab = read_meta(cfg.run_dir / "tokens")
-    arrays = TokenArrays.from_frame(scan(cfg.run_dir / "tokens").collect(), vocab["pos_vocab"], vocab["dep_vocab"])
+    arrays = TokenArrays.from_frame(
+        scan(cfg.run_dir / "tokens").collect(), vocab["pos_vocab"], vocab["dep_vocab"]
+    )
     device = resolve_device(cfg.model.device)
     order = arrays.length_order()
     batches = [order[rows] for rows in plan_batches(arrays.lengths[order], cfg.attend.token_budget)]

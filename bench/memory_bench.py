@@ -51,34 +51,74 @@ def tiny_gpt2(directory: Path) -> Path:
         from transformers import AutoTokenizer, GPT2Config, GPT2Model
 
         torch.manual_seed(0)
-        config = GPT2Config(n_layer=2, n_head=3, n_embd=24, n_positions=256, vocab_size=50257,
-                            initializer_range=0.35, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0)
+        config = GPT2Config(
+            n_layer=2,
+            n_head=3,
+            n_embd=24,
+            n_positions=256,
+            vocab_size=50257,
+            initializer_range=0.35,
+            attn_pdrop=0.0,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+        )
         GPT2Model(config).save_pretrained(directory)
         AutoTokenizer.from_pretrained(str(ROOT / TOKENIZER)).save_pretrained(directory)
     return directory
 
 
-def run_stage(stage: str, run_name: str, scratch: Path, model: Path, extra: list[str]) -> tuple[float, float, str]:
+def run_stage(
+    stage: str, run_name: str, scratch: Path, model: Path, extra: list[str]
+) -> tuple[float, float, str]:
     """One stage in a child process: (peak RSS MB, wall seconds, command). Exits on failure."""
-    sets = [f"run_name={run_name}", f"data_dir={scratch / 'data'}", f"reports_dir={scratch / 'reports'}",
-            f"model.name={model}", f"model.tokenizer={TOKENIZER}", "model.device=cpu", "model.dtype=float32", *extra]
-    cmd = [sys.executable, "-m", "pipeline", "run", "--config", CONFIG, "--stages", stage, "--force"]
+    sets = [
+        f"run_name={run_name}",
+        f"data_dir={scratch / 'data'}",
+        f"reports_dir={scratch / 'reports'}",
+        f"model.name={model}",
+        f"model.tokenizer={TOKENIZER}",
+        "model.device=cpu",
+        "model.dtype=float32",
+        *extra,
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "run",
+        "--config",
+        CONFIG,
+        "--stages",
+        stage,
+        "--force",
+    ]
     for s in sets:
         cmd += ["--set", s]
     log = scratch / "logs" / f"{run_name}-{stage}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    shutil.rmtree(scratch / "data" / "cache", ignore_errors=True)  # a cached spaCy parse would skip the work
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    shutil.rmtree(
+        scratch / "data" / "cache", ignore_errors=True
+    )  # a cached spaCy parse would skip the work
     start = time.perf_counter()
     with open(log, "w") as out:
         child = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait again
+    child.returncode = os.waitstatus_to_exitcode(
+        status
+    )  # reaped here, so Popen must not wait again
     command = shlex.join(cmd)
     if child.returncode != 0:
-        sys.exit(f"{stage} failed (exit {child.returncode}) for {run_name}:\n  {command}\n"
-                 + "".join(log.read_text(errors="replace").splitlines(True)[-20:]))
+        sys.exit(
+            f"{stage} failed (exit {child.returncode}) for {run_name}:\n  {command}\n"
+            + "".join(log.read_text(errors="replace").splitlines(True)[-20:])
+        )
     return usage.ru_maxrss / 1024, seconds, command
 
 
@@ -95,7 +135,7 @@ def write_corpus(pool: list[str], n: int, seed: int, path: Path) -> None:
     order = rng.permutation(np.tile(np.arange(len(pool)), -(-n // len(pool))))[:n]
     with open(path, "w", encoding="utf-8") as f:
         for d, first in enumerate(range(0, n, DOC_SENTENCES)):
-            text = "\n".join(pool[i] for i in order[first:first + DOC_SENTENCES])
+            text = "\n".join(pool[i] for i in order[first : first + DOC_SENTENCES])
             f.write(json.dumps({"title": f"synthetic {d}", "text": text}) + "\n")
 
 
@@ -122,23 +162,41 @@ def main() -> None:
     for n in sizes:
         corpus = scratch / f"corpus-{n}.jsonl"
         write_corpus(pool, n, args.seed, corpus)
-        extra = ["corpus.source=jsonl", f"corpus.path={corpus}", "corpus.max_sentences=null",
-                 "corpus.max_documents=null"]
+        extra = [
+            "corpus.source=jsonl",
+            f"corpus.path={corpus}",
+            "corpus.max_sentences=null",
+            "corpus.max_documents=null",
+        ]
         for stage in stages:
-            rss[stage][n], wall[stage][n], command = run_stage(stage, f"mem{n}", scratch, model, extra)
-            print(f"N={n:>7} {stage:<9} peak {rss[stage][n]:8.1f} MB  {wall[stage][n]:7.1f} s\n  {command}", flush=True)
+            rss[stage][n], wall[stage][n], command = run_stage(
+                stage, f"mem{n}", scratch, model, extra
+            )
+            print(
+                f"N={n:>7} {stage:<9} peak {rss[stage][n]:8.1f} MB  {wall[stage][n]:7.1f} s\n  {command}",
+                flush=True,
+            )
         if "corpus" in stages:
             actual[n] = read_sentences(scratch / "data" / "runs" / f"mem{n}").height
 
     lo, hi = sizes[0], sizes[-1]
-    print("\nsentences after the corpus stage: " + ", ".join(f"N={n}: {actual.get(n, '?')}" for n in sizes))
+    print(
+        "\nsentences after the corpus stage: "
+        + ", ".join(f"N={n}: {actual.get(n, '?')}" for n in sizes)
+    )
     head = " | ".join(f"N={n} MB" for n in sizes) + " | " + " | ".join(f"N={n} s" for n in sizes)
     print(f"\n| stage | {head} | growth MB | ratio {hi}/{lo} | within {TOLERANCE:.0%} |")
     print("|---" * (4 + 2 * len(sizes)) + "|")
     for s in stages:
         ratio = rss[s][hi] / rss[s][lo]
-        cells = " | ".join(f"{rss[s][n]:,.0f}" for n in sizes) + " | " + " | ".join(f"{wall[s][n]:,.1f}" for n in sizes)
-        print(f"| {s} | {cells} | {rss[s][hi] - rss[s][lo]:+,.0f} | {ratio:.2f} | {'yes' if ratio <= 1 + TOLERANCE else 'NO'} |")
+        cells = (
+            " | ".join(f"{rss[s][n]:,.0f}" for n in sizes)
+            + " | "
+            + " | ".join(f"{wall[s][n]:,.1f}" for n in sizes)
+        )
+        print(
+            f"| {s} | {cells} | {rss[s][hi] - rss[s][lo]:+,.0f} | {ratio:.2f} | {'yes' if ratio <= 1 + TOLERANCE else 'NO'} |"
+        )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,10 @@ import polars as pl
 
 def compare(a: pl.DataFrame, b: pl.DataFrame, rtol: float) -> tuple[bool, str]:
     if set(a.columns) != set(b.columns):
-        return False, f"columns differ: only in A {sorted(set(a.columns) - set(b.columns))}, only in B {sorted(set(b.columns) - set(a.columns))}"
+        return (
+            False,
+            f"columns differ: only in A {sorted(set(a.columns) - set(b.columns))}, only in B {sorted(set(b.columns) - set(a.columns))}",
+        )
     if a.height != b.height:
         return False, f"{a.height} vs {b.height} rows"
     keys = [c for c in a.columns if not a[c].dtype.is_float() and a[c].dtype != pl.List(pl.Float64)]
@@ -34,7 +37,11 @@ def compare(a: pl.DataFrame, b: pl.DataFrame, rtol: float) -> tuple[bool, str]:
             if not np.array_equal(np.isnan(xv), np.isnan(yv)):
                 return False, f"{c}: NaN in different places"
             ok = ~np.isnan(xv)
-            diff = np.abs(xv[ok] - yv[ok]) / np.maximum(np.abs(xv[ok]), 1e-300) if ok.any() else np.zeros(1)
+            diff = (
+                np.abs(xv[ok] - yv[ok]) / np.maximum(np.abs(xv[ok]), 1e-300)
+                if ok.any()
+                else np.zeros(1)
+            )
             worst = max(worst, float(np.max(diff, initial=0.0)))
         elif not x.equals(y):
             return False, f"{c}: values differ"
@@ -51,7 +58,9 @@ def table_files(run: Path) -> dict[str, list[Path]]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("run_a", type=Path)
     p.add_argument("run_b", type=Path)
     p.add_argument("--rtol", type=float, default=1e-12)
@@ -64,7 +73,9 @@ def main() -> int:
             print(f"{name:<20} missing in {'A' if name not in files_a else 'B'}")
             failed += 1
             continue
-        ok, text = compare(pl.read_parquet(files_a[name]), pl.read_parquet(files_b[name]), args.rtol)
+        ok, text = compare(
+            pl.read_parquet(files_a[name]), pl.read_parquet(files_b[name]), args.rtol
+        )
         failed += not ok
         print(f"{name:<20} {'equal' if ok else 'DIFFERENT'}: {text}")
     print(f"{len(names) - failed} of {len(names)} tables equal (rtol {args.rtol:g})")

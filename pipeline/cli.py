@@ -19,17 +19,39 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the pipeline's stages for a config")
     run.add_argument("--config", required=True, help="YAML file in configs/")
     run.add_argument("--stages", default=None, help=f"comma-separated, of: {','.join(STAGE_NAMES)}")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config field, e.g. corpus.max_sentences=500 (repeatable)")
-    run.add_argument("--force", action="store_true", help="redo the selected stages even if up to date")
-    status = sub.add_parser("status", help="say for each stage whether a run would redo it, and why (reads only)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. corpus.max_sentences=500 (repeatable)",
+    )
+    run.add_argument(
+        "--force", action="store_true", help="redo the selected stages even if up to date"
+    )
+    status = sub.add_parser(
+        "status", help="say for each stage whether a run would redo it, and why (reads only)"
+    )
     status.add_argument("--config", required=True, help="YAML file in configs/")
-    status.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, as for run (repeatable)")
-    cmp = sub.add_parser("compare", help="write an HTML page comparing two runs side by side, with heads matched")
+    status.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, as for run (repeatable)",
+    )
+    cmp = sub.add_parser(
+        "compare", help="write an HTML page comparing two runs side by side, with heads matched"
+    )
     cmp.add_argument("run_a", help="run name (data/runs/NAME) or run directory")
     cmp.add_argument("run_b")
-    cmp.add_argument("--out", default=None, help="output folder (default reports/compare-A-B): index.html, head_matches.parquet")
+    cmp.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default reports/compare-A-B): index.html, head_matches.parquet",
+    )
     show = sub.add_parser("config", help="print the resolved config")
     show.add_argument("--config", required=True)
     show.add_argument("--set", dest="overrides", action="append", default=[])
@@ -49,12 +71,16 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.run.lock import run_lock
 
             cfg = load_config(args.config, args.overrides)
-            stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+            stages = (
+                [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+            )
             # the locks first: a run directory in use is refused before seconds of imports (torch, spaCy, ...)
             with run_lock(cfg.run_dir), run_lock(Path(cfg.reports_dir) / cfg.run_name):
                 from pipeline.run.runner import run_pipeline
 
-                run_pipeline(cfg, stages, force=args.force, config_file=args.config, overrides=args.overrides)
+                run_pipeline(
+                    cfg, stages, force=args.force, config_file=args.config, overrides=args.overrides
+                )
         elif args.command == "status":
             from pipeline.run.status import status_lines
 
@@ -62,7 +88,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "config":
             import yaml
 
-            print(yaml.safe_dump(load_config(args.config, args.overrides).model_dump(mode="json"), sort_keys=False))
+            print(
+                yaml.safe_dump(
+                    load_config(args.config, args.overrides).model_dump(mode="json"),
+                    sort_keys=False,
+                )
+            )
         elif args.command == "compare":
             from pipeline.report.compare import compare_runs
 
@@ -71,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished parts and stages are kept; rerun the same command to resume", file=sys.stderr)
+        print(
+            "interrupted: finished parts and stages are kept; rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     return 0

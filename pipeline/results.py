@@ -16,8 +16,8 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.run import io
 from pipeline.errors import PipelineError
+from pipeline.run import io
 
 
 def resolve_run_dir(run: str | Path, data_dir: str | Path = "data") -> Path:
@@ -33,17 +33,28 @@ def resolve_run_dir(run: str | Path, data_dir: str | Path = "data") -> Path:
 PARTED = ("sentences", "tokens")  # corpus-sized tables, written in parts
 
 
-def load(run: str | Path, data_dir: str | Path = "data", tables: tuple[str, ...] | None = None) -> dict[str, pl.DataFrame]:
+def load(
+    run: str | Path, data_dir: str | Path = "data", tables: tuple[str, ...] | None = None
+) -> dict[str, pl.DataFrame]:
     """{table name: DataFrame} for every result table of the run (head_metrics, pos_share, ...), or for
     the named ones that exist. The corpus-sized tables (sentences, tokens) only when named: `scan` them.
     Every table is checked first: a damaged table, or one that is not the file its stage wrote in this run,
     is one PipelineError naming the file and the stage that rebuilds it, never returned as data."""
     run_dir = resolve_run_dir(run, data_dir)
-    paths = sorted(run_dir.glob("*.parquet")) if tables is None else [
-        run_dir / f"{t}.parquet" for t in tables if (run_dir / f"{t}.parquet").is_file()]
+    paths = (
+        sorted(run_dir.glob("*.parquet"))
+        if tables is None
+        else [run_dir / f"{t}.parquet" for t in tables if (run_dir / f"{t}.parquet").is_file()]
+    )
     state = _state(run_dir)
     out = {p.stem: checked_table(p, run_dir, state) for p in paths}
-    out.update({t: scan(run_dir, t).collect() for t in (tables or ()) if t in PARTED and (run_dir / t).is_dir()})
+    out.update(
+        {
+            t: scan(run_dir, t).collect()
+            for t in (tables or ())
+            if t in PARTED and (run_dir / t).is_dir()
+        }
+    )
     return out
 
 
@@ -57,12 +68,16 @@ def weighting_rows(df: pl.DataFrame, weighting: str = "attention") -> pl.DataFra
     return df.filter(pl.col(WEIGHTING) == weighting).drop(WEIGHTING)
 
 
-def of_weighting(tables: dict[str, pl.DataFrame], weighting: str = "attention") -> dict[str, pl.DataFrame]:
+def of_weighting(
+    tables: dict[str, pl.DataFrame], weighting: str = "attention"
+) -> dict[str, pl.DataFrame]:
     """Every table of a run under one weighting (see weighting_rows): "attention" is the paper's analysis."""
     return {name: weighting_rows(df, weighting) for name, df in tables.items()}
 
 
-def scan(run: str | Path, table: str, data_dir: str | Path = "data", pool: bool = False) -> pl.LazyFrame:
+def scan(
+    run: str | Path, table: str, data_dir: str | Path = "data", pool: bool = False
+) -> pl.LazyFrame:
     """A parted table (sentences, tokens) as one lazy frame over its parts: the sentences of the
     quantitative analysis, and with pool=True also those searched only for exemplars
     (corpus.exemplar_sentences; their sentence ids follow the analysis sample's)."""
@@ -81,7 +96,14 @@ def _state(run_dir: Path) -> dict:
 
 def writer(state: dict, name: str) -> str | None:
     """The stage whose record in run.json lists the file `name` (relative to the run directory)."""
-    return next((stage for stage, entry in state.get("stages", {}).items() if name in entry.get("files", {})), None)
+    return next(
+        (
+            stage
+            for stage, entry in state.get("stages", {}).items()
+            if name in entry.get("files", {})
+        ),
+        None,
+    )
 
 
 def checked_table(path: Path, run_dir: Path, state: dict) -> pl.DataFrame:
@@ -89,14 +111,21 @@ def checked_table(path: Path, run_dir: Path, state: dict) -> pl.DataFrame:
     in run.json; otherwise one line naming the file and the stage that rebuilds it."""
     name = str(path.relative_to(run_dir))
     stage = writer(state, name)
-    rebuild = (f"rerun stage {stage!r} (python -m pipeline run --config CONFIG --stages {stage})" if stage
-               else "rerun the stage that writes it")
+    rebuild = (
+        f"rerun stage {stage!r} (python -m pipeline run --config CONFIG --stages {stage})"
+        if stage
+        else "rerun the stage that writes it"
+    )
     if not io.verify(path):
-        raise PipelineError(f"{path} is damaged (missing checksum, or changed since written): {rebuild}")
+        raise PipelineError(
+            f"{path} is damaged (missing checksum, or changed since written): {rebuild}"
+        )
     recorded = state.get("stages", {}).get(stage, {}).get("files", {}).get(name) if stage else None
     if recorded is not None and recorded != io.recorded_digest(path):
-        raise PipelineError(f"{path} is not the table stage {stage!r} wrote in this run (another run's, or an older "
-                            f"one): {rebuild}")
+        raise PipelineError(
+            f"{path} is not the table stage {stage!r} wrote in this run (another run's, or an older "
+            f"one): {rebuild}"
+        )
     return read_table(path)
 
 
@@ -104,7 +133,9 @@ def read_table(path: Path) -> pl.DataFrame:
     try:
         return pl.read_parquet(path)
     except (OSError, pl.exceptions.PolarsError) as e:
-        raise PipelineError(f"{path} is damaged ({str(e).splitlines()[0][:120]}): run the stage that writes it again") from None
+        raise PipelineError(
+            f"{path} is damaged ({str(e).splitlines()[0][:120]}): run the stage that writes it again"
+        ) from None
 
 
 def info(run: str | Path, data_dir: str | Path = "data") -> dict:

@@ -16,12 +16,19 @@ from pathlib import Path
 
 import numpy as np
 
-
-BOOT_PREFIX = "boot."    # Poisson bootstrap replicates of a head-level sum: boot.<key> shaped [L, R, H]
-EXEMPLAR_PREFIX = "ex_"  # exemplar fields in an .npz file: ex_value, ex_sentence_id, ex_i, ex_j, ex_row
-NORM_PREFIX = "norm."    # sums of norm-weighted attention (Kobayashi et al. 2020): norm.<key>, boot.norm.<key>
+BOOT_PREFIX = (
+    "boot."  # Poisson bootstrap replicates of a head-level sum: boot.<key> shaped [L, R, H]
+)
+EXEMPLAR_PREFIX = (
+    "ex_"  # exemplar fields in an .npz file: ex_value, ex_sentence_id, ex_i, ex_j, ex_row
+)
+NORM_PREFIX = (
+    "norm."  # sums of norm-weighted attention (Kobayashi et al. 2020): norm.<key>, boot.norm.<key>
+)
 WEIGHTINGS = {"attention": "", "norm": NORM_PREFIX}  # weighting → the prefix of its sums
-RANKED_PREFIX = "rk_"    # named candidate sets in an .npz file: rk_<set>.<field> (value, sentence_id, ...)
+RANKED_PREFIX = (
+    "rk_"  # named candidate sets in an .npz file: rk_<set>.<field> (value, sentence_id, ...)
+)
 
 
 def merge_exemplars(a: dict | None, b: dict | None, k: int) -> dict | None:
@@ -31,23 +38,34 @@ def merge_exemplars(a: dict | None, b: dict | None, k: int) -> dict | None:
         if b is None:
             return None
     else:
-        b = {name: np.concatenate([a[name], b[name]], axis=-2 if np.ndim(b[name]) > np.ndim(b["value"]) else -1)
-             for name in b}
+        b = {
+            name: np.concatenate(
+                [a[name], b[name]], axis=-2 if np.ndim(b[name]) > np.ndim(b["value"]) else -1
+            )
+            for name in b
+        }
     order = np.lexsort((b["sentence_id"], -b["value"]), axis=-1)[..., :k]
     out = {}
     for name, v in b.items():
         v = np.asarray(v)
-        out[name] = (np.take_along_axis(v, order[..., None], axis=-2) if v.ndim == order.ndim + 1
-                     else np.take_along_axis(v, order, axis=-1))
+        out[name] = (
+            np.take_along_axis(v, order[..., None], axis=-2)
+            if v.ndim == order.ndim + 1
+            else np.take_along_axis(v, order, axis=-1)
+        )
     return out
 
 
 @dataclass
 class Sums:
-    additive: dict = field(default_factory=dict)  # key → tensor or array, shaped [L, H, ...] or per batch
-    exemplars: dict | None = None                   # value, sentence_id, i, j[, row]: [L, H, ≤k]
-    k: int = 0                                      # exemplars kept per head
-    ranked: dict = field(default_factory=dict)      # set name → candidates {value, sentence_id, ...}: [..., ≤k]
+    additive: dict = field(
+        default_factory=dict
+    )  # key → tensor or array, shaped [L, H, ...] or per batch
+    exemplars: dict | None = None  # value, sentence_id, i, j[, row]: [L, H, ≤k]
+    k: int = 0  # exemplars kept per head
+    ranked: dict = field(
+        default_factory=dict
+    )  # set name → candidates {value, sentence_id, ...}: [..., ≤k]
 
     def __add__(self, other: "Sums") -> "Sums":
         if not isinstance(other, Sums):
@@ -56,8 +74,10 @@ class Sums:
         for key, value in other.additive.items():
             additive[key] = additive[key] + value if key in additive else value
         k = max(self.k, other.k)
-        ranked = {name: merge_exemplars(self.ranked.get(name), other.ranked.get(name), k)
-                  for name in {**self.ranked, **other.ranked}}
+        ranked = {
+            name: merge_exemplars(self.ranked.get(name), other.ranked.get(name), k)
+            for name in {**self.ranked, **other.ranked}
+        }
         return Sums(additive, merge_exemplars(self.exemplars, other.exemplars, k), k, ranked)
 
     @staticmethod
@@ -80,9 +100,9 @@ class Sums:
         prefix, additive = WEIGHTINGS[weighting], {}
         for key, value in self.additive.items():
             boot = BOOT_PREFIX if key.startswith(BOOT_PREFIX) else ""
-            name = key[len(boot):]
+            name = key[len(boot) :]
             if prefix and name.startswith(prefix):
-                additive[boot + name[len(prefix):]] = value
+                additive[boot + name[len(prefix) :]] = value
             elif not prefix and not name.startswith(NORM_PREFIX):
                 additive[key] = value
         return Sums(additive, self.exemplars, self.k, self.ranked)
@@ -91,7 +111,9 @@ class Sums:
         def host(v):
             return v if isinstance(v, np.ndarray) else v.detach().cpu().double().numpy()
 
-        return Sums({k: host(v) for k, v in self.additive.items()}, self.exemplars, self.k, self.ranked)
+        return Sums(
+            {k: host(v) for k, v in self.additive.items()}, self.exemplars, self.k, self.ranked
+        )
 
     def non_finite_keys(self) -> list[str]:
         return [k for k, v in self.to_numpy().additive.items() if not np.isfinite(v).all()]
@@ -100,18 +122,33 @@ class Sums:
     def save(self, path: Path, write) -> None:
         arrays = dict(self.to_numpy().additive)
         arrays.update({EXEMPLAR_PREFIX + name: v for name, v in (self.exemplars or {}).items()})
-        arrays.update({f"{RANKED_PREFIX}{name}.{f}": v for name, c in self.ranked.items() if c for f, v in c.items()})
+        arrays.update(
+            {
+                f"{RANKED_PREFIX}{name}.{f}": v
+                for name, c in self.ranked.items()
+                if c
+                for f, v in c.items()
+            }
+        )
         arrays["_exemplars_k"] = np.array(self.k)
         write(arrays, path)
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Sums":
-        exemplars = {name[len(EXEMPLAR_PREFIX):]: v for name, v in arrays.items() if name.startswith(EXEMPLAR_PREFIX)}
-        additive = {name: v for name, v in arrays.items() if not name.startswith((EXEMPLAR_PREFIX, RANKED_PREFIX, "_"))}
+        exemplars = {
+            name[len(EXEMPLAR_PREFIX) :]: v
+            for name, v in arrays.items()
+            if name.startswith(EXEMPLAR_PREFIX)
+        }
+        additive = {
+            name: v
+            for name, v in arrays.items()
+            if not name.startswith((EXEMPLAR_PREFIX, RANKED_PREFIX, "_"))
+        }
         ranked: dict = {}
         for name, v in arrays.items():
             if name.startswith(RANKED_PREFIX):
-                which, _, f = name[len(RANKED_PREFIX):].partition(".")
+                which, _, f = name[len(RANKED_PREFIX) :].partition(".")
                 ranked.setdefault(which, {})[f] = v
         return cls(additive, exemplars or None, int(arrays.get("_exemplars_k", 0)), ranked)
 
@@ -120,6 +157,8 @@ def poisson_weights(sentence_ids: np.ndarray, replicates: int, seed: int) -> np.
     """[R, B] float64: each sentence's multiplicity in each replicate, seeded by (seed, sentence id) alone, so that
     the replicates do not depend on batching, parts or the executor (pipeline/analysis/bootstrap.py: the intervals)."""
     out = np.empty((replicates, len(sentence_ids)))
-    for b, sid in enumerate(np.asarray(sentence_ids).tolist()):  # per sentence (a batch holds tens), not per token
+    for b, sid in enumerate(
+        np.asarray(sentence_ids).tolist()
+    ):  # per sentence (a batch holds tens), not per token
         out[:, b] = np.random.default_rng([seed, int(sid)]).poisson(1.0, replicates)
     return out

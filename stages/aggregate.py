@@ -35,8 +35,16 @@ VERSION = 1
 INPUTS = ("attend", "tokens", "sentences")
 CONFIG = ("aggregate",)
 MASS = "attention_mass.mass"  # every run has it (the denominator of most shares): its shape gives layers and heads
-FINDINGS_COLUMNS = {"statistic": pl.String, "value": pl.Float64, "p_value": pl.Float64, "n": pl.Int64,
-                    "paper_value": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "interval_note": pl.String}
+FINDINGS_COLUMNS = {
+    "statistic": pl.String,
+    "value": pl.Float64,
+    "p_value": pl.Float64,
+    "n": pl.Int64,
+    "paper_value": pl.Float64,
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
+    "interval_note": pl.String,
+}
 
 
 def weighted(schema: dict) -> dict:
@@ -78,24 +86,39 @@ def table_schema(metric, schema: dict) -> dict:
     return weighted(schema) if metric.norm_weighting else schema
 
 
-OUTPUTS = (Output("head_metrics.parquet", head_schema), Output("layer_metrics.parquet", layer_schema),
-           *(Output(f"{name}.parquet", table_schema(m, schema)) for m in analyses() for name, schema in m.table_schemas.items()),
-           Output("findings.parquet", FINDINGS_SCHEMA))
+OUTPUTS = (
+    Output("head_metrics.parquet", head_schema),
+    Output("layer_metrics.parquet", layer_schema),
+    *(
+        Output(f"{name}.parquet", table_schema(m, schema))
+        for m in analyses()
+        for name, schema in m.table_schemas.items()
+    ),
+    Output("findings.parquet", FINDINGS_SCHEMA),
+)
 
 
 def load_sums(run_dir) -> tuple[Sums, dict]:
     """The attend parts' sums merged one part at a time (memory: one part's sums, not the corpus)."""
     meta = read_meta(run_dir / "attend")
-    return Sums.merge(Sums.from_arrays(io.read_npz(p)) for p in part_paths(run_dir / "attend")), meta
+    return Sums.merge(
+        Sums.from_arrays(io.read_npz(p)) for p in part_paths(run_dir / "attend")
+    ), meta
 
 
 def computed_metrics(meta: dict, weighting: str = "attention") -> list:
     """The metrics attend computed, of those that have the weighting (exemplars: attention only)."""
     status = meta.get("metrics", {})
-    return [m for m in analyses() if status.get(m.name) == "enabled" and (weighting == "attention" or m.norm_weighting)]
+    return [
+        m
+        for m in analyses()
+        if status.get(m.name) == "enabled" and (weighting == "attention" or m.norm_weighting)
+    ]
 
 
-def ratio_columns(active: list, shape: tuple, get, replicate: bool = False) -> dict[str, np.ndarray]:
+def ratio_columns(
+    active: list, shape: tuple, get, replicate: bool = False
+) -> dict[str, np.ndarray]:
     """{ratio column: array of `shape`}: NaN for a metric not computed; in a bootstrap replicate (replicate=True)
     also NaN for a metric whose ratios need sums the bootstrap does not replicate (only head-level sums, one number
     per head, get replicates). A point estimate missing a sum is an error, never a silent NaN."""
@@ -107,14 +130,21 @@ def ratio_columns(active: list, shape: tuple, get, replicate: bool = False) -> d
             if not replicate:
                 raise
             values = {}
-        columns.update({c: np.broadcast_to(np.asarray(values.get(c, np.nan), dtype=np.float64), shape) for c in m.columns})
+        columns.update(
+            {
+                c: np.broadcast_to(np.asarray(values.get(c, np.nan), dtype=np.float64), shape)
+                for c in m.columns
+            }
+        )
     return columns
 
 
 def ci_columns(replicates: dict[str, np.ndarray], shape: tuple) -> dict[str, np.ndarray]:
     out = {}
     for c in ratio_names():
-        low, high = bootstrap.interval(replicates[c]) if c in replicates else (np.full(shape, np.nan),) * 2
+        low, high = (
+            bootstrap.interval(replicates[c]) if c in replicates else (np.full(shape, np.nan),) * 2
+        )
         out[f"{c}_ci_low"], out[f"{c}_ci_high"] = low.ravel(), high.ravel()
     return out
 
@@ -123,26 +153,53 @@ def head_table(sums: Sums, active: list, boot: dict) -> pl.DataFrame:
     L, H = sums[MASS].shape
     layer, head = np.meshgrid(np.arange(L), np.arange(H), indexing="ij")
     columns = {c: v.ravel() for c, v in ratio_columns(active, (L, H), lambda k: sums[k]).items()}
-    replicates = ratio_columns(active, (len(boot[MASS]), L, H), lambda k: boot[k], replicate=True) if boot else {}
-    raw = {c: (np.asarray(sums[key], dtype=np.float64) if m in active else np.full((L, H), np.nan)).ravel()
-           for m in analyses() for c, key in m.raw_columns.items()}
-    return pl.DataFrame({"layer": layer.ravel().astype(np.int32), "head": head.ravel().astype(np.int32),
-                         **columns, **ci_columns(replicates, (L, H)), **raw}, schema=head_columns())
+    replicates = (
+        ratio_columns(active, (len(boot[MASS]), L, H), lambda k: boot[k], replicate=True)
+        if boot
+        else {}
+    )
+    raw = {
+        c: (
+            np.asarray(sums[key], dtype=np.float64) if m in active else np.full((L, H), np.nan)
+        ).ravel()
+        for m in analyses()
+        for c, key in m.raw_columns.items()
+    }
+    return pl.DataFrame(
+        {
+            "layer": layer.ravel().astype(np.int32),
+            "head": head.ravel().astype(np.int32),
+            **columns,
+            **ci_columns(replicates, (L, H)),
+            **raw,
+        },
+        schema=head_columns(),
+    )
 
 
 def layer_table(sums: Sums, active: list, boot: dict) -> pl.DataFrame:
     L = sums[MASS].shape[0]
     columns = ratio_columns(active, (L,), lambda k: sums[k].sum(axis=1))
-    replicates = ratio_columns(active, (len(boot[MASS]), L), lambda k: boot[k].sum(axis=2), replicate=True) if boot else {}
+    replicates = (
+        ratio_columns(active, (len(boot[MASS]), L), lambda k: boot[k].sum(axis=2), replicate=True)
+        if boot
+        else {}
+    )
     columns.update(ci_columns(replicates, (L,)))
     for m in analyses():
         extra = m.layer_columns(sums) if m in active else {}
-        columns.update({c: np.asarray(extra.get(c, np.full(L, np.nan)), dtype=np.float64) for c in m.layer_extra_columns})
+        columns.update(
+            {
+                c: np.asarray(extra.get(c, np.full(L, np.nan)), dtype=np.float64)
+                for c in m.layer_extra_columns
+            }
+        )
     return pl.DataFrame({"layer": np.arange(L, dtype=np.int32), **columns}, schema=layer_columns())
 
 
-def replicate_findings(sums: Sums, active: list, boot: dict, heads: pl.DataFrame,
-                       layers: pl.DataFrame) -> dict[str, list[float]]:
+def replicate_findings(
+    sums: Sums, active: list, boot: dict, heads: pl.DataFrame, layers: pl.DataFrame
+) -> dict[str, list[float]]:
     """{finding: its value in each bootstrap replicate}: every metric's findings on the replicate's head and layer
     ratios (correlations, means, SDs and peaks alike); sums without replicates keep their full-corpus value."""
     L, H = sums[MASS].shape
@@ -167,15 +224,35 @@ def findings_table(findings: list[Finding], replicates: dict[str, list[float]]) 
     rows = []
     for f in findings:
         values = np.asarray(replicates.get(f.statistic, []), dtype=np.float64)
-        varies = values.size and not np.all((values == f.value) | (np.isnan(values) & np.isnan(f.value)))
-        low, high = bootstrap.interval(values) if varies and f.interval_note is None else (None, None)
-        note = f.interval_note if f.interval_note is not None else (None if varies else "no interval: not bootstrapped")
-        rows.append((f.statistic, f.value, f.p_value, f.n, f.paper_value, None if low is None else float(low),
-                     None if high is None else float(high), note))
+        varies = values.size and not np.all(
+            (values == f.value) | (np.isnan(values) & np.isnan(f.value))
+        )
+        low, high = (
+            bootstrap.interval(values) if varies and f.interval_note is None else (None, None)
+        )
+        note = (
+            f.interval_note
+            if f.interval_note is not None
+            else (None if varies else "no interval: not bootstrapped")
+        )
+        rows.append(
+            (
+                f.statistic,
+                f.value,
+                f.p_value,
+                f.n,
+                f.paper_value,
+                None if low is None else float(low),
+                None if high is None else float(high),
+                note,
+            )
+        )
     return pl.DataFrame(rows, schema=FINDINGS_COLUMNS, orient="row")
 
 
-def weighting_tables(sums: Sums, weighting: str, active: list, inputs: dict) -> dict[str, pl.DataFrame]:
+def weighting_tables(
+    sums: Sums, weighting: str, active: list, inputs: dict
+) -> dict[str, pl.DataFrame]:
     """Every table of one weighting from its sums (plain key names), each made as the paper's are, with the
     `weighting` column added first; a metric without the weighting (exemplars under "norm") has no table here."""
     roles_cfg = inputs["roles"]
@@ -183,37 +260,65 @@ def weighting_tables(sums: Sums, weighting: str, active: list, inputs: dict) -> 
     heads, layers = head_table(sums, active, boot), layer_table(sums, active, boot)
     tables = {"head_metrics": heads, "layer_metrics": layers}
     inputs = {**inputs, "head_metrics": heads, "layer_metrics": layers}
-    findings = [roles.sink_rate_pooled(heads, roles_cfg.sink_rate_epsilon)]  # from null_share; Gu et al.'s: sink_rate metric
+    findings = [
+        roles.sink_rate_pooled(heads, roles_cfg.sink_rate_epsilon)
+    ]  # from null_share; Gu et al.'s: sink_rate metric
     for m in analyses():
         if weighting != "attention" and not m.norm_weighting:
             continue
         made = m.tables(sums, inputs) if m in active else {}
-        tables.update({name: made.get(name, pl.DataFrame(schema=schema)) for name, schema in m.table_schemas.items()})
+        tables.update(
+            {
+                name: made.get(name, pl.DataFrame(schema=schema))
+                for name, schema in m.table_schemas.items()
+            }
+        )
         findings += m.findings(heads, layers, sums) if m in active else []
-    tables["findings"] = findings_table(findings, replicate_findings(sums, active, boot, heads, layers))
+    tables["findings"] = findings_table(
+        findings, replicate_findings(sums, active, boot, heads, layers)
+    )
     unweighted = {name for m in analyses() if not m.norm_weighting for name in m.table_schemas}
-    return {name: df if name in unweighted else df.select(pl.lit(weighting).alias("weighting"), *df.columns)
-            for name, df in tables.items()}
+    return {
+        name: df
+        if name in unweighted
+        else df.select(pl.lit(weighting).alias("weighting"), *df.columns)
+        for name, df in tables.items()
+    }
 
 
-def build_tables(sums: Sums, meta: dict, tokens_dir, sentences_dir, aggregate_cfg=None) -> dict[str, pl.DataFrame]:
+def build_tables(
+    sums: Sums, meta: dict, tokens_dir, sentences_dir, aggregate_cfg=None
+) -> dict[str, pl.DataFrame]:
     """Every table, under each weighting the sums hold (rows of "attention", then of "norm"). Metrics read tokens
     and sentences as lazy scans of their parts, filtered or aggregated as they stream: the analysis sample's
     ("tokens", "sentences"), and with the exemplar pool ("pool_tokens", "pool_sentences"); also the head and layer
     tables and the thresholds of head roles (aggregate.roles; defaults when None)."""
-    inputs = {"tokens": scan(tokens_dir), "sentences": scan(sentences_dir),
-              "pool_tokens": scan(tokens_dir, pool=True), "pool_sentences": scan(sentences_dir, pool=True),
-              "pos_vocab": meta["pos_vocab"], "dep_vocab": meta["dep_vocab"],
-              "null_pieces": meta.get("null_pieces", "first"),  # attend.null_pieces, resolved for the model
-              "roles": (aggregate_cfg or AggregateConfig()).roles}
-    per_weighting = [weighting_tables(sums.of_weighting(w), w, computed_metrics(meta, w), inputs)
-                     for w in weightings(meta.get("metrics", {}))]
-    return {name: pl.concat([t[name] for t in per_weighting if name in t]) for name in per_weighting[0]}
+    inputs = {
+        "tokens": scan(tokens_dir),
+        "sentences": scan(sentences_dir),
+        "pool_tokens": scan(tokens_dir, pool=True),
+        "pool_sentences": scan(sentences_dir, pool=True),
+        "pos_vocab": meta["pos_vocab"],
+        "dep_vocab": meta["dep_vocab"],
+        "null_pieces": meta.get(
+            "null_pieces", "first"
+        ),  # attend.null_pieces, resolved for the model
+        "roles": (aggregate_cfg or AggregateConfig()).roles,
+    }
+    per_weighting = [
+        weighting_tables(sums.of_weighting(w), w, computed_metrics(meta, w), inputs)
+        for w in weightings(meta.get("metrics", {}))
+    ]
+    return {
+        name: pl.concat([t[name] for t in per_weighting if name in t]) for name in per_weighting[0]
+    }
 
 
 def run(ctx) -> dict:
     sums, meta = load_sums(ctx.run_dir)
-    tables = build_tables(sums, meta, ctx.input_path("tokens"), ctx.input_path("sentences"), ctx.cfg.aggregate)
+    tables = build_tables(
+        sums, meta, ctx.input_path("tokens"), ctx.input_path("sentences"), ctx.cfg.aggregate
+    )
     for name, df in tables.items():
         ctx.write_parquet(df, f"{name}.parquet")
     findings = tables["findings"].filter(pl.col("weighting") == "attention")  # the paper's numbers
@@ -222,11 +327,22 @@ def run(ctx) -> dict:
 
 
 def summary(counts: dict) -> str:
-    f = {k: counts.get(k, float("nan")) for k in ("null_share_overall", "null_share_max", "layer_max_dep_align",
-                                                   "layer_max_mean_distance", "sd_mean_distance", "r_distance_entropy",
-                                                   "r_distance_dep_align")}
-    return (f"null attention {f['null_share_overall']:.1%} of all attention (head max {f['null_share_max']:.1%}); "
-            f"dependency alignment highest in layer {f['layer_max_dep_align']:.0f}, mean distance largest in layer "
-            f"{f['layer_max_mean_distance']:.0f}; SD of head distance {f['sd_mean_distance']:.2f} (paper 3.6); "
-            f"r(distance, entropy) = {f['r_distance_entropy']:.2f} (paper 0.61); "
-            f"r(distance, dependency alignment) = {f['r_distance_dep_align']:.2f} (paper −0.73)")
+    f = {
+        k: counts.get(k, float("nan"))
+        for k in (
+            "null_share_overall",
+            "null_share_max",
+            "layer_max_dep_align",
+            "layer_max_mean_distance",
+            "sd_mean_distance",
+            "r_distance_entropy",
+            "r_distance_dep_align",
+        )
+    }
+    return (
+        f"null attention {f['null_share_overall']:.1%} of all attention (head max {f['null_share_max']:.1%}); "
+        f"dependency alignment highest in layer {f['layer_max_dep_align']:.0f}, mean distance largest in layer "
+        f"{f['layer_max_mean_distance']:.0f}; SD of head distance {f['sd_mean_distance']:.2f} (paper 3.6); "
+        f"r(distance, entropy) = {f['r_distance_entropy']:.2f} (paper 0.61); "
+        f"r(distance, dependency alignment) = {f['r_distance_dep_align']:.2f} (paper −0.73)"
+    )

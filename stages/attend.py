@@ -59,7 +59,10 @@ VERSION = 2
 INPUTS = ("tokens",)
 OUTPUTS = (Output("attend"), Output("attend/meta.json"))
 CONFIG = ("model", "attend")
-TUNING = ("attend.token_budget", "executor")  # batch size and workers: the same sums up to float rounding (tested)
+TUNING = (
+    "attend.token_budget",
+    "executor",
+)  # batch size and workers: the same sums up to float rounding (tested)
 
 
 def external_inputs(cfg) -> dict:
@@ -90,11 +93,21 @@ def first_batch_invariants(adapter, inputs: list, vocab: dict) -> dict:
     {"load": ..., "first_batch": ...}, each invariant passed, failed at load (its measurement off, the reason in the
     metric status) or not applicable; failing on the first batch refuses the run."""
     checks = {"load": adapter.certificate}
-    arrays = TokenArrays.from_frame(read_part(inputs[0]), vocab["pos_vocab"], vocab["dep_vocab"]) if inputs else None
-    if arrays is not None and len(arrays.lengths) and int(arrays.token_id.max()) < adapter.vocab_size:
+    arrays = (
+        TokenArrays.from_frame(read_part(inputs[0]), vocab["pos_vocab"], vocab["dep_vocab"])
+        if inputs
+        else None
+    )
+    if (
+        arrays is not None
+        and len(arrays.lengths)
+        and int(arrays.token_id.max()) < adapter.vocab_size
+    ):
         order = arrays.length_order()
         longer = order[arrays.lengths[order] > arrays.lengths[order[0]]]
-        batch = arrays.batch([*order[:1], *(longer[:1] if len(longer) else order[1:2])], adapter.device)
+        batch = arrays.batch(
+            [*order[:1], *(longer[:1] if len(longer) else order[1:2])], adapter.device
+        )
         checks["first_batch"] = adapter.check_invariants(batch.input_ids, batch.attention_mask)
     return checks
 
@@ -106,22 +119,30 @@ class AttendWorker:
     """A tokens part → its sums of one pass, the model loaded once: "first" (the first-pass sums), "main" (every
     enabled metric, given the merged first pass) or "exemplars" (exemplar candidates only: the exemplar pool)."""
 
-    def __init__(self, cfg, vocab: dict, row_width: int, kind: str, first_pass_path: Path | None = None):
+    def __init__(
+        self, cfg, vocab: dict, row_width: int, kind: str, first_pass_path: Path | None = None
+    ):
         assert kind in PASSES, kind
         self.cfg, self.vocab, self.row_width, self.kind = cfg, vocab, row_width, kind
         self.adapter = model_adapter(cfg)
         self.first_pass = None
         if first_pass_path is not None:
-            self.first_pass = {k: torch.from_numpy(v).to(device=self.adapter.device, dtype=torch.float32)
-                               for k, v in io.read_npz(first_pass_path).items()}
+            self.first_pass = {
+                k: torch.from_numpy(v).to(device=self.adapter.device, dtype=torch.float32)
+                for k, v in io.read_npz(first_pass_path).items()
+            }
 
     def __call__(self, unit: WorkUnit, progress=None) -> dict:
         a = self.cfg.attend
-        arrays = TokenArrays.from_frame(read_part(unit.inputs[0]), self.vocab["pos_vocab"], self.vocab["dep_vocab"])
+        arrays = TokenArrays.from_frame(
+            read_part(unit.inputs[0]), self.vocab["pos_vocab"], self.vocab["dep_vocab"]
+        )
         if len(arrays.token_id) and int(arrays.token_id.max()) >= self.adapter.vocab_size:
-            raise PipelineError(f"token ids reach {int(arrays.token_id.max())} but the model has {self.adapter.vocab_size} "
-                                "embeddings: the tokens were made with another tokenizer (model.tokenizer); annotate "
-                                "with the model's own")
+            raise PipelineError(
+                f"token ids reach {int(arrays.token_id.max())} but the model has {self.adapter.vocab_size} "
+                "embeddings: the tokens were made with another tokenizer (model.tokenizer); annotate "
+                "with the model's own"
+            )
         events = {"batches_halved_oom": 0}
         started = time.perf_counter()
         if self.kind == "first":
@@ -129,14 +150,40 @@ class AttendWorker:
             if progress:
                 progress(len(arrays.lengths))
         else:
-            only = tuple(m for m in metrics.enabled(a) if m.name == "exemplars") if self.kind == "exemplars" else None
-            reduction = Reduction(a, len(arrays.pos_vocab), len(arrays.dep_vocab), metrics=only,
-                                  first_pass=self.first_pass, row_width=self.row_width)
-            sums = (reduce_sentences(self.adapter, arrays, arrays.length_order(), reduction, a.token_budget, progress, events)
-                    if len(arrays.lengths) else Sums())
+            only = (
+                tuple(m for m in metrics.enabled(a) if m.name == "exemplars")
+                if self.kind == "exemplars"
+                else None
+            )
+            reduction = Reduction(
+                a,
+                len(arrays.pos_vocab),
+                len(arrays.dep_vocab),
+                metrics=only,
+                first_pass=self.first_pass,
+                row_width=self.row_width,
+            )
+            sums = (
+                reduce_sentences(
+                    self.adapter,
+                    arrays,
+                    arrays.length_order(),
+                    reduction,
+                    a.token_budget,
+                    progress,
+                    events,
+                )
+                if len(arrays.lengths)
+                else Sums()
+            )
             sums.save(unit.outputs[0], io.write_npz)
-        return {"sentences": int(len(arrays.lengths)), "tokens": int(arrays.lengths.sum()),
-                "seconds": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(self.adapter.device), **events}
+        return {
+            "sentences": int(len(arrays.lengths)),
+            "tokens": int(arrays.lengths.sum()),
+            "seconds": time.perf_counter() - started,
+            "peak_memory_mb": peak_memory_mb(self.adapter.device),
+            **events,
+        }
 
 
 def run(ctx) -> dict:
@@ -146,12 +193,27 @@ def run(ctx) -> dict:
     inputs, pool = [p for p in every if not is_pool(p)], [p for p in every if is_pool(p)]
     vocab = {"pos_vocab": vocab["pos_vocab"], "dep_vocab": vocab["dep_vocab"]}
     out = PartedOutput(ctx.output_path("attend"), ctx.fingerprint, ctx.force)
-    sentences_in = {p: int(pl.scan_parquet(p).select(pl.col("sentence_id").n_unique()).collect(engine="streaming").item())
-                    for p in every}
+    sentences_in = {
+        p: int(
+            pl.scan_parquet(p)
+            .select(pl.col("sentence_id").n_unique())
+            .collect(engine="streaming")
+            .item()
+        )
+        for p in every
+    }
     per_part = [sentences_in[p] for p in inputs]
-    row_width = int(scan_parts(every).select(pl.col("position").max()).collect(engine="streaming").item() or 0) + 1
+    row_width = (
+        int(
+            scan_parts(every).select(pl.col("position").max()).collect(engine="streaming").item()
+            or 0
+        )
+        + 1
+    )
     # before loading: the memory estimate (may lower the token budget) and attend.logit_lens_sample: auto resolved
-    pieces = int(scan_parts(inputs).select(pl.len()).collect(engine="streaming").item()) if inputs else 0
+    pieces = (
+        int(scan_parts(inputs).select(pl.len()).collect(engine="streaming").item()) if inputs else 0
+    )
     cfg, plan, lines = plan_attend(cfg, row_width, sum(per_part), pieces / max(sum(per_part), 1))
     for line in lines:
         print(f"[attend] {line}", flush=True)
@@ -161,31 +223,57 @@ def run(ctx) -> dict:
     # the driver's copy: identity and shapes (the local executor's worker reuses it; with Ray, the actors hold
     # the models, and the driver's stays on the CPU)
     adapter = model_adapter(cfg, "cpu" if cfg.executor.kind == "ray" else None)
-    check_model_tokenizer(adapter, cfg.model)  # a tokenizer of another model: refused before any forward pass
+    check_model_tokenizer(
+        adapter, cfg.model
+    )  # a tokenizer of another model: refused before any forward pass
     identity = adapter.identity()
-    checks = first_batch_invariants(adapter, inputs, vocab)  # refuses a model that fails one (pipeline/models/invariants.py)
+    checks = first_batch_invariants(
+        adapter, inputs, vocab
+    )  # refuses a model that fails one (pipeline/models/invariants.py)
     norm_reason = norm_weighting_reason(a, adapter)  # the same test the workers' passes make
     null_pieces = null_rule(a, adapter.causal)
     if null_pieces == "special" and not any(is_special_tag(t) for t in vocab["pos_vocab"]):
-        raise PipelineError("attend.null_pieces is 'special' (an encoder's default) but the tokens have no special pieces: "
-                            "set model.add_special_tokens (or model.bos: always), or attend.null_pieces: first")
-    status = {**metrics.status(a, adapter), metrics.NORM_WEIGHTING: "enabled" if norm_reason is None else f"disabled: {norm_reason}"}
+        raise PipelineError(
+            "attend.null_pieces is 'special' (an encoder's default) but the tokens have no special pieces: "
+            "set model.add_special_tokens (or model.bos: always), or attend.null_pieces: first"
+        )
+    status = {
+        **metrics.status(a, adapter),
+        metrics.NORM_WEIGHTING: "enabled" if norm_reason is None else f"disabled: {norm_reason}",
+    }
     ctx.record("model", identity)
-    ctx.record("device", {"type": adapter.device.type, "torch_threads": torch.get_num_threads(),
-                          "name": torch.cuda.get_device_name(adapter.device) if adapter.device.type == "cuda" else None})
+    ctx.record(
+        "device",
+        {
+            "type": adapter.device.type,
+            "torch_threads": torch.get_num_threads(),
+            "name": torch.cuda.get_device_name(adapter.device)
+            if adapter.device.type == "cuda"
+            else None,
+        },
+    )
     ctx.record("metrics", status)
     ctx.record("null_pieces", null_pieces)
     ctx.record("invariants", checks)
     executor = make_executor(cfg.executor, tqdm_bar("sent"))
-    resources = Resources(model=True, gpus=cfg.executor.gpus_per_worker)  # GPUs: where the cluster has them
+    resources = Resources(
+        model=True, gpus=cfg.executor.gpus_per_worker
+    )  # GPUs: where the cluster has them
 
     started = time.perf_counter()
-    first_units = [WorkUnit(k, (p,), (out.path(k, ".npz", "first"),), size=n) for k, (p, n) in enumerate(zip(inputs, per_part))]
+    first_units = [
+        WorkUnit(k, (p,), (out.path(k, ".npz", "first"),), size=n)
+        for k, (p, n) in enumerate(zip(inputs, per_part))
+    ]
     first_path = out.directory / "first_pass.npz"
     first_report = None
     if first_pass_parts(a):
-        first_report = executor.run(first_units, functools.partial(AttendWorker, cfg, vocab, row_width, "first"),
-                                    resources, desc="attend: first pass")
+        first_report = executor.run(
+            first_units,
+            functools.partial(AttendWorker, cfg, vocab, row_width, "first"),
+            resources,
+            desc="attend: first pass",
+        )
         parts = Sums.merge(Sums(io.read_npz(u.outputs[0])) for u in first_units)  # cheap: always
         merged = first_pass_results(a, parts.additive)
     else:
@@ -193,42 +281,93 @@ def run(ctx) -> dict:
     io.write_npz(merged, first_path)
     first_pass_seconds = time.perf_counter() - started
 
-    units = [WorkUnit(k, (p, first_path), (out.path(k, ".npz"),), size=n) for k, (p, n) in enumerate(zip(inputs, per_part))]
+    units = [
+        WorkUnit(k, (p, first_path), (out.path(k, ".npz"),), size=n)
+        for k, (p, n) in enumerate(zip(inputs, per_part))
+    ]
     main_started = time.perf_counter()
-    report = executor.run(units, functools.partial(AttendWorker, cfg, vocab, row_width, "main", first_path), resources,
-                          desc="attend: forward + reduce")
+    report = executor.run(
+        units,
+        functools.partial(AttendWorker, cfg, vocab, row_width, "main", first_path),
+        resources,
+        desc="attend: forward + reduce",
+    )
     seconds = time.perf_counter() - main_started
     done = list(report.counts.values())
     sentences_done, tokens_done = sum(c["sentences"] for c in done), sum(c["tokens"] for c in done)
 
     # the exemplar pool (section 5.4): its sentences searched for exemplars only; their parts' sums hold no additive key
-    pool_units = [WorkUnit(len(units) + k, (p,), (out.directory / p.with_suffix(".npz").name,), size=sentences_in[p])
-                  for k, p in enumerate(pool if status.get("exemplars") == "enabled" else [])]
+    pool_units = [
+        WorkUnit(
+            len(units) + k,
+            (p,),
+            (out.directory / p.with_suffix(".npz").name,),
+            size=sentences_in[p],
+        )
+        for k, p in enumerate(pool if status.get("exemplars") == "enabled" else [])
+    ]
     pool_started = time.perf_counter()
-    pool_report = executor.run(pool_units, functools.partial(AttendWorker, cfg, vocab, row_width, "exemplars"), resources,
-                               desc="attend: exemplar pool") if pool_units else None
+    pool_report = (
+        executor.run(
+            pool_units,
+            functools.partial(AttendWorker, cfg, vocab, row_width, "exemplars"),
+            resources,
+            desc="attend: exemplar pool",
+        )
+        if pool_units
+        else None
+    )
     pool_seconds = time.perf_counter() - pool_started
-    out.finish({"parts": [u.outputs[0].name for u in units + pool_units], "sentences": int(sum(per_part)), **vocab,
-                "num_layers": adapter.num_layers, "num_heads": adapter.num_heads, "metrics": status,
-                "exemplars_per_head": a.exemplars_per_head, "model": identity, "null_pieces": null_pieces,
-                "invariants": checks})
-    halved = sum(c["batches_halved_oom"] for r in (first_report, report, pool_report) if r for c in r.counts.values())
+    out.finish(
+        {
+            "parts": [u.outputs[0].name for u in units + pool_units],
+            "sentences": int(sum(per_part)),
+            **vocab,
+            "num_layers": adapter.num_layers,
+            "num_heads": adapter.num_heads,
+            "metrics": status,
+            "exemplars_per_head": a.exemplars_per_head,
+            "model": identity,
+            "null_pieces": null_pieces,
+            "invariants": checks,
+        }
+    )
+    halved = sum(
+        c["batches_halved_oom"]
+        for r in (first_report, report, pool_report)
+        if r
+        for c in r.counts.values()
+    )
     return {
-        "sentences": int(sum(per_part)), "parts": len(units), "parts_resumed": report.resumed,
-        "parts_empty": sum(n == 0 for n in per_part), "parts_damaged_recomputed": report.damaged,
-        "tokens_this_run": tokens_done, "layers": adapter.num_layers, "heads": adapter.num_heads,
-        "device": adapter.device.type, "executor": cfg.executor.kind, "first_pass_seconds": round(first_pass_seconds, 2),
-        "sentences_per_second": round(sentences_done / seconds, 1) if seconds and sentences_done else None,
+        "sentences": int(sum(per_part)),
+        "parts": len(units),
+        "parts_resumed": report.resumed,
+        "parts_empty": sum(n == 0 for n in per_part),
+        "parts_damaged_recomputed": report.damaged,
+        "tokens_this_run": tokens_done,
+        "layers": adapter.num_layers,
+        "heads": adapter.num_heads,
+        "device": adapter.device.type,
+        "executor": cfg.executor.kind,
+        "first_pass_seconds": round(first_pass_seconds, 2),
+        "sentences_per_second": round(sentences_done / seconds, 1)
+        if seconds and sentences_done
+        else None,
         "tokens_per_second": round(tokens_done / seconds, 1) if seconds and tokens_done else None,
-        "peak_memory_mb": round(max([peak_memory_mb(adapter.device)] + [c["peak_memory_mb"] for c in done]), 1),
+        "peak_memory_mb": round(
+            max([peak_memory_mb(adapter.device)] + [c["peak_memory_mb"] for c in done]), 1
+        ),
         "metrics_disabled": sorted(name for name, s in status.items() if s != "enabled"),
-        "exemplar_pool_sentences_only": sum(u.size for u in pool_units), "exemplar_pool_seconds": round(pool_seconds, 2),
+        "exemplar_pool_sentences_only": sum(u.size for u in pool_units),
+        "exemplar_pool_seconds": round(pool_seconds, 2),
         "batches_halved_oom": halved,
     }
 
 
 def summary(c: dict) -> str:
-    return (f"{c['sentences']} sentences in {c['parts']} parts ({c['parts_resumed']} resumed) through "
-            f"{c['layers']}×{c['heads']} heads on {c['device']} ({c['executor']} executor): {c['sentences_per_second']} "
-            f"sentences/s, {c['tokens_per_second']} tokens/s, first pass {c['first_pass_seconds']}s, "
-            f"peak memory {c['peak_memory_mb']} MB")
+    return (
+        f"{c['sentences']} sentences in {c['parts']} parts ({c['parts_resumed']} resumed) through "
+        f"{c['layers']}×{c['heads']} heads on {c['device']} ({c['executor']} executor): {c['sentences_per_second']} "
+        f"sentences/s, {c['tokens_per_second']} tokens/s, first pass {c['first_pass_seconds']}s, "
+        f"peak memory {c['peak_memory_mb']} MB"
+    )

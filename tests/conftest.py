@@ -44,8 +44,17 @@ def _save_tiny_gpt2(directory: Path, zero_query_key: bool, seed: int = 0) -> Pat
     from transformers import AutoTokenizer, GPT2Config, GPT2Model
 
     torch.manual_seed(seed)
-    config = GPT2Config(n_layer=2, n_head=3, n_embd=24, n_positions=256, vocab_size=50257,
-                        initializer_range=0.35, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0)
+    config = GPT2Config(
+        n_layer=2,
+        n_head=3,
+        n_embd=24,
+        n_positions=256,
+        vocab_size=50257,
+        initializer_range=0.35,
+        attn_pdrop=0.0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+    )
     model = GPT2Model(config)
     if zero_query_key:
         with torch.no_grad():
@@ -73,17 +82,30 @@ def corpus_file(tmp_path) -> Path:
     return write_corpus(tmp_path / "corpus.txt")
 
 
-def make_config(tmp_path: Path, model_dir: Path, corpus_path: Path, *overrides: str, run_name: str = "t"):
+def make_config(
+    tmp_path: Path, model_dir: Path, corpus_path: Path, *overrides: str, run_name: str = "t"
+):
     from pipeline.config import load_config
 
     data = {
         "run_name": run_name,
         "data_dir": str(tmp_path / "data"),
         "reports_dir": str(tmp_path / "reports"),
-        "corpus": {"source": "text", "path": str(corpus_path), "spacy_model": SPACY_MODEL,
-                   "min_words": 3, "min_pieces": 3, "part_documents": 2, "part_sentences": 5},
+        "corpus": {
+            "source": "text",
+            "path": str(corpus_path),
+            "spacy_model": SPACY_MODEL,
+            "min_words": 3,
+            "min_pieces": 3,
+            "part_documents": 2,
+            "part_sentences": 5,
+        },
         "model": {"name": str(model_dir), "device": "cpu"},
-        "attend": {"token_budget": 128, "exemplars_per_head": 3, "logit_lens_sample": 1.0},  # auto: tests/test_large_models.py
+        "attend": {
+            "token_budget": 128,
+            "exemplars_per_head": 3,
+            "logit_lens_sample": 1.0,
+        },  # auto: tests/test_large_models.py
     }
     return load_config(data=data, overrides=list(overrides))
 
@@ -91,7 +113,9 @@ def make_config(tmp_path: Path, model_dir: Path, corpus_path: Path, *overrides: 
 @pytest.fixture()
 def config_factory(tmp_path, corpus_file):
     def factory(model_dir, *overrides, run_name="t", corpus=None):
-        return make_config(tmp_path, model_dir, corpus or corpus_file, *overrides, run_name=run_name)
+        return make_config(
+            tmp_path, model_dir, corpus or corpus_file, *overrides, run_name=run_name
+        )
 
     return factory
 
@@ -100,8 +124,9 @@ def config_factory(tmp_path, corpus_file):
 def full_run(tiny_gpt2, tmp_path_factory):
     """Every stage, report included, on the tiny GPT-2 and the test corpus: read (never changed) by the notebook,
     report and views tests, so it is made once."""
-    from helpers import run
     from stages import STAGE_NAMES
+
+    from helpers import run
 
     tmp = tmp_path_factory.mktemp("full-run")
     cfg = make_config(tmp, tiny_gpt2, write_corpus(tmp / "corpus.txt"))

@@ -26,14 +26,26 @@ def table(cfg, name: str, weighting: str | None = "attention") -> pl.DataFrame:
 
 
 def chromium() -> str | None:
-    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    return (
+        os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    )
 
 
-needs_chromium = pytest.mark.skipif(chromium() is None, reason="Chromium not installed (make browser installs Debian's package)")
+needs_chromium = pytest.mark.skipif(
+    chromium() is None, reason="Chromium not installed (make browser installs Debian's package)"
+)
 
 
 def launch_chromium(playwright):
     """Headless Chromium with nothing of its own reaching the network (updates, sync, background requests)."""
-    return playwright.chromium.launch(executable_path=chromium(), args=[
-        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"])
+    return playwright.chromium.launch(
+        executable_path=chromium(),
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ],
+    )

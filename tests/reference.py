@@ -27,19 +27,34 @@ def attention_maps(model_dir, tokens: pl.DataFrame) -> dict[int, np.ndarray]:
 SPECIAL = ("BOS", "[CLS]", "[SEP]")
 
 
-def reference_tables(model_dir, tokens: pl.DataFrame, window: int = 10, threshold: float = 0.9, k: int = 3,
-                     maps: dict[int, np.ndarray] | None = None, causal: bool = True, null_pieces: str = "first"):
+def reference_tables(
+    model_dir,
+    tokens: pl.DataFrame,
+    window: int = 10,
+    threshold: float = 0.9,
+    k: int = 3,
+    maps: dict[int, np.ndarray] | None = None,
+    causal: bool = True,
+    null_pieces: str = "first",
+):
     """maps: {sentence id: [L, H, n, n] weights} to use instead of the model's attention (norm-weighted attention,
     whose rows do not sum to 1: every statistic is a ratio of sums, and footnote 4 compares the null pieces' share of
     the row with the threshold). null_pieces: "first" (position 0) or "special" (pieces tagged BOS, [CLS], [SEP])."""
     maps = attention_maps(model_dir, tokens) if maps is None else maps
     feats = {sid: g.sort("position") for (sid,), g in tokens.group_by("sentence_id")}
     L, H = next(iter(maps.values())).shape[:2]
-    nulls = {sid: ({0} if null_pieces == "first" else {p for p, t in enumerate(f["pos"].to_list()) if t in SPECIAL})
-             for sid, f in feats.items()}
+    nulls = {
+        sid: (
+            {0}
+            if null_pieces == "first"
+            else {p for p, t in enumerate(f["pos"].to_list()) if t in SPECIAL}
+        )
+        for sid, f in feats.items()
+    }
 
     def columns(i, n):
         return range(0, i + 1) if causal else range(0, n)
+
     heads, pos_rows, dep_rows, exemplars = [], [], [], []
     for layer in range(L):
         for h in range(H):
@@ -75,49 +90,82 @@ def reference_tables(model_dir, tokens: pl.DataFrame, window: int = 10, threshol
                         dep_to[dep[j]] += w
                         if w > top[0]:
                             top = (w, i, j)
-                    if sum(a[i, j] for j in null if j in columns(i, n)) / sum(a[i, j] for j in columns(i, n)) > threshold:
+                    if (
+                        sum(a[i, j] for j in null if j in columns(i, n))
+                        / sum(a[i, j] for j in columns(i, n))
+                        > threshold
+                    ):
                         continue
                     kept = [j for j in columns(i, n) if j not in null]
                     rest = sum(a[i, j] for j in kept)
-                    entropy = -sum((a[i, j] / rest) * math.log(a[i, j] / rest) for j in kept if a[i, j] > 0)
+                    entropy = -sum(
+                        (a[i, j] / rest) * math.log(a[i, j] / rest) for j in kept if a[i, j] > 0
+                    )
                     s["entropy_sum"] += entropy
                     s["entropy_rows"] += 1
                 best.append((-top[0], sid, top[1], top[2], list(a[top[1]])))
             # Variability (Eq. 5): first `window` positions, ᾱ over the sentences in which (i, j) is a non-null pair.
             num = den = 0.0
             for i in range(window):
-                for j in (range(i + 1) if causal else range(window)):
-                    reach = [A[layer, h] for sid, A in maps.items()
-                             if A.shape[2] > max(i, j) and i not in nulls[sid] and j not in nulls[sid]]
+                for j in range(i + 1) if causal else range(window):
+                    reach = [
+                        A[layer, h]
+                        for sid, A in maps.items()
+                        if A.shape[2] > max(i, j) and i not in nulls[sid] and j not in nulls[sid]
+                    ]
                     if not reach:
                         continue
                     mean = sum(a[i, j] for a in reach) / len(reach)
                     num += sum(abs(a[i, j] - mean) for a in reach)
                     den += sum(a[i, j] for a in reach)
-            row = {"layer": layer, "head": h, "null_share": s["mass_null"] / s["mass_all"],
-                   "dep_align_attending_parent": s["dep_attending_parent"] / s["mass"],
-                   "dep_align_receiving_parent": s["dep_receiving_parent"] / s["mass"],
-                   "dep_align_either": (s["dep_attending_parent"] + s["dep_receiving_parent"]) / s["mass"],
-                   "variability": num / (2 * den), "mean_distance": s["distance"] / s["mass"],
-                   "mean_entropy": s["entropy_sum"] / s["entropy_rows"]}
+            row = {
+                "layer": layer,
+                "head": h,
+                "null_share": s["mass_null"] / s["mass_all"],
+                "dep_align_attending_parent": s["dep_attending_parent"] / s["mass"],
+                "dep_align_receiving_parent": s["dep_receiving_parent"] / s["mass"],
+                "dep_align_either": (s["dep_attending_parent"] + s["dep_receiving_parent"])
+                / s["mass"],
+                "variability": num / (2 * den),
+                "mean_distance": s["distance"] / s["mass"],
+                "mean_entropy": s["entropy_sum"] / s["entropy_rows"],
+            }
             heads.append(row)
             pos_rows += [(layer, h, "to", t, v / s["mass"]) for t, v in pos_to.items()]
             pos_rows += [(layer, h, "from", t, v / s["mass"]) for t, v in pos_from.items()]
             dep_rows += [(layer, h, t, v / s["mass"]) for t, v in dep_to.items()]
             for rank, (neg, sid, i, j, row) in enumerate(sorted(best, key=lambda b: b[:2])[:k]):
                 exemplars.append((layer, h, rank, sid, -neg, i, j, row))
-    return (pl.DataFrame(heads),
-            pl.DataFrame(pos_rows, schema=["layer", "head", "direction", "tag", "share"], orient="row"),
-            pl.DataFrame(dep_rows, schema=["layer", "head", "label", "share"], orient="row"),
-            pl.DataFrame(exemplars, schema=["layer", "head", "rank", "sentence_id", "weight", "attending_position",
-                                            "receiving_position", "attention_row"], orient="row"))
+    return (
+        pl.DataFrame(heads),
+        pl.DataFrame(pos_rows, schema=["layer", "head", "direction", "tag", "share"], orient="row"),
+        pl.DataFrame(dep_rows, schema=["layer", "head", "label", "share"], orient="row"),
+        pl.DataFrame(
+            exemplars,
+            schema=[
+                "layer",
+                "head",
+                "rank",
+                "sentence_id",
+                "weight",
+                "attending_position",
+                "receiving_position",
+                "attention_row",
+            ],
+            orient="row",
+        ),
+    )
 
 
 CLARK_OFFSETS = (-3, -2, -1, 0, 1, 2)  # Clark et al. (2019): offset_predictor for i in range(-3, 3)
 
 
-def clark_dependency_accuracy(maps: dict[int, np.ndarray], tokens: pl.DataFrame, null_pieces: str = "first",
-                              tolerance: float = 1e-5):
+def clark_dependency_accuracy(
+    maps: dict[int, np.ndarray],
+    tokens: pl.DataFrame,
+    null_pieces: str = "first",
+    tolerance: float = 1e-5,
+):
     """Clark et al. (2019, section 4.2, Table 1), slowly, one sentence and one word at a time, from their definition:
     word-level attention (a word's attention to another word is the sum over that word's pieces; a word of several
     pieces attends with the mean of its pieces' rows; null pieces — position 0, or the special pieces — dropped, as
@@ -136,7 +184,9 @@ def clark_dependency_accuracy(maps: dict[int, np.ndarray], tokens: pl.DataFrame,
     cases = defaultdict(int)
     baseline = defaultdict(lambda: dict.fromkeys(CLARK_OFFSETS, 0))
     for (sid,), s in tokens.sort("position").group_by("sentence_id", maintain_order=True):
-        word, head, dep, pos = (s[c].to_list() for c in ("word_index", "head_word_index", "dep", "pos"))
+        word, head, dep, pos = (
+            s[c].to_list() for c in ("word_index", "head_word_index", "dep", "pos")
+        )
         null = {0} if null_pieces == "first" else {p for p, t in enumerate(pos) if t in SPECIAL}
         pieces = defaultdict(list)  # word → its non-null pieces
         for p, w in enumerate(word):
@@ -161,21 +211,31 @@ def clark_dependency_accuracy(maps: dict[int, np.ndarray], tokens: pl.DataFrame,
                 for h in range(H):
                     a = A[layer, h]
 
-                    def attention(v, w):  # word v → word w: mean over v's pieces of the sum over w's pieces
-                        return sum(sum(a[i, j] for j in pieces[w]) for i in pieces[v]) / len(pieces[v])
+                    def attention(
+                        v, w
+                    ):  # word v → word w: mean over v's pieces of the sum over w's pieces
+                        return sum(sum(a[i, j] for j in pieces[w]) for i in pieces[v]) / len(
+                            pieces[v]
+                        )
 
-                    for direction, score in (("dependent_to_head", lambda b: attention(d, b)),
-                                             ("head_to_dependent", lambda b: attention(b, d))):
+                    for direction, score in (
+                        ("dependent_to_head", lambda b: attention(d, b)),
+                        ("head_to_dependent", lambda b: attention(b, d)),
+                    ):
                         others = [b for b in present if b != d]
                         if gold is None or not others:
                             correct[layer, h, relation, direction]  # a case, never correct
                             continue
                         values = {b: score(b) for b in others}
                         top = max(values.values())
-                        if top <= 0:  # it attends to no other word (a causal model's first or last word): no prediction
+                        if (
+                            top <= 0
+                        ):  # it attends to no other word (a causal model's first or last word): no prediction
                             correct[layer, h, relation, direction]
                             continue
-                        rivals = [b for b in others if b != gold and values[b] >= values[gold] - tolerance]
+                        rivals = [
+                            b for b in others if b != gold and values[b] >= values[gold] - tolerance
+                        ]
                         tally = correct[layer, h, relation, direction]
                         tally[0] += values[gold] >= top and not rivals
                         tally[1] += values[gold] >= top - tolerance

@@ -10,11 +10,12 @@ import json
 import polars as pl
 import pytest
 
-from conftest import GPT2_TOKENIZER
-from helpers import run, table
 from pipeline.config import ModelConfig, load_config
 from pipeline.errors import PipelineError
 from pipeline.models.loading import special_pieces, tokenizer_adds_bos
+
+from conftest import GPT2_TOKENIZER
+from helpers import run, table
 from synthetic import tables, write_run
 
 BOS = 50256  # GPT-2's <|endoftext|>, its bos_token
@@ -27,7 +28,9 @@ def bos_tokenizer(tmp_path_factory):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(GPT2_TOKENIZER))
-    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", BOS)])
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", BOS)]
+    )
     directory = tmp_path_factory.mktemp("bos-tokenizer")
     tok.save_pretrained(directory)
     return directory
@@ -42,9 +45,17 @@ def test_the_tokenizers_default_is_detected(bos_tokenizer):
     assert not tokenizer_adds_bos(AutoTokenizer.from_pretrained(str(GPT2_TOKENIZER)))
 
 
-@pytest.mark.parametrize("setting, prepends, expected", [
-    ("auto", False, ()), ("auto", True, (BOS,)), ("always", False, (BOS,)), ("always", True, (BOS,)),
-    ("never", False, ()), ("never", True, ())])
+@pytest.mark.parametrize(
+    "setting, prepends, expected",
+    [
+        ("auto", False, ()),
+        ("auto", True, (BOS,)),
+        ("always", False, (BOS,)),
+        ("always", True, (BOS,)),
+        ("never", False, ()),
+        ("never", True, ()),
+    ],
+)
 def test_bos_setting_against_the_tokenizer(tiny_gpt2, bos_tokenizer, setting, prepends, expected):
     from transformers import AutoTokenizer
 
@@ -62,7 +73,11 @@ def test_position_zero_is_bos_and_recorded(tiny_gpt2, bos_tokenizer, config_fact
     run(cfg, ["corpus", "annotate"])
     tokens = table(cfg, "tokens")
     first = tokens.filter(pl.col("position") == 0)
-    assert (first["token_id"] == BOS).all() and (first["pos"] == "BOS").all() and (first["word_index"] == -1).all()
+    assert (
+        (first["token_id"] == BOS).all()
+        and (first["pos"] == "BOS").all()
+        and (first["word_index"] == -1).all()
+    )
     assert first.height == tokens["sentence_id"].n_unique()
     record = json.loads((cfg.run_dir / "run.json").read_text())["bos"]
     assert record == {"setting": "auto", "resolved": "always", "piece": "<|endoftext|>"}
@@ -70,8 +85,11 @@ def test_position_zero_is_bos_and_recorded(tiny_gpt2, bos_tokenizer, config_fact
     plain = config_factory(tiny_gpt2, run_name="without-bos")
     run(plain, ["corpus", "annotate"])
     assert (table(plain, "tokens").filter(pl.col("position") == 0)["word_index"] == 0).all()
-    assert json.loads((plain.run_dir / "run.json").read_text())["bos"] == {"setting": "auto", "resolved": "never",
-                                                                           "piece": None}
+    assert json.loads((plain.run_dir / "run.json").read_text())["bos"] == {
+        "setting": "auto",
+        "resolved": "never",
+        "piece": None,
+    }
 
 
 def test_encoders_keep_their_special_tokens_under_auto():
@@ -84,7 +102,9 @@ def test_encoders_keep_their_special_tokens_under_auto():
 
 def test_the_old_key_is_refused_naming_the_new_one():
     base = {"run_name": "x", "corpus": {"source": "text", "path": "x.txt"}}
-    with pytest.raises(PipelineError, match=r"model.prepend_bos was replaced by model.bos: auto\|always\|never") as e:
+    with pytest.raises(
+        PipelineError, match=r"model.prepend_bos was replaced by model.bos: auto\|always\|never"
+    ) as e:
         load_config(data={**base, "model": {"prepend_bos": True}})
     assert "\n" not in str(e.value)
     with pytest.raises(PipelineError, match="exclusive"):
@@ -106,14 +126,28 @@ def test_compare_warns_when_position_zero_differs(tmp_path, capsys):
     from pipeline.report import compare
 
     data = tmp_path / "data"
-    _run_with_bos(data / "runs" / "bos", {"bos": {"setting": "auto", "resolved": "always", "piece": "<s>"}})
-    _run_with_bos(data / "runs" / "plain", {"bos": {"setting": "never", "resolved": "never", "piece": None}})
-    _run_with_bos(data / "runs" / "old", {"special_pieces": {"before": [], "after": [], "tags": []}})  # before model.bos
-    page = compare.compare_runs("bos", "plain", data_dir=str(data), reports_dir=str(tmp_path / "reports"))
+    _run_with_bos(
+        data / "runs" / "bos", {"bos": {"setting": "auto", "resolved": "always", "piece": "<s>"}}
+    )
+    _run_with_bos(
+        data / "runs" / "plain", {"bos": {"setting": "never", "resolved": "never", "piece": None}}
+    )
+    _run_with_bos(
+        data / "runs" / "old", {"special_pieces": {"before": [], "after": [], "tags": []}}
+    )  # before model.bos
+    page = compare.compare_runs(
+        "bos", "plain", data_dir=str(data), reports_dir=str(tmp_path / "reports")
+    )
     err = capsys.readouterr().err
-    assert err.count("warning: the runs differ at position 0") == 1 and "bos: special piece (<s>)" in err
+    assert (
+        err.count("warning: the runs differ at position 0") == 1
+        and "bos: special piece (<s>)" in err
+    )
     html = open(page).read()
-    assert "the runs differ at position 0" in html and "the sentence&#x27;s first piece" in html.replace("'", "&#x27;")
+    assert (
+        "the runs differ at position 0" in html
+        and "the sentence&#x27;s first piece" in html.replace("'", "&#x27;")
+    )
     compare.compare_runs("plain", "old", data_dir=str(data), reports_dir=str(tmp_path / "reports"))
     assert "warning" not in capsys.readouterr().err  # both: the first word at position 0
 
@@ -121,8 +155,13 @@ def test_compare_warns_when_position_zero_differs(tmp_path, capsys):
 def test_position_zero_as_the_report_says_it():
     from pipeline.report.compare import position_zero
 
-    assert position_zero({"bos": {"resolved": "always", "piece": "<|begin_of_text|>"}}) == "special piece (<|begin_of_text|>)"
-    assert position_zero({"bos": {"resolved": "never", "piece": None}}) == "the sentence's first piece"
+    assert (
+        position_zero({"bos": {"resolved": "always", "piece": "<|begin_of_text|>"}})
+        == "special piece (<|begin_of_text|>)"
+    )
+    assert (
+        position_zero({"bos": {"resolved": "never", "piece": None}}) == "the sentence's first piece"
+    )
     assert position_zero({"special_pieces": {"before": [101], "after": [102]}}) == "special piece"
     assert position_zero({}) == "not recorded"
 
@@ -132,5 +171,5 @@ def test_the_report_says_what_position_zero_is(full_run):
     from pathlib import Path
 
     html = (Path(full_run.reports_dir) / full_run.run_name / "index.html").read_text()
-    row = html[html.index("position 0 (model.bos)"):][:200]
+    row = html[html.index("position 0 (model.bos)") :][:200]
     assert "first piece" in row  # the tiny GPT-2 with GPT-2's tokenizer: no BOS under auto

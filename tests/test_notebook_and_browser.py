@@ -20,10 +20,14 @@ def test_notebook_executes_and_answers_its_questions(full_run, monkeypatch):
 
     monkeypatch.setenv("ATTNSTATS_RUN", str(full_run.run_dir.resolve()))
     nb = nbformat.read(ROOT / "reports" / "explore.ipynb", as_version=4)
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    ).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    text = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    text = "".join(
+        str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs
+    )
     assert "head_metrics" in text and "PROPN" in text and "layer" in text
 
 
@@ -39,7 +43,9 @@ def test_report_opens_in_a_browser_with_every_image_and_link(full_run):
         page.on("requestfailed", lambda r: failed.append(r.url))
         page.goto(index.as_uri())
         page.wait_for_load_state("load")
-        images = page.eval_on_selector_all("img", "els => els.map(e => [e.complete && e.naturalWidth > 0, e.alt])")
+        images = page.eval_on_selector_all(
+            "img", "els => els.map(e => [e.complete && e.naturalWidth > 0, e.alt])"
+        )
         links = page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")
         heading = page.inner_text("h1")
         browser.close()
@@ -51,4 +57,6 @@ def test_report_opens_in_a_browser_with_every_image_and_link(full_run):
         if url.scheme == "file":
             assert Path(unquote(url.path)).is_file(), href
         else:
-            assert url.fragment and href.split("#")[0] == index.as_uri(), href  # in-page anchors only
+            assert url.fragment and href.split("#")[0] == index.as_uri(), (
+                href
+            )  # in-page anchors only

@@ -11,17 +11,17 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import make_config, write_corpus
-from helpers import ANALYSIS, run, table
+from pipeline.analysis import positional as positional_analysis
 from pipeline.analysis import roles
 from pipeline.config import RolesConfig
-from pipeline.analysis import positional as positional_analysis
-from pipeline.metrics import positional
-from pipeline.report.figure_specs import FIGURES
 from pipeline.report import figures
+from pipeline.report.figure_specs import FIGURES
 from pipeline.run.runner import run_pipeline
-from reference import attention_maps
 from stages import STAGE_NAMES
+
+from conftest import make_config, write_corpus
+from helpers import ANALYSIS, run, table
+from reference import attention_maps
 
 D = 20  # attend.positional_offsets' default
 
@@ -63,18 +63,32 @@ def test_offset_shares_match_slow_reference(tiny_run, maps):
     L, H = mass.shape
     want = num / mass[..., None]
     profile = table(tiny_run, "positional_profile").sort("layer", "head", "offset")
-    assert profile.height == L * H * D and profile["offset"].unique().sort().to_list() == list(range(1, D + 1))
+    assert profile.height == L * H * D and profile["offset"].unique().sort().to_list() == list(
+        range(1, D + 1)
+    )
     assert np.allclose(profile["share"].to_numpy().reshape(L, H, D), want, atol=1e-5)
     heads = table(tiny_run, "head_metrics").sort("layer", "head")
     assert np.allclose(heads["previous_piece_share"].to_numpy(), want[..., 0].ravel(), atol=1e-5)
     assert np.allclose(heads["max_offset_share"].to_numpy(), want.max(-1).ravel(), atol=1e-5)
     ordered = np.sort(want, -1)
-    clear = (ordered[..., -1] - ordered[..., -2]).ravel() > 1e-4  # argmax compared where no near-tie can swap it
+    clear = (
+        ordered[..., -1] - ordered[..., -2]
+    ).ravel() > 1e-4  # argmax compared where no near-tie can swap it
     assert clear.any()
-    assert np.array_equal(heads["argmax_offset"].to_numpy()[clear], (want.argmax(-1) + 1).ravel()[clear])
-    layers = table(tiny_run, "layer_metrics").sort("layer")  # each layer's summed numerators over its summed mass
-    assert np.allclose(layers["previous_piece_share"].to_numpy(), num[..., 0].sum(1) / mass.sum(1), atol=1e-5)
-    assert np.allclose(layers["max_offset_share"].to_numpy(), (num.sum(1) / mass.sum(1)[:, None]).max(-1), atol=1e-5)
+    assert np.array_equal(
+        heads["argmax_offset"].to_numpy()[clear], (want.argmax(-1) + 1).ravel()[clear]
+    )
+    layers = table(tiny_run, "layer_metrics").sort(
+        "layer"
+    )  # each layer's summed numerators over its summed mass
+    assert np.allclose(
+        layers["previous_piece_share"].to_numpy(), num[..., 0].sum(1) / mass.sum(1), atol=1e-5
+    )
+    assert np.allclose(
+        layers["max_offset_share"].to_numpy(),
+        (num.sum(1) / mass.sum(1)[:, None]).max(-1),
+        atol=1e-5,
+    )
 
 
 def harmonic(n: int) -> float:
@@ -91,38 +105,64 @@ def test_uniform_attention_offset_shares_closed_form(uniform_gpt2, config_factor
     run(cfg)
     lengths = table(cfg, "tokens").group_by("sentence_id").len()["len"].to_list()
     mass = sum(n - harmonic(n) for n in lengths)
-    expected = np.array([sum(max(0.0, harmonic(n) - harmonic(d + 1)) for n in lengths) / mass for d in range(1, 129)])
+    expected = np.array(
+        [
+            sum(max(0.0, harmonic(n) - harmonic(d + 1)) for n in lengths) / mass
+            for d in range(1, 129)
+        ]
+    )
     profile = table(cfg, "positional_profile").sort("layer", "head", "offset")
     shares = profile["share"].to_numpy().reshape(2 * 3, 128)
     assert np.allclose(shares, expected[None], atol=1e-6)
-    assert (shares[:, max(lengths) - 1:] == 0).all()  # no sentence reaches that far
-    diagonal = sum(1 / (i + 1) for n in lengths for i in range(1, n)) / mass  # d = 0: α_ii, in the mass, not the profile
+    assert (shares[:, max(lengths) - 1 :] == 0).all()  # no sentence reaches that far
+    diagonal = (
+        sum(1 / (i + 1) for n in lengths for i in range(1, n)) / mass
+    )  # d = 0: α_ii, in the mass, not the profile
     assert np.allclose(shares.sum(1), 1 - diagonal, atol=1e-6)
     heads = table(cfg, "head_metrics")
     assert np.allclose(heads["previous_piece_share"].to_numpy(), expected[0], atol=1e-6)
     assert np.allclose(heads["max_offset_share"].to_numpy(), expected[0], atol=1e-6)
     assert (heads["argmax_offset"] == 1).all()
     head_roles = table(cfg, "head_roles")
-    assert not head_roles["is_positional"].any() and not head_roles["is_sink"].any()  # share(1) ≈ 0.16, null ≈ 0.1
+    assert (
+        not head_roles["is_positional"].any() and not head_roles["is_sink"].any()
+    )  # share(1) ≈ 0.16, null ≈ 0.1
 
 
 def synthetic(L: int = 2, H: int = 6) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Heads of layer 0, one per case (defaults of RolesConfig: sink 0.9, positional 0.5, syntactic 3 × baseline,
     broad: mean entropy in the upper quarter), layer 1 a copy with another baseline."""
     rows = [  # null_share, max_offset_share, argmax_offset, dep_align_either, mean_entropy
-        (0.95, 0.80, 1.0, 0.40, 1.0),      # 0: sink, also positional and syntactic: the role is sink
-        (0.50, 0.60, 2.0, 0.40, 2.0),      # 1: positional (and syntactic): positional
-        (0.20, 0.40, 1.0, 0.31, 3.0),      # 2: syntactic (0.31 ≥ 3 × 0.1)
-        (0.20, 0.30, 3.0, 0.29, 6.0),      # 3: 0.29 < 0.3, not syntactic; broad (entropy at the top)
-        (0.90, 0.50, 1.0, 0.10, 2.5),      # 4: null and offset share exactly at their thresholds: sink
-        (np.nan, np.nan, np.nan, np.nan, np.nan),  # 5: a head without attention meets nothing: mixed
+        (0.95, 0.80, 1.0, 0.40, 1.0),  # 0: sink, also positional and syntactic: the role is sink
+        (0.50, 0.60, 2.0, 0.40, 2.0),  # 1: positional (and syntactic): positional
+        (0.20, 0.40, 1.0, 0.31, 3.0),  # 2: syntactic (0.31 ≥ 3 × 0.1)
+        (0.20, 0.30, 3.0, 0.29, 6.0),  # 3: 0.29 < 0.3, not syntactic; broad (entropy at the top)
+        (0.90, 0.50, 1.0, 0.10, 2.5),  # 4: null and offset share exactly at their thresholds: sink
+        (
+            np.nan,
+            np.nan,
+            np.nan,
+            np.nan,
+            np.nan,
+        ),  # 5: a head without attention meets nothing: mixed
     ]
     rows = rows[:H]
-    heads = pl.DataFrame([(layer, h, *r) for layer in range(L) for h, r in enumerate(rows)], orient="row",
-                         schema={"layer": pl.Int32, "head": pl.Int32, "null_share": pl.Float64,
-                                 "max_offset_share": pl.Float64, "argmax_offset": pl.Float64,
-                                 "dep_align_either": pl.Float64, "mean_entropy": pl.Float64})
-    layers = pl.DataFrame({"layer": pl.Series(range(L), dtype=pl.Int32), "baseline_dep_pair_share": [0.1, 0.2][:L]})
+    heads = pl.DataFrame(
+        [(layer, h, *r) for layer in range(L) for h, r in enumerate(rows)],
+        orient="row",
+        schema={
+            "layer": pl.Int32,
+            "head": pl.Int32,
+            "null_share": pl.Float64,
+            "max_offset_share": pl.Float64,
+            "argmax_offset": pl.Float64,
+            "dep_align_either": pl.Float64,
+            "mean_entropy": pl.Float64,
+        },
+    )
+    layers = pl.DataFrame(
+        {"layer": pl.Series(range(L), dtype=pl.Int32), "baseline_dep_pair_share": [0.1, 0.2][:L]}
+    )
     return heads, layers
 
 
@@ -136,20 +176,33 @@ def test_roles_hold_and_fail_with_their_thresholds():
     assert first["is_positional"].to_list() == [True, True, False, False, True, False]
     assert first["is_syntactic"].to_list() == [True, True, True, False, False, False]
     # entropies of both layers' defined heads: 1, 2, 3, 6, 2.5 twice; the 0.75 quantile is 3, met by 3 and 6
-    assert first["broad_entropy_threshold"][0] == pytest.approx(np.quantile([1, 2, 3, 6, 2.5] * 2, 0.75))
+    assert first["broad_entropy_threshold"][0] == pytest.approx(
+        np.quantile([1, 2, 3, 6, 2.5] * 2, 0.75)
+    )
     assert first["is_broad"].to_list() == [False, False, True, True, False, False]
     assert np.allclose(first["syntactic_threshold"].to_numpy(), 0.3)
     # layer 1: the same heads, a baseline of 0.2: 0.4 ≥ 0.6 fails, so nothing there is syntactic
     second = got.filter(pl.col("layer") == 1).sort("head")
     assert not second["is_syntactic"].any() and second["role"].to_list()[2] == "broad"
     # each threshold moved past its heads makes the criterion fail, and the next role in order shows
-    stricter = roles.head_roles(heads, layers, RolesConfig(sink_null_share=0.99, positional_share=0.7,
-                                                           syntactic_ratio=4.5, broad_entropy_quantile=0.95))
+    stricter = roles.head_roles(
+        heads,
+        layers,
+        RolesConfig(
+            sink_null_share=0.99,
+            positional_share=0.7,
+            syntactic_ratio=4.5,
+            broad_entropy_quantile=0.95,
+        ),
+    )
     first = stricter.filter(pl.col("layer") == 0).sort("head")
     assert first["role"].to_list() == ["positional", "mixed", "mixed", "broad", "mixed", "mixed"]
     assert not first["is_sink"].any() and not first["is_syntactic"].any()
     looser = roles.head_roles(heads, layers, RolesConfig(sink_null_share=0.5))
-    assert looser.filter(pl.col("layer") == 0).sort("head")["role"].to_list()[:2] == ["sink", "sink"]
+    assert looser.filter(pl.col("layer") == 0).sort("head")["role"].to_list()[:2] == [
+        "sink",
+        "sink",
+    ]
 
 
 def gu_scores(maps: dict) -> np.ndarray:
@@ -183,8 +236,13 @@ def test_sink_rate_is_gu_et_al_per_sequence(tiny_run, maps):
 
     assert per_sequence(sure) - 1e-12 <= rate["value"][0] <= per_sequence(possible) + 1e-12
     assert rate["value"][0] == pytest.approx(got.mean(), abs=1e-12)
-    assert np.array_equal(table(tiny_run, "head_roles").sort("layer", "head")["sink_frequency"].to_numpy(), got.ravel())
-    assert rate["ci_low"][0] <= rate["value"][0] <= rate["ci_high"][0]  # a mean over sentences: the bootstrap applies
+    assert np.array_equal(
+        table(tiny_run, "head_roles").sort("layer", "head")["sink_frequency"].to_numpy(),
+        got.ravel(),
+    )
+    assert (
+        rate["ci_low"][0] <= rate["value"][0] <= rate["ci_high"][0]
+    )  # a mean over sentences: the bootstrap applies
 
 
 @pytest.mark.slow
@@ -198,8 +256,15 @@ def test_uniform_attention_sink_rate_closed_form(uniform_gpt2, config_factory):
     gu = np.array([harmonic(n) / n for n in lengths])
     values = np.unique(gu)
     assert values.size >= 2  # sentences of different lengths
-    epsilon = float((values[values.size // 2 - 1] + values[values.size // 2]) / 2)  # some sentences sinks, some not
-    cfg = config_factory(uniform_gpt2, "attend.variability_positions=0", f"attend.sink_epsilon={epsilon}", run_name="u2")
+    epsilon = float(
+        (values[values.size // 2 - 1] + values[values.size // 2]) / 2
+    )  # some sentences sinks, some not
+    cfg = config_factory(
+        uniform_gpt2,
+        "attend.variability_positions=0",
+        f"attend.sink_epsilon={epsilon}",
+        run_name="u2",
+    )
     run(cfg)
     expected = (gu > epsilon).mean()
     assert 0 < expected < 1
@@ -230,11 +295,15 @@ def test_pooled_sink_rate_is_the_share_of_heads_whose_null_share_exceeds_epsilon
     rate = findings.filter(pl.col("statistic") == "sink_rate_pooled")
     assert rate.height == 1 and rate["n"][0] == L * H
     assert rate["value"][0] == pytest.approx((mean_first > RolesConfig().sink_rate_epsilon).mean())
-    assert table(tiny_run, "head_roles").sort("layer", "head")["above_sink_epsilon"].to_list() == \
-        (mean_first > RolesConfig().sink_rate_epsilon).ravel().tolist()
+    assert (
+        table(tiny_run, "head_roles").sort("layer", "head")["above_sink_epsilon"].to_list()
+        == (mean_first > RolesConfig().sink_rate_epsilon).ravel().tolist()
+    )
     ordered = np.sort(mean_first.ravel())
     for epsilon in (ordered[1:] + ordered[:-1]) / 2:  # every epsilon between two heads' values
-        assert roles.sink_rate_pooled(heads, float(epsilon)).value == pytest.approx((mean_first > epsilon).mean())
+        assert roles.sink_rate_pooled(heads, float(epsilon)).value == pytest.approx(
+            (mean_first > epsilon).mean()
+        )
     # the pipeline's head_roles is roles.head_roles on its own head and layer tables
     again = roles.head_roles(heads, table(tiny_run, "layer_metrics"), RolesConfig())
     assert again.equals(table(tiny_run, "head_roles").sort("layer", "head"))
@@ -245,25 +314,45 @@ def test_sink_epsilons_come_from_the_config(tiny_gpt2, config_factory):
     """The pooled ε (aggregate.roles.sink_rate_epsilon) reruns aggregate only; Gu et al.'s (attend.sink_epsilon) is
     applied per sentence on the device, so it reruns attend: at ε = 0 every head of a causal model is a sink on every
     sentence (A[0, 0] = 1)."""
-    cfg = config_factory(tiny_gpt2, "aggregate.roles.sink_rate_epsilon=0.01", "attend.variability_positions=0",
-                         "attend.sink_epsilon=0")
+    cfg = config_factory(
+        tiny_gpt2,
+        "aggregate.roles.sink_rate_epsilon=0.01",
+        "attend.variability_positions=0",
+        "attend.sink_epsilon=0",
+    )
     run(cfg)
     heads = table(cfg, "head_metrics")
     want = float((heads["null_share"] > 0.01).mean())
     findings = dict(zip(table(cfg, "findings")["statistic"], table(cfg, "findings")["value"]))
     assert findings["sink_rate_pooled"] == pytest.approx(want) and findings["sink_rate"] == 1.0
-    changed = config_factory(tiny_gpt2, "aggregate.roles.sink_rate_epsilon=1.0", "attend.variability_positions=0",
-                             "attend.sink_epsilon=0")
+    changed = config_factory(
+        tiny_gpt2,
+        "aggregate.roles.sink_rate_epsilon=1.0",
+        "attend.variability_positions=0",
+        "attend.sink_epsilon=0",
+    )
     lines = []
     run_pipeline(changed, ANALYSIS, echo=lines.append)
-    assert [line.split("]")[0][1:] for line in lines if "] running" in line] == ["aggregate", "patterns"]
-    findings = dict(zip(table(changed, "findings")["statistic"], table(changed, "findings")["value"]))
+    assert [line.split("]")[0][1:] for line in lines if "] running" in line] == [
+        "aggregate",
+        "patterns",
+    ]
+    findings = dict(
+        zip(table(changed, "findings")["statistic"], table(changed, "findings")["value"])
+    )
     assert findings["sink_rate_pooled"] == 0.0 and findings["sink_rate"] == 1.0
-    strict = config_factory(tiny_gpt2, "attend.variability_positions=0", "attend.sink_epsilon=0.999")
+    strict = config_factory(
+        tiny_gpt2, "attend.variability_positions=0", "attend.sink_epsilon=0.999"
+    )
     lines = []
     run_pipeline(strict, ANALYSIS, echo=lines.append)
     assert "attend" in [line.split("]")[0][1:] for line in lines if "] running" in line]
-    assert dict(zip(table(strict, "findings")["statistic"], table(strict, "findings")["value"]))["sink_rate"] == 0.0
+    assert (
+        dict(zip(table(strict, "findings")["statistic"], table(strict, "findings")["value"]))[
+            "sink_rate"
+        ]
+        == 0.0
+    )
 
 
 @pytest.mark.slow
@@ -275,18 +364,28 @@ def test_figures_from_the_tables(tiny_run):
     profile = table(tiny_run, "positional_profile")
     fig = figures.positional_profile(profile)
     left, right = fig.axes[0], next(ax for ax in fig.axes if ax.images)  # the others: colour bars
-    per_layer = profile.group_by("layer", "offset").agg(mean=pl.col("share").mean(), peak=pl.col("share").max())
+    per_layer = profile.group_by("layer", "offset").agg(
+        mean=pl.col("share").mean(), peak=pl.col("share").max()
+    )
     L = profile["layer"].max() + 1
     for layer, line in zip(range(L), left.get_lines()):
         want = per_layer.filter(pl.col("layer") == layer).sort("offset")
-        assert np.allclose(line.get_ydata(), want["mean"].to_numpy()) and list(line.get_xdata()) == list(range(1, D + 1))
+        assert np.allclose(line.get_ydata(), want["mean"].to_numpy()) and list(
+            line.get_xdata()
+        ) == list(range(1, D + 1))
     peak = per_layer.sort("layer", "offset")["peak"].to_numpy().reshape(L, D)
     assert np.allclose(right.images[0].get_array(), peak)
     head_roles = table(tiny_run, "head_roles")
     fig = figures.head_roles_map(head_roles)
     ax = fig.axes[0]
-    codes = head_roles.sort("layer", "head")["role"].replace_strict(list(roles.ROLES), range(5)).to_numpy()
-    assert np.array_equal(np.asarray(ax.images[0].get_array()), codes.reshape(ax.images[0].get_array().shape))
+    codes = (
+        head_roles.sort("layer", "head")["role"]
+        .replace_strict(list(roles.ROLES), range(5))
+        .to_numpy()
+    )
+    assert np.array_equal(
+        np.asarray(ax.images[0].get_array()), codes.reshape(ax.images[0].get_array().shape)
+    )
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     counts = dict(head_roles.group_by("role").len().iter_rows())
     assert labels[:5] == [f"{role} ({counts.get(role, 0)})" for role in roles.ROLES]
@@ -310,7 +409,9 @@ def test_zero_offsets_disables_the_metric(tiny_gpt2, config_factory):
         t = table(cfg, name)
         assert t.is_empty() and t.schema == pl.Schema(schema), name
     findings = dict(zip(table(cfg, "findings")["statistic"], table(cfg, "findings")["value"]))
-    assert 0.0 <= findings["sink_rate_pooled"] <= 1.0  # from null_share: not part of the positional metric
+    assert (
+        0.0 <= findings["sink_rate_pooled"] <= 1.0
+    )  # from null_share: not part of the positional metric
     assert 0.0 <= findings["sink_rate"] <= 1.0  # Gu et al.'s: the sink_rate metric
     html = (Path(cfg.reports_dir) / cfg.run_name / "index.html").read_text()
     assert "positional was not computed (disabled: attend.positional_offsets is 0)" in html
@@ -322,9 +423,9 @@ def test_sink_rate_on_a_hand_built_batch():
     first token's own row alone is not enough at n = 4) and 1, 0 (0.5). sink_frequency 1 and 1/2; the rate 3/4."""
     import torch
 
+    from pipeline.analysis import sink_rate as sink_analysis
     from pipeline.config import AttendConfig
     from pipeline.engine import Batch, Reduction
-    from pipeline.analysis import sink_rate as sink_analysis
     from pipeline.metrics import sink_rate
 
     class OneLayer:
@@ -343,12 +444,22 @@ def test_sink_rate_on_a_hand_built_batch():
     att[1, :, 2:] = float("nan")  # padding rows: never read
     lengths = torch.tensor([4, 2])
     zeros = torch.zeros(2, 4, dtype=torch.long)
-    batch = Batch(input_ids=zeros, attention_mask=(torch.arange(4)[None] < lengths[:, None]).long(), lengths=lengths,
-                  sentence_ids=torch.tensor([0, 1]), pos=zeros, dep=zeros, word=zeros, head=zeros)
+    batch = Batch(
+        input_ids=zeros,
+        attention_mask=(torch.arange(4)[None] < lengths[:, None]).long(),
+        lengths=lengths,
+        sentence_ids=torch.tensor([0, 1]),
+        pos=zeros,
+        dep=zeros,
+        word=zeros,
+        head=zeros,
+    )
     reduction = Reduction(AttendConfig(bootstrap_replicates=0), 1, 1, metrics=(sink_rate.METRIC,))
     sums = reduction.batch(OneLayer(), batch).to_numpy()
     assert sums["sink_rate.sink_sequences"].tolist() == [[2.0, 1.0]]
     assert sums["sink_rate.sink_sequence_count"].tolist() == [[2.0, 2.0]]
-    assert sink_analysis.ANALYSIS.ratios(lambda k: sums[k])["sink_frequency"].tolist() == [[1.0, 0.5]]
+    assert sink_analysis.ANALYSIS.ratios(lambda k: sums[k])["sink_frequency"].tolist() == [
+        [1.0, 0.5]
+    ]
     (finding,) = sink_analysis.ANALYSIS.findings(None, None, sums)
     assert finding.statistic == "sink_rate" and finding.value == 0.75 and finding.n == 2

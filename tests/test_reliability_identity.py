@@ -9,15 +9,19 @@ import shutil
 import polars as pl
 import pytest
 
-from helpers import run
-from pipeline.run import io
 from pipeline.errors import PipelineError
+from pipeline.run import io
+
+from helpers import run
 
 
 def _interrupted(cfg, stage: str) -> None:
     """run.json as a run killed inside `stage` leaves it: the stage is not recorded as done, its meta.json not written."""
     state = io.read_json(cfg.run_dir / "run.json")
-    state["stages"][stage] = {"fingerprint": state["stages"][stage]["fingerprint"], "status": "running"}
+    state["stages"][stage] = {
+        "fingerprint": state["stages"][stage]["fingerprint"],
+        "status": "running",
+    }
     io.write_json(state, cfg.run_dir / "run.json", checksum=False)
     directory = {"annotate": "tokens", "attend": "attend"}[stage]
     (cfg.run_dir / directory / "meta.json").unlink()
@@ -25,14 +29,18 @@ def _interrupted(cfg, stage: str) -> None:
 
 def _copy_part(src_dir, src: str, dst_dir, dst: str, stamp: bool = False) -> None:
     """A part copied over another together with its checksum sidecar (and, with stamp, the unit's stamp too)."""
-    names = [(src, dst), (f".{src}.sha256", f".{dst}.sha256")] + ([(f".{src}.inputs", f".{dst}.inputs")] if stamp else [])
+    names = [(src, dst), (f".{src}.sha256", f".{dst}.sha256")] + (
+        [(f".{src}.inputs", f".{dst}.inputs")] if stamp else []
+    )
     for a, b in names:
         shutil.copyfile(src_dir / a, dst_dir / b)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stamp", [False, True])
-def test_a_tokens_part_copied_over_another_with_its_sidecar_is_recomputed_on_resume(tiny_gpt2, config_factory, stamp):
+def test_a_tokens_part_copied_over_another_with_its_sidecar_is_recomputed_on_resume(
+    tiny_gpt2, config_factory, stamp
+):
     cfg = config_factory(tiny_gpt2)
     run(cfg, ["corpus", "annotate"])
     tokens = cfg.run_dir / "tokens"
@@ -43,7 +51,9 @@ def test_a_tokens_part_copied_over_another_with_its_sidecar_is_recomputed_on_res
     if stamp:  # the whole unit: its counts file too
         _copy_part(tokens, "part-00002.json", tokens, "part-00001.json")
     counts = run(cfg, ["annotate"]).state["stages"]["annotate"]["counts"]
-    assert counts["parts_damaged_recomputed"] == 1 and counts["parts_resumed"] == counts["parts"] - 1
+    assert (
+        counts["parts_damaged_recomputed"] == 1 and counts["parts_resumed"] == counts["parts"] - 1
+    )
     assert {p.name: p.read_bytes() for p in sorted(tokens.glob("part-*"))} == want
 
 
@@ -56,7 +66,9 @@ def test_attend_sums_copied_over_another_part_are_recomputed_on_resume(tiny_gpt2
     _interrupted(cfg, "attend")
     _copy_part(attend, "part-00000.npz", attend, "part-00001.npz")
     counts = run(cfg, ["attend"]).state["stages"]["attend"]["counts"]
-    assert counts["parts_damaged_recomputed"] == 1 and counts["parts_resumed"] == counts["parts"] - 1
+    assert (
+        counts["parts_damaged_recomputed"] == 1 and counts["parts_resumed"] == counts["parts"] - 1
+    )
     assert {p.name: p.read_bytes() for p in sorted(attend.glob("part-*.npz"))} == want
 
 
@@ -67,9 +79,17 @@ def test_a_part_from_another_run_is_recomputed_and_counted(tiny_gpt2, config_fac
     run(theirs, ["corpus", "annotate"])
     run(ours, ["corpus", "annotate"])
     _interrupted(ours, "annotate")
-    _copy_part(theirs.run_dir / "tokens", "part-00001.parquet", ours.run_dir / "tokens", "part-00001.parquet", stamp=True)
+    _copy_part(
+        theirs.run_dir / "tokens",
+        "part-00001.parquet",
+        ours.run_dir / "tokens",
+        "part-00001.parquet",
+        stamp=True,
+    )
     counts = run(ours, ["annotate"]).state["stages"]["annotate"]["counts"]
-    assert counts["parts_damaged_recomputed"] == 1 and counts["parts_resumed"] == counts["parts"] - 1
+    assert (
+        counts["parts_damaged_recomputed"] == 1 and counts["parts_resumed"] == counts["parts"] - 1
+    )
 
 
 @pytest.mark.slow
@@ -90,13 +110,17 @@ def test_a_meta_json_from_another_run_is_refused_on_read(full_run, tiny_gpt2, co
 
     other = config_factory(tiny_gpt2, run_name="other")
     run(other, ["corpus"])
-    for name in ("meta.json", ".meta.json.sha256"):  # another run's complete listing, with its checksum
+    for name in (
+        "meta.json",
+        ".meta.json.sha256",
+    ):  # another run's complete listing, with its checksum
         shutil.copyfile(full_run.run_dir / "sentences" / name, other.run_dir / "sentences" / name)
     with pytest.raises(PipelineError, match="does not belong to this output's plan"):
         results.scan(other.run_dir, "sentences")
 
 
 # ---- §3: the notebook API checks what it loads ----
+
 
 @pytest.mark.slow
 def test_load_refuses_a_damaged_table_naming_the_file_and_its_stage(full_run, tmp_path):
@@ -107,19 +131,27 @@ def test_load_refuses_a_damaged_table_naming_the_file_and_its_stage(full_run, tm
     assert results.load(run_dir)["head_metrics"].height > 0
     path = run_dir / "head_metrics.parquet"
     df = pl.read_parquet(path)
-    df.with_columns(pl.col(df.columns[-1]).shift(1)).write_parquet(path)  # a readable table with other contents
-    with pytest.raises(PipelineError, match=r"head_metrics.parquet .*damaged.*stage 'aggregate'") as e:
+    df.with_columns(pl.col(df.columns[-1]).shift(1)).write_parquet(
+        path
+    )  # a readable table with other contents
+    with pytest.raises(
+        PipelineError, match=r"head_metrics.parquet .*damaged.*stage 'aggregate'"
+    ) as e:
         results.load(run_dir)
     assert "\n" not in str(e.value)
 
 
 @pytest.mark.slow
-def test_load_refuses_a_table_of_another_run_copied_with_its_sidecar(full_run, tiny_gpt2, config_factory):
+def test_load_refuses_a_table_of_another_run_copied_with_its_sidecar(
+    full_run, tiny_gpt2, config_factory
+):
     from pipeline import results
 
     other = config_factory(tiny_gpt2, "corpus.max_sentences=6", run_name="other")
     run(other)
     for name in ("head_metrics.parquet", ".head_metrics.parquet.sha256"):
         shutil.copyfile(full_run.run_dir / name, other.run_dir / name)
-    with pytest.raises(PipelineError, match=r"head_metrics.parquet is not the table stage 'aggregate' wrote"):
+    with pytest.raises(
+        PipelineError, match=r"head_metrics.parquet is not the table stage 'aggregate' wrote"
+    ):
         results.load(other.run_dir)

@@ -21,7 +21,9 @@ def test_heatmap_cells_are_the_table_values():
     assert [int(x) for x in fig.axes[0].get_xticks()] == list(range(7))
     big = tables(L=48, H=25)
     fig = figures.head_heatmap(big["head_metrics"], "mean_distance", "x")
-    assert fig.axes[0].images[0].get_array().shape == (48, 25) and len(fig.axes[0].get_yticks()) <= 24
+    assert (
+        fig.axes[0].images[0].get_array().shape == (48, 25) and len(fig.axes[0].get_yticks()) <= 24
+    )
 
 
 def test_small_multiples_one_panel_per_tag_with_own_scale():
@@ -31,7 +33,11 @@ def test_small_multiples_one_panel_per_tag_with_own_scale():
     assert len(panels) == 5
     for ax in panels:
         tag = ax.get_title().split()[0]
-        want = t["pos_share"].filter((pl.col("direction") == "to") & (pl.col("tag") == tag)).sort("layer", "head")["share"]
+        want = (
+            t["pos_share"]
+            .filter((pl.col("direction") == "to") & (pl.col("tag") == tag))
+            .sort("layer", "head")["share"]
+        )
         assert np.allclose(ax.images[0].get_array(), want.to_numpy().reshape(3, 4))
         assert ax.images[0].norm.vmax == pytest.approx(want.max())
 
@@ -46,13 +52,23 @@ def test_dependency_alignment_lines_and_baseline():
 
 
 def test_dependency_labels_are_absolute_and_keep_the_discussed_labels():
-    df = pl.DataFrame({"layer": [0, 1, 0, 1, 0, 1], "label": ["punct", "punct", "expl", "expl", "_", "_"],
-                       "share": [0.3, 0.1, 0.001, 0.002, 0.5, 0.5]})
+    df = pl.DataFrame(
+        {
+            "layer": [0, 1, 0, 1, 0, 1],
+            "label": ["punct", "punct", "expl", "expl", "_", "_"],
+            "share": [0.3, 0.1, 0.001, 0.002, 0.5, 0.5],
+        }
+    )
     ax = figures.dependency_labels(df, top=5).axes[0]
     labels = [t.get_text() for t in ax.get_yticklabels()]
-    assert labels == [*figures.DISCUSSED_LABELS, "punct"]  # the discussed ones first, even absent; "_" never
+    assert labels == [
+        *figures.DISCUSSED_LABELS,
+        "punct",
+    ]  # the discussed ones first, even absent; "_" never
     data = ax.images[0].get_array()
-    assert data[labels.index("punct"), 0] == 0.3 and data[labels.index("expl"), 1] == 0.002  # absolute shares
+    assert (
+        data[labels.index("punct"), 0] == 0.3 and data[labels.index("expl"), 1] == 0.002
+    )  # absolute shares
     assert (data[labels.index("csubjpass")] == 0).all()
 
 
@@ -68,15 +84,19 @@ def test_head_cards_draw_each_heads_whole_pattern_and_its_alignment_on_the_sente
     for ax in panels:
         assert np.allclose(ax.images[0].get_array(), want)
         assert "0.750 (this sentence)" in ax.get_title(loc="left")
-        marked = {tuple(map(int, xy)) for xy in ax.collections[0].get_offsets()}  # (j, i) of related pairs
+        marked = {
+            tuple(map(int, xy)) for xy in ax.collections[0].get_offsets()
+        }  # (j, i) of related pairs
         assert {(1, 2), (2, 3), (4, 5)} <= marked and (3, 4) not in marked
 
 
 def test_layer_figures_draw_the_bootstrap_interval_when_there_is_one():
     layers = tables(L=4, H=2)["layer_metrics"]
     assert not figures.dependency_alignment(layers).axes[0].collections  # no interval: no band
-    banded = layers.with_columns(dep_align_either_ci_low=pl.col("dep_align_either") - 0.01,
-                                 dep_align_either_ci_high=pl.col("dep_align_either") + 0.02)
+    banded = layers.with_columns(
+        dep_align_either_ci_low=pl.col("dep_align_either") - 0.01,
+        dep_align_either_ci_high=pl.col("dep_align_either") + 0.02,
+    )
     band = figures.dependency_alignment(banded).axes[0].collections[0].get_paths()[0].vertices
     assert np.isclose(band[:, 1].min(), (banded["dep_align_either"] - 0.01).min())
     assert np.isclose(band[:, 1].max(), (banded["dep_align_either"] + 0.02).max())

@@ -161,7 +161,9 @@ def test_a_changed_module_of_a_stage_is_named(tiny_run, monkeypatch):
         "code changed: pipeline/data/syntax_stats.py",
         "code added: pipeline/data/new_helper.py",
     )
-    assert "after annotate (stale): reruns if it writes other contents" in statuses["attend"].reasons
+    assert (
+        "after annotate (stale): reruns if it writes other contents" in statuses["attend"].reasons
+    )
 
 
 def test_no_run_yet(tiny_run, tmp_path):
@@ -262,4 +264,6 @@ def test_an_upstream_stage_run_again_alone_is_named(tiny_run, tmp_path):
     assert statuses["annotate"].reasons == (
         "its inputs were written again since it ran, with other contents",
     )
-    assert statuses["attend"].reasons == ("after annotate (stale): reruns if it writes other contents",)
+    assert statuses["attend"].reasons == (
+        "after annotate (stale): reruns if it writes other contents",
+    )

@@ -16,10 +16,10 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from test_norm_weighting import gpt2_value_norms
 
 from helpers import run, table
 from reference import attention_maps
-from test_norm_weighting import gpt2_value_norms
 
 STAGES = ["corpus", "annotate", "attend", "aggregate"]
 SPECIAL = ("BOS", "[CLS]", "[SEP]")
@@ -36,15 +36,25 @@ def bert_value_norms(model_dir, tokens: pl.DataFrame) -> dict[int, np.ndarray]:
     out = {}
     for (sid,), group in tokens.sort("position").group_by("sentence_id", maintain_order=True):
         with torch.no_grad():
-            hidden = model(input_ids=torch.tensor([group["token_id"].to_list()]), output_hidden_states=True).hidden_states
+            hidden = model(
+                input_ids=torch.tensor([group["token_id"].to_list()]), output_hidden_states=True
+            ).hidden_states
             per_layer = []
             for layer, block in enumerate(model.encoder.layer):
                 x = hidden[layer][0].double()
                 value = block.attention.self.value
-                v = x @ value.weight.double().T + value.bias.double()                      # [n, H·d]
-                W_O = block.attention.output.dense.weight.double()                          # [D, H·d]
-                per_layer.append(np.stack([(v[:, h * d:(h + 1) * d] @ W_O[:, h * d:(h + 1) * d].T).norm(dim=-1).numpy()
-                                           for h in range(H)]))
+                v = x @ value.weight.double().T + value.bias.double()  # [n, H·d]
+                W_O = block.attention.output.dense.weight.double()  # [D, H·d]
+                per_layer.append(
+                    np.stack(
+                        [
+                            (v[:, h * d : (h + 1) * d] @ W_O[:, h * d : (h + 1) * d].T)
+                            .norm(dim=-1)
+                            .numpy()
+                            for h in range(H)
+                        ]
+                    )
+                )
         out[sid] = np.stack(per_layer)
     return out
 
@@ -73,13 +83,24 @@ def reference_token_share(maps: dict, norms: dict, tokens: pl.DataFrame) -> pl.D
                 for token in set(kinds) | {"all"}:
                     members = [j for j in range(n) if token in (kinds[j], "all")]
                     attention[token] += sum(a[i, j] for i in range(n) for j in members) / n
-                    weighted[token] += sum(a[i, j] * norms[sid][layer, h, j] for i in range(n) for j in members) / n
+                    weighted[token] += (
+                        sum(a[i, j] * norms[sid][layer, h, j] for i in range(n) for j in members)
+                        / n
+                    )
                     value[token] += sum(norms[sid][layer, h, j] for j in members) / len(members)
                     with_token[token] += 1
             for token in attention:
-                rows.append({"layer": layer, "head": h, "token": token, "mean_attention": attention[token] / documents,
-                             "mean_weighted_norm": weighted[token] / documents,
-                             "mean_value_norm": value[token] / with_token[token], "sentences": with_token[token]})
+                rows.append(
+                    {
+                        "layer": layer,
+                        "head": h,
+                        "token": token,
+                        "mean_attention": attention[token] / documents,
+                        "mean_weighted_norm": weighted[token] / documents,
+                        "mean_value_norm": value[token] / with_token[token],
+                        "sentences": with_token[token],
+                    }
+                )
     return pl.DataFrame(rows)
 
 
@@ -88,16 +109,28 @@ def assert_token_share_matches_reference(cfg, model_dir, norms_of) -> pl.DataFra
     tokens = table(cfg, "tokens")
     got = table(cfg, "token_share")
     assert "weighting" not in got.columns  # both weightings are its columns
-    want = reference_token_share(attention_maps(model_dir, tokens), norms_of(model_dir, tokens), tokens)
+    want = reference_token_share(
+        attention_maps(model_dir, tokens), norms_of(model_dir, tokens), tokens
+    )
     keys = ["layer", "head", "token"]
-    joined = got.join(want.cast({"layer": pl.Int32, "head": pl.Int32}), on=keys, how="full", coalesce=True, suffix="_want")
+    joined = got.join(
+        want.cast({"layer": pl.Int32, "head": pl.Int32}),
+        on=keys,
+        how="full",
+        coalesce=True,
+        suffix="_want",
+    )
     assert joined.height == got.height == want.height, (got.height, want.height)
     assert (joined["sentences"] == joined["sentences_want"]).all()
     for column in ("mean_attention", "mean_weighted_norm", "mean_value_norm"):
         x, y = joined[column].to_numpy(), joined[f"{column}_want"].to_numpy()
         assert np.allclose(x, y, rtol=1e-5, atol=1e-6), (column, np.abs(x - y).max())
     # invariants: each row's weights sum to 1, so the tokens (less "all") share each head's attention
-    parts = got.filter(pl.col("token") != "all").group_by("layer", "head").agg(pl.col("mean_attention").sum())
+    parts = (
+        got.filter(pl.col("token") != "all")
+        .group_by("layer", "head")
+        .agg(pl.col("mean_attention").sum())
+    )
     assert np.allclose(parts["mean_attention"], 1.0, atol=1e-6)
     assert np.allclose(got.filter(pl.col("token") == "all")["mean_attention"], 1.0, atol=1e-6)
     return got
@@ -108,8 +141,14 @@ def bos_run(tiny_gpt2, tmp_path_factory):
     from conftest import make_config, write_corpus
 
     base = tmp_path_factory.mktemp("token-share")
-    cfg = make_config(base, tiny_gpt2, write_corpus(base / "corpus.txt"), "model.bos=always",
-                      "attend.bootstrap_replicates=0", "attend.logit_lens=false")
+    cfg = make_config(
+        base,
+        tiny_gpt2,
+        write_corpus(base / "corpus.txt"),
+        "model.bos=always",
+        "attend.bootstrap_replicates=0",
+        "attend.logit_lens=false",
+    )
     run(cfg, STAGES)
     return cfg
 
@@ -119,33 +158,56 @@ def test_decoder_with_bos_matches_the_sources(bos_run, tiny_gpt2):
     assert set(got["token"]) == {"BOS", ". or ,", "other", "all"}
     # the test is not vacuous: "." and "," occur, and the norms differ from the weights
     assert got.filter(pl.col("token") == ". or ,")["sentences"][0] > 0
-    assert (got["mean_weighted_norm"] > 0).all() and not np.allclose(got["mean_weighted_norm"], got["mean_attention"])
+    assert (got["mean_weighted_norm"] > 0).all() and not np.allclose(
+        got["mean_weighted_norm"], got["mean_attention"]
+    )
 
 
 @pytest.mark.slow
 def test_without_value_norms_the_norm_columns_are_nan(tiny_gpt2, tmp_path):
     from conftest import make_config, write_corpus
 
-    cfg = make_config(tmp_path, tiny_gpt2, write_corpus(tmp_path / "corpus.txt"), "attend.norm_weighting=false",
-                      "attend.bootstrap_replicates=0", "attend.logit_lens=false")
+    cfg = make_config(
+        tmp_path,
+        tiny_gpt2,
+        write_corpus(tmp_path / "corpus.txt"),
+        "attend.norm_weighting=false",
+        "attend.bootstrap_replicates=0",
+        "attend.logit_lens=false",
+    )
     run(cfg, STAGES)
     got = table(cfg, "token_share")
     assert got["mean_weighted_norm"].is_nan().all() and got["mean_value_norm"].is_nan().all()
-    assert got["mean_attention"].is_not_nan().all() and set(got["token"]) == {". or ,", "other", "all"}
+    assert got["mean_attention"].is_not_nan().all() and set(got["token"]) == {
+        ". or ,",
+        "other",
+        "all",
+    }
 
 
 def test_figure_names_what_each_panel_shows():
     from pipeline.report import figures
+
     from synthetic import token_share
 
     fig = figures.token_share(token_share(3, 2))
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles == ["attention weight α (Clark et al. 2019, Fig. 2)", "absolute norm ‖α f(x)‖ (Kobayashi et al. 2020)",
-                      "value norm ‖f(x)‖ (Kobayashi et al. 2020)"]
+    assert titles == [
+        "attention weight α (Clark et al. 2019, Fig. 2)",
+        "absolute norm ‖α f(x)‖ (Kobayashi et al. 2020)",
+        "value norm ‖f(x)‖ (Kobayashi et al. 2020)",
+    ]
     left = fig.axes[0]
-    assert {line.get_label() for line in left.get_lines()} == {"[CLS]", "[SEP]", ". or ,", "other"}  # not "all": 1
+    assert {line.get_label() for line in left.get_lines()} == {
+        "[CLS]",
+        "[SEP]",
+        ". or ,",
+        "other",
+    }  # not "all": 1
     assert "all" in {line.get_label() for line in fig.axes[1].get_lines()}
-    nan = token_share(3, 2).with_columns(mean_weighted_norm=float("nan"), mean_value_norm=float("nan"))
+    nan = token_share(3, 2).with_columns(
+        mean_weighted_norm=float("nan"), mean_value_norm=float("nan")
+    )
     fig = figures.token_share(nan)
     assert "not computed" in fig.axes[1].texts[0].get_text()
 
@@ -153,5 +215,17 @@ def test_figure_names_what_each_panel_shows():
 def test_comma_or_period_is_the_token_itself():
     from pipeline.engine import comma_or_period
 
-    pieces = pl.Series([".", ",", "Ġ,", "Ġ.", "▁.", "...", ".\"", "Ġthe", "##.", "PUNCT", "!"])
-    assert comma_or_period(pieces).to_list() == [True, True, True, True, True, False, False, False, False, False, False]
+    pieces = pl.Series([".", ",", "Ġ,", "Ġ.", "▁.", "...", '."', "Ġthe", "##.", "PUNCT", "!"])
+    assert comma_or_period(pieces).to_list() == [
+        True,
+        True,
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
+    ]

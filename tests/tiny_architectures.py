@@ -13,8 +13,14 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-COMMON = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=50257,
-              max_position_embeddings=256)
+COMMON = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    vocab_size=50257,
+    max_position_embeddings=256,
+)
 GQA = dict(head_dim=8, num_key_value_heads=2)
 
 DECODERS = {
@@ -33,7 +39,9 @@ DECODERS = {
     "qwen2": GQA,
     "qwen3": GQA,
     "gemma": dict(head_dim=8, num_key_value_heads=1),
-    "gemma2": dict(**GQA, final_logit_softcapping=0.5),  # soft-capping that changes the logits a lot
+    "gemma2": dict(
+        **GQA, final_logit_softcapping=0.5
+    ),  # soft-capping that changes the logits a lot
     "gemma3_text": GQA,
     "stablelm": dict(num_key_value_heads=2),
     "olmo2": GQA,
@@ -46,7 +54,9 @@ ENCODERS = {
     "distilbert": {},
     "electra": {},
     "deberta-v2": {},
-    "modernbert": dict(pad_token_id=0, bos_token_id=101, eos_token_id=102, cls_token_id=101, sep_token_id=102),
+    "modernbert": dict(
+        pad_token_id=0, bos_token_id=101, eos_token_id=102, cls_token_id=101, sep_token_id=102
+    ),
     "xlm-roberta": dict(pad_token_id=1),
 }
 ARCHITECTURES = {**DECODERS, **ENCODERS}
@@ -74,9 +84,19 @@ def save_tiny(model_type: str, directory: Path, seed: int = 0) -> Path:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(seed)
-    config = AutoConfig.for_model(model_type, **{**COMMON, "initializer_range": 0.2, **ARCHITECTURES[model_type]})
-    for dropout in ("attn_pdrop", "resid_pdrop", "embd_pdrop", "attention_dropout", "hidden_dropout",
-                    "attention_probs_dropout_prob", "hidden_dropout_prob", "dropout"):
+    config = AutoConfig.for_model(
+        model_type, **{**COMMON, "initializer_range": 0.2, **ARCHITECTURES[model_type]}
+    )
+    for dropout in (
+        "attn_pdrop",
+        "resid_pdrop",
+        "embd_pdrop",
+        "attention_dropout",
+        "hidden_dropout",
+        "attention_probs_dropout_prob",
+        "hidden_dropout_prob",
+        "dropout",
+    ):
         if isinstance(getattr(config, dropout, None), float):
             setattr(config, dropout, 0.0)
     model_class = AutoModel if model_type in ENCODERS else AutoModelForCausalLM

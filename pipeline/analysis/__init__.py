@@ -26,7 +26,9 @@ def analyses() -> tuple:
             found.append(analysis)
     names, devices = [a.name for a in found], set(by_name())
     if sorted(names) != sorted(devices):
-        raise PipelineError(f"metrics without an analysis part: {sorted(devices - set(names))}; analysis parts "
-                            f"without a device part: {sorted(set(names) - devices)}; duplicated: "
-                            f"{sorted({n for n in names if names.count(n) > 1})}")
+        raise PipelineError(
+            f"metrics without an analysis part: {sorted(devices - set(names))}; analysis parts "
+            f"without a device part: {sorted(set(names) - devices)}; duplicated: "
+            f"{sorted({n for n in names if names.count(n) > 1})}"
+        )
     return tuple(sorted(found, key=lambda a: (a.order, a.name)))

@@ -7,7 +7,7 @@ from pipeline.analysis.base import Analysis
 
 
 class AttentionMassAnalysis(Analysis):
-    name = 'attention_mass'
+    name = "attention_mass"
     order = 0
     raw_columns = {"mass": "attention_mass.mass", "mass_all": "attention_mass.mass_all"}
 

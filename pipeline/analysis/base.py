@@ -27,7 +27,9 @@ def ratio(num, den) -> np.ndarray:
 def ranked(df: pl.DataFrame, column: str, descending: bool = True) -> pl.DataFrame:
     """Rows by `column`, leaving out NaN and null: Polars sorts NaN above every number, so a head with
     no non-null attention (a NaN share) would otherwise top a descending ranking."""
-    return df.filter(pl.col(column).is_not_null() & pl.col(column).is_not_nan()).sort(column, descending=descending)
+    return df.filter(pl.col(column).is_not_null() & pl.col(column).is_not_nan()).sort(
+        column, descending=descending
+    )
 
 
 def top_row(df: pl.DataFrame, column: str, highest: bool = True) -> dict | None:
@@ -79,12 +81,16 @@ class Finding:
     interval_note: str | None = None
 
 
-def pearson(heads: pl.DataFrame, x: str, y: str, statistic: str, paper_value: float | None = None) -> Finding:
+def pearson(
+    heads: pl.DataFrame, x: str, y: str, statistic: str, paper_value: float | None = None
+) -> Finding:
     from scipy import stats
 
     d = heads.select(x, y).drop_nulls().drop_nans()
     if d.height >= 3 and d[x].std() > 0 and d[y].std() > 0:
-        with warnings.catch_warnings():  # a column constant up to rounding (a bootstrap replicate of a closed form)
+        with (
+            warnings.catch_warnings()
+        ):  # a column constant up to rounding (a bootstrap replicate of a closed form)
             warnings.simplefilter("ignore", stats.ConstantInputWarning)
             r, p = stats.pearsonr(d[x].to_numpy(), d[y].to_numpy())
         return Finding(statistic, float(r), float(p), d.height, paper_value)
@@ -119,10 +125,14 @@ class Claim:
     applicable: bool = True
     tolerance: str | None = None
     direction_holds: bool | None = None
-    interval: tuple | None = None        # the bootstrap's 95% interval of the run's number (pipeline/analysis/bootstrap.py)
-    paper_number: float | None = None    # the paper's number, where paper_value is text (default: paper_value)
-    source: str = ""                     # where the sentence stands in the paper: "§5.2.3, p. 5"
-    interval_note: str | None = None     # what the interval is of, or why there is none
+    interval: tuple | None = (
+        None  # the bootstrap's 95% interval of the run's number (pipeline/analysis/bootstrap.py)
+    )
+    paper_number: float | None = (
+        None  # the paper's number, where paper_value is text (default: paper_value)
+    )
+    source: str = ""  # where the sentence stands in the paper: "§5.2.3, p. 5"
+    interval_note: str | None = None  # what the interval is of, or why there is none
 
 
 # interval_note for the kinds of statistic that have no valid percentile interval, or no bootstrap at all
@@ -145,13 +155,21 @@ class ClaimContext:
         findings = self.tables["findings"]
         self.f = dict(zip(findings["statistic"], findings["value"]))
         self.p = dict(zip(findings["statistic"], findings["p_value"]))
-        bounds = findings.select("statistic", "ci_low", "ci_high").rows() if "ci_low" in findings.columns else []
+        bounds = (
+            findings.select("statistic", "ci_low", "ci_high").rows()
+            if "ci_low" in findings.columns
+            else []
+        )
         self.intervals = {s: (lo, hi) for s, lo, hi in bounds if defined(lo) and defined(hi)}
         self.L = self.tables["layer_metrics"].height
 
     @property
     def gpt2_small(self) -> bool:
-        return self.model.get("model_type") == "gpt2" and self.model.get("num_layers") == 12 and self.model.get("num_heads") == 12
+        return (
+            self.model.get("model_type") == "gpt2"
+            and self.model.get("num_layers") == 12
+            and self.model.get("num_heads") == 12
+        )
 
     def layer(self, statistic: str) -> int | None:
         """A layer-valued finding as an int; None when undefined (every value NaN)."""
@@ -178,9 +196,20 @@ class ClaimContext:
         bounds = row.select(f"{metric}_ci_low", f"{metric}_ci_high").rows()
         return bounds[0] if bounds and all(defined(b) for b in bounds[0]) else None
 
-    def named_head(self, claim: str, statement: str, metric: str, head: tuple[int, int], paper: str,
-                   low: float, high: float, highest: bool = True, top: int = 1,
-                   paper_number: float | None = None, source: str = "") -> "Claim":
+    def named_head(
+        self,
+        claim: str,
+        statement: str,
+        metric: str,
+        head: tuple[int, int],
+        paper: str,
+        low: float,
+        high: float,
+        highest: bool = True,
+        top: int = 1,
+        paper_number: float | None = None,
+        source: str = "",
+    ) -> "Claim":
         """A claim that the paper's GPT-2 head `head` is the head with the highest (or lowest) `metric` (top=1), or
         among the `top` highest (lowest), with the value the paper gives. holds: its rank and its value in
         [low, high]; direction_holds: its rank alone. Applies to GPT-2 small only; heads whose metric is undefined
@@ -193,15 +222,41 @@ class ClaimContext:
         if keys:
             run = f"({keys[0][0]}, {keys[0][1]}): {order[metric][0]:.3g}"
             if rank != 1:
-                exists = self.tables["head_metrics"].filter((pl.col("layer") == head[0]) & (pl.col("head") == head[1])).height
-                run += f"; {head}: " + (f"{value:.3g}, rank {rank} of {len(keys)}" if rank else "undefined" if exists else "no such head")
+                exists = (
+                    self.tables["head_metrics"]
+                    .filter((pl.col("layer") == head[0]) & (pl.col("head") == head[1]))
+                    .height
+                )
+                run += f"; {head}: " + (
+                    f"{value:.3g}, rank {rank} of {len(keys)}"
+                    if rank
+                    else "undefined"
+                    if exists
+                    else "no such head"
+                )
         extreme = "highest" if highest else "lowest"
-        where = f"is the head with the {extreme} {metric}" if top == 1 else f"ranks among the {top} {extreme} of {len(keys)} heads by {metric}"
+        where = (
+            f"is the head with the {extreme} {metric}"
+            if top == 1
+            else f"ranks among the {top} {extreme} of {len(keys)} heads by {metric}"
+        )
         ranks = rank is not None and rank <= top
         interval = self.head_ci(head, metric)
-        return Claim(claim, statement, f"head {head} {where}, and its value lies in the band", paper, run,
-                     ranks and in_band(value, low, high), self.gpt2_small and bool(keys), band(low, high), ranks,
-                     interval, paper_number, source, HEAD_VALUE_INTERVAL if interval else None)
+        return Claim(
+            claim,
+            statement,
+            f"head {head} {where}, and its value lies in the band",
+            paper,
+            run,
+            ranks and in_band(value, low, high),
+            self.gpt2_small and bool(keys),
+            band(low, high),
+            ranks,
+            interval,
+            paper_number,
+            source,
+            HEAD_VALUE_INTERVAL if interval else None,
+        )
 
     def last(self, n: int) -> set[int]:
         """The last n of 12 layers, scaled to this model's depth."""
@@ -223,11 +278,13 @@ class Analysis:
     their full key, `<metric>.<key>` (pipeline/metrics/base.py)."""
 
     name: str = ""
-    order: int = 100                           # position of its columns (the paper's figure order)
-    columns: tuple[str, ...] = ()              # ratio columns of head_metrics and layer_metrics, from ratios()
-    raw_columns: dict[str, str] = {}           # head_metrics column → the sum copied into it (for users who re-weight)
+    order: int = 100  # position of its columns (the paper's figure order)
+    columns: tuple[str, ...] = ()  # ratio columns of head_metrics and layer_metrics, from ratios()
+    raw_columns: dict[
+        str, str
+    ] = {}  # head_metrics column → the sum copied into it (for users who re-weight)
     layer_extra_columns: tuple[str, ...] = ()  # further layer_metrics columns, from layer_columns()
-    table_schemas: dict[str, dict] = {}        # tables of its own: name → polars schema
+    table_schemas: dict[str, dict] = {}  # tables of its own: name → polars schema
 
     @property
     def device(self):

@@ -34,4 +34,8 @@ def interval(replicates: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, 
 
 def replicate_sums(additive: dict) -> dict[str, np.ndarray]:
     """{key: [R, L, H]} from the boot.<key> sums ([L, R, H]) of merged parts; empty when the run had no bootstrap."""
-    return {k[len(PREFIX):]: np.moveaxis(np.asarray(v), 1, 0) for k, v in additive.items() if k.startswith(PREFIX)}
+    return {
+        k[len(PREFIX) :]: np.moveaxis(np.asarray(v), 1, 0)
+        for k, v in additive.items()
+        if k.startswith(PREFIX)
+    }

@@ -33,7 +33,7 @@ def shares(offset: np.ndarray, mass: np.ndarray) -> np.ndarray:
 
 
 class PositionalAnalysis(Analysis):
-    name = 'positional'
+    name = "positional"
     order = 90
     columns = ("previous_piece_share", "max_offset_share", "argmax_offset")
     table_schemas = {"positional_profile": SCHEMA, "head_roles": roles.SCHEMA}
@@ -42,21 +42,38 @@ class PositionalAnalysis(Analysis):
         sums, offsets = offset_profile(get)
         share = shares(sums, get("attention_mass.mass"))  # [..., D or 2D]
         defined = ~np.isnan(share).all(-1)
-        best = np.where(defined, offsets[np.nan_to_num(share, nan=-1.0).argmax(-1)].astype(float), np.nan)
-        return {"previous_piece_share": share[..., 0],
-                "max_offset_share": np.where(defined, np.nan_to_num(share, nan=-1.0).max(-1), np.nan),
-                "argmax_offset": best}
+        best = np.where(
+            defined, offsets[np.nan_to_num(share, nan=-1.0).argmax(-1)].astype(float), np.nan
+        )
+        return {
+            "previous_piece_share": share[..., 0],
+            "max_offset_share": np.where(defined, np.nan_to_num(share, nan=-1.0).max(-1), np.nan),
+            "argmax_offset": best,
+        }
 
     def tables(self, sums, inputs) -> dict:
         offset_sums, offsets = offset_profile(lambda k: sums[k])
         share = shares(offset_sums, sums["attention_mass.mass"])  # [L, H, D or 2D]
         L, H, _ = share.shape
         layer, head, offset = np.meshgrid(np.arange(L), np.arange(H), offsets, indexing="ij")
-        profile = pl.DataFrame({"layer": layer.ravel().astype(np.int32), "head": head.ravel().astype(np.int32),
-                                "offset": offset.ravel().astype(np.int32), "share": share.ravel()}, schema=SCHEMA)
-        roles_cfg = inputs.get("roles") or RolesConfig()  # aggregate.roles, which build_tables passes
-        return {"positional_profile": profile,
-                "head_roles": roles.head_roles(inputs["head_metrics"], inputs["layer_metrics"], roles_cfg)}
+        profile = pl.DataFrame(
+            {
+                "layer": layer.ravel().astype(np.int32),
+                "head": head.ravel().astype(np.int32),
+                "offset": offset.ravel().astype(np.int32),
+                "share": share.ravel(),
+            },
+            schema=SCHEMA,
+        )
+        roles_cfg = (
+            inputs.get("roles") or RolesConfig()
+        )  # aggregate.roles, which build_tables passes
+        return {
+            "positional_profile": profile,
+            "head_roles": roles.head_roles(
+                inputs["head_metrics"], inputs["layer_metrics"], roles_cfg
+            ),
+        }
 
 
 ANALYSIS = PositionalAnalysis()

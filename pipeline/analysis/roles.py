@@ -35,12 +35,28 @@ from pipeline.analysis.base import NO_INTERVAL_EXTREME, Finding
 CRITERIA = ("sink", "positional", "syntactic", "broad")
 MIXED = "mixed"
 ROLES = (*CRITERIA, MIXED)
-COLOURS = {"sink": "0.3", "positional": "tab:orange", "syntactic": "tab:blue", "broad": "tab:green", MIXED: "0.85"}
-SCHEMA = {"layer": pl.Int32, "head": pl.Int32, "role": pl.String, **{f"is_{c}": pl.Boolean for c in CRITERIA},
-          "above_sink_epsilon": pl.Boolean, "sink_frequency": pl.Float64,
-          "null_share": pl.Float64, "max_offset_share": pl.Float64, "argmax_offset": pl.Float64,
-          "dep_align_either": pl.Float64, "syntactic_threshold": pl.Float64, "mean_entropy": pl.Float64,
-          "broad_entropy_threshold": pl.Float64}
+COLOURS = {
+    "sink": "0.3",
+    "positional": "tab:orange",
+    "syntactic": "tab:blue",
+    "broad": "tab:green",
+    MIXED: "0.85",
+}
+SCHEMA = {
+    "layer": pl.Int32,
+    "head": pl.Int32,
+    "role": pl.String,
+    **{f"is_{c}": pl.Boolean for c in CRITERIA},
+    "above_sink_epsilon": pl.Boolean,
+    "sink_frequency": pl.Float64,
+    "null_share": pl.Float64,
+    "max_offset_share": pl.Float64,
+    "argmax_offset": pl.Float64,
+    "dep_align_either": pl.Float64,
+    "syntactic_threshold": pl.Float64,
+    "mean_entropy": pl.Float64,
+    "broad_entropy_threshold": pl.Float64,
+}
 
 
 def _values(df: pl.DataFrame, column: str) -> np.ndarray:
@@ -52,7 +68,9 @@ def _values(df: pl.DataFrame, column: str) -> np.ndarray:
 
 def at_least(value, threshold) -> np.ndarray:
     """value ≥ threshold where both are defined; False where either is NaN."""
-    value, threshold = np.broadcast_arrays(np.asarray(value, dtype=np.float64), np.asarray(threshold, dtype=np.float64))
+    value, threshold = np.broadcast_arrays(
+        np.asarray(value, dtype=np.float64), np.asarray(threshold, dtype=np.float64)
+    )
     with np.errstate(invalid="ignore"):
         return ~np.isnan(value) & ~np.isnan(threshold) & (value >= threshold)
 
@@ -67,24 +85,50 @@ def above(value, threshold: float) -> np.ndarray:
 def head_roles(heads: pl.DataFrame, layers: pl.DataFrame, cfg) -> pl.DataFrame:
     """heads: head_metrics; layers: layer_metrics (its baseline_dep_pair_share); cfg: RolesConfig."""
     heads = heads.sort("layer", "head")
-    baseline = dict(zip(layers["layer"].to_list(), _values(layers, "baseline_dep_pair_share"))) if layers.height else {}
+    baseline = (
+        dict(zip(layers["layer"].to_list(), _values(layers, "baseline_dep_pair_share")))
+        if layers.height
+        else {}
+    )
     null, offset_share = _values(heads, "null_share"), _values(heads, "max_offset_share")
     dep, entropy = _values(heads, "dep_align_either"), _values(heads, "mean_entropy")
-    syntactic_threshold = cfg.syntactic_ratio * np.array([baseline.get(layer, np.nan) for layer in heads["layer"].to_list()],
-                                                         dtype=np.float64)
+    syntactic_threshold = cfg.syntactic_ratio * np.array(
+        [baseline.get(layer, np.nan) for layer in heads["layer"].to_list()], dtype=np.float64
+    )
     known = entropy[~np.isnan(entropy)]
-    broad_threshold = float(np.quantile(known, cfg.broad_entropy_quantile)) if known.size else float("nan")
-    met = {"sink": at_least(null, cfg.sink_null_share), "positional": at_least(offset_share, cfg.positional_share),
-           "syntactic": at_least(dep, syntactic_threshold), "broad": at_least(entropy, broad_threshold)}
+    broad_threshold = (
+        float(np.quantile(known, cfg.broad_entropy_quantile)) if known.size else float("nan")
+    )
+    met = {
+        "sink": at_least(null, cfg.sink_null_share),
+        "positional": at_least(offset_share, cfg.positional_share),
+        "syntactic": at_least(dep, syntactic_threshold),
+        "broad": at_least(entropy, broad_threshold),
+    }
     criteria = {name: met[name] for name in CRITERIA}  # in precedence order
-    role = np.select(list(criteria.values()), list(criteria), default=MIXED) if heads.height else np.array([], dtype=str)
-    return pl.DataFrame({
-        "layer": heads["layer"].cast(pl.Int32), "head": heads["head"].cast(pl.Int32), "role": role.astype(str),
-        **{f"is_{name}": value for name, value in criteria.items()},
-        "above_sink_epsilon": above(null, cfg.sink_rate_epsilon), "sink_frequency": _values(heads, "sink_frequency"),
-        "null_share": null, "max_offset_share": offset_share, "argmax_offset": _values(heads, "argmax_offset"),
-        "dep_align_either": dep, "syntactic_threshold": syntactic_threshold, "mean_entropy": entropy,
-        "broad_entropy_threshold": np.full(heads.height, broad_threshold)}, schema=SCHEMA)
+    role = (
+        np.select(list(criteria.values()), list(criteria), default=MIXED)
+        if heads.height
+        else np.array([], dtype=str)
+    )
+    return pl.DataFrame(
+        {
+            "layer": heads["layer"].cast(pl.Int32),
+            "head": heads["head"].cast(pl.Int32),
+            "role": role.astype(str),
+            **{f"is_{name}": value for name, value in criteria.items()},
+            "above_sink_epsilon": above(null, cfg.sink_rate_epsilon),
+            "sink_frequency": _values(heads, "sink_frequency"),
+            "null_share": null,
+            "max_offset_share": offset_share,
+            "argmax_offset": _values(heads, "argmax_offset"),
+            "dep_align_either": dep,
+            "syntactic_threshold": syntactic_threshold,
+            "mean_entropy": entropy,
+            "broad_entropy_threshold": np.full(heads.height, broad_threshold),
+        },
+        schema=SCHEMA,
+    )
 
 
 def sink_rate_pooled(heads: pl.DataFrame, epsilon: float) -> Finding:
@@ -92,5 +136,9 @@ def sink_rate_pooled(heads: pl.DataFrame, epsilon: float) -> Finding:
     those with a defined null share) whose null share, pooled over the corpus, exceeds ε."""
     null = _values(heads, "null_share")
     n = int((~np.isnan(null)).sum())
-    return Finding("sink_rate_pooled", float(above(null, epsilon).sum() / n) if n else float("nan"), n=n,
-                   interval_note=NO_INTERVAL_EXTREME)
+    return Finding(
+        "sink_rate_pooled",
+        float(above(null, epsilon).sum() / n) if n else float("nan"),
+        n=n,
+        interval_note=NO_INTERVAL_EXTREME,
+    )

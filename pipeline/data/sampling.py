@@ -15,7 +15,9 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
 
-Opener = Callable[[str], ContextManager[IO[bytes]]]  # path or URL -> binary file (builtin open, fsspec.open)
+Opener = Callable[
+    [str], ContextManager[IO[bytes]]
+]  # path or URL -> binary file (builtin open, fsspec.open)
 
 
 def first_line(e: Exception) -> str:
@@ -31,11 +33,15 @@ def read_footers(paths: Sequence[str], opener: Opener) -> list[pq.FileMetaData]:
             with opener(path) as f:
                 footers.append(pq.ParquetFile(f).metadata)
         except Exception as e:  # local, fsspec and hub errors all mean "could not read this file"
-            raise PipelineError(f"could not read the Parquet footer of {path}: {first_line(e)}") from None
+            raise PipelineError(
+                f"could not read the Parquet footer of {path}: {first_line(e)}"
+            ) from None
     return footers
 
 
-def file_columns(path: str, footer: pq.FileMetaData, columns: Sequence[str], optional: Sequence[str]) -> list[str]:
+def file_columns(
+    path: str, footer: pq.FileMetaData, columns: Sequence[str], optional: Sequence[str]
+) -> list[str]:
     """The columns to read from one file: all of `columns` (else a clear error) and those of `optional` it has."""
     names = footer.schema.to_arrow_schema().names
     missing = [c for c in columns if c not in names]
@@ -44,10 +50,16 @@ def file_columns(path: str, footer: pq.FileMetaData, columns: Sequence[str], opt
     return list(columns) + [c for c in optional if c in names and c not in columns]
 
 
-def row_group_table(footers: Sequence[pq.FileMetaData]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def row_group_table(
+    footers: Sequence[pq.FileMetaData],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every row group in dump order: its file, its index in the file, and the global index of its first row."""
-    sizes = np.array([m.row_group(i).num_rows for m in footers for i in range(m.num_row_groups)], dtype=np.int64)
-    files = np.array([k for k, m in enumerate(footers) for _ in range(m.num_row_groups)], dtype=np.int64)
+    sizes = np.array(
+        [m.row_group(i).num_rows for m in footers for i in range(m.num_row_groups)], dtype=np.int64
+    )
+    files = np.array(
+        [k for k, m in enumerate(footers) for _ in range(m.num_row_groups)], dtype=np.int64
+    )
     index = np.array([i for m in footers for i in range(m.num_row_groups)], dtype=np.int64)
     starts = np.cumsum(sizes) - sizes
     return files, index, starts
@@ -57,11 +69,20 @@ def choose_rows(total: int, n: int | None, seed: int) -> np.ndarray:
     """`n` global row indices drawn uniformly without replacement, sorted; all rows when n is None or >= total."""
     if n is None or n >= total:
         return np.arange(total, dtype=np.int64)
-    return np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False)).astype(np.int64)
+    return np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False)).astype(
+        np.int64
+    )
 
 
-def sample_parquet(paths: Sequence[str], opener: Opener, n: int | None, seed: int, columns: Sequence[str],
-                   optional: Sequence[str] = (), counts: dict | None = None) -> tuple[Iterator[dict], dict]:
+def sample_parquet(
+    paths: Sequence[str],
+    opener: Opener,
+    n: int | None,
+    seed: int,
+    columns: Sequence[str],
+    optional: Sequence[str] = (),
+    counts: dict | None = None,
+) -> tuple[Iterator[dict], dict]:
     """`n` rows (all when None) drawn uniformly over all rows of all `paths`, as dicts of the `columns`
     (required) and the `optional` columns a file has, in dump order. The footers are read here; the
     returned iterator reads the chosen row groups, and `counts` (updated in place) says how many."""
@@ -74,8 +95,15 @@ def sample_parquet(paths: Sequence[str], opener: Opener, n: int | None, seed: in
     groups = np.searchsorted(starts, rows, side="right") - 1  # the row group of each chosen row
     chosen, first = np.unique(groups, return_index=True)
     local_rows = np.split(rows - starts[groups], first[1:])
-    counts.update(sampling="parquet_metadata", files=len(paths), total_rows=total, row_groups=len(starts),
-                  sampled_rows=len(rows), row_groups_to_read=len(chosen), row_groups_read=0)
+    counts.update(
+        sampling="parquet_metadata",
+        files=len(paths),
+        total_rows=total,
+        row_groups=len(starts),
+        sampled_rows=len(rows),
+        row_groups_to_read=len(chosen),
+        row_groups_read=0,
+    )
     plan = [(int(files[g]), int(index[g]), local) for g, local in zip(chosen, local_rows)]
     return _read_rows(paths, opener, footers, cols, plan, counts), counts
 

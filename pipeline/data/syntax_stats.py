@@ -7,7 +7,12 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-STATS_SCHEMA = {"statistic": pl.String, "key": pl.String, "value": pl.Float64, "paper_value": pl.Float64}
+STATS_SCHEMA = {
+    "statistic": pl.String,
+    "key": pl.String,
+    "value": pl.Float64,
+    "paper_value": pl.Float64,
+}
 PAPER = {  # Vig & Belinkov (2019), GPT-2 tokenizer on their Wikipedia sample
     ("dependency_probability_at_distance", "1"): 0.42,
     ("dependency_probability_at_distance", "5"): 0.07,
@@ -38,16 +43,25 @@ def statistic_counts(tokens: pl.DataFrame) -> dict:
     for d in range(1, int(lengths.max()) if len(lengths) else 0):
         same, rel = related_at_distance(sentence, word, head, d)
         pairs[str(d)], related[str(d)] = int(same.sum()), int(rel.sum())
-    return {"pairs": pairs, "related": related, "sentences": int(len(lengths)), "pieces": int(len(sentence)),
-            "pos": dict(tokens.group_by("pos").len().sort("pos").iter_rows()),
-            "dep": dict(tokens.group_by("dep").len().sort("dep").iter_rows())}  # sorted: the same part, the same bytes
+    return {
+        "pairs": pairs,
+        "related": related,
+        "sentences": int(len(lengths)),
+        "pieces": int(len(sentence)),
+        "pos": dict(tokens.group_by("pos").len().sort("pos").iter_rows()),
+        "dep": dict(tokens.group_by("dep").len().sort("dep").iter_rows()),
+    }  # sorted: the same part, the same bytes
 
 
 def add_counts(a: dict, b: dict) -> dict:
     """The one merge of statistic counts: every number adds, key by key, at any depth."""
     out = dict(a)
     for key, value in b.items():
-        out[key] = add_counts(out.get(key, {}), value) if isinstance(value, dict) else out.get(key, 0) + value
+        out[key] = (
+            add_counts(out.get(key, {}), value)
+            if isinstance(value, dict)
+            else out.get(key, 0) + value
+        )
     return out
 
 
@@ -61,7 +75,13 @@ def statistics_table(counts: dict, max_distance: int = 30) -> pl.DataFrame:
         distance_total += d * n_related
         within_18 += n_related if d <= 18 else 0
         if d <= max_distance:
-            rows.append(("dependency_probability_at_distance", str(d), n_related / max(counts["pairs"][str(d)], 1)))
+            rows.append(
+                (
+                    "dependency_probability_at_distance",
+                    str(d),
+                    n_related / max(counts["pairs"][str(d)], 1),
+                )
+            )
     rows.append(("mean_dependency_distance", "", distance_total / max(related_total, 1)))
     rows.append(("share_dependencies_within_18", "", within_18 / max(related_total, 1)))
     rows.append(("mean_sentence_pieces", "", counts["pieces"] / max(counts["sentences"], 1)))
@@ -70,9 +90,14 @@ def statistics_table(counts: dict, max_distance: int = 30) -> pl.DataFrame:
     for column, statistic in (("pos", "pos_frequency"), ("dep", "dep_frequency")):
         total = sum(counts[column].values())
         rows.extend((statistic, k, v / total) for k, v in sorted(counts[column].items()))
-    df = pl.DataFrame(rows, schema={"statistic": pl.String, "key": pl.String, "value": pl.Float64}, orient="row")
-    paper = pl.DataFrame([(s, k, v) for (s, k), v in PAPER.items()],
-                         schema={"statistic": pl.String, "key": pl.String, "paper_value": pl.Float64}, orient="row")
+    df = pl.DataFrame(
+        rows, schema={"statistic": pl.String, "key": pl.String, "value": pl.Float64}, orient="row"
+    )
+    paper = pl.DataFrame(
+        [(s, k, v) for (s, k), v in PAPER.items()],
+        schema={"statistic": pl.String, "key": pl.String, "paper_value": pl.Float64},
+        orient="row",
+    )
     return df.join(paper, on=["statistic", "key"], how="left", maintain_order="left")
 
 

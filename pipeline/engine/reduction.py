@@ -42,7 +42,9 @@ def collect(part, sums: dict, prefix: str = "") -> dict:
         if key.startswith(EXEMPLAR_PREFIX):  # candidates, not sums: exemplar_candidates reads them
             out[key] = value
         elif key not in part.provides:
-            raise PipelineError(f"{part.name} returned a sum {key!r} it does not declare (provides)")
+            raise PipelineError(
+                f"{part.name} returned a sum {key!r} it does not declare (provides)"
+            )
         else:
             out[f"{prefix}{part.name}.{key}"] = value
     return out

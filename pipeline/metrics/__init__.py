@@ -29,7 +29,9 @@ def check_keys(parts) -> None:
     for m in parts:
         missing = sorted(set(m.requires) - set(owner))
         if missing:
-            raise PipelineError(f"metric {m.name} requires sum(s) {missing}, which no metric provides")
+            raise PipelineError(
+                f"metric {m.name} requires sum(s) {missing}, which no metric provides"
+            )
 
 
 @functools.cache
@@ -42,7 +44,9 @@ def registry() -> tuple[DevicePart, ...]:
         module = importlib.import_module(f"{__name__}.{info.name}")
         metric = getattr(module, "METRIC", None)
         if not isinstance(metric, DevicePart):
-            raise PipelineError(f"{module.__name__} defines no METRIC (an instance of pipeline.metrics.base.DevicePart)")
+            raise PipelineError(
+                f"{module.__name__} defines no METRIC (an instance of pipeline.metrics.base.DevicePart)"
+            )
         found.append(metric)
     check_keys(found)
     return tuple(sorted(found, key=lambda m: m.name))

@@ -9,7 +9,7 @@ from pipeline.metrics.base import DevicePart
 
 class AttentionMass(DevicePart):
     name = "attention_mass"
-    provides = ('mass', 'mass_all')
+    provides = ("mass", "mass_all")
 
     def pair_features(self, batch) -> dict:
         return {"mass": batch.nonnull, "mass_all": batch.causal_rows}

@@ -20,11 +20,17 @@ from __future__ import annotations
 
 class DevicePart:
     name: str = ""
-    provides: tuple[str, ...] = ()   # its sum keys (without the `<name>.` prefix the engine adds)
-    requires: tuple[str, ...] = ()   # other metrics' full sum keys its analysis reads
-    norm_weighting: bool = True      # also reduced on norm-weighted attention α_ij·‖f_h(x_j)‖ (sums norm.<key>)
-    wants_residuals: bool = False    # reads the residual stream of the same forward pass (reduce_residuals)
-    first_pass = None                # a FirstPass (pipeline/metrics/_first_pass.py) run before the main pass, or None
+    provides: tuple[str, ...] = ()  # its sum keys (without the `<name>.` prefix the engine adds)
+    requires: tuple[str, ...] = ()  # other metrics' full sum keys its analysis reads
+    norm_weighting: bool = (
+        True  # also reduced on norm-weighted attention α_ij·‖f_h(x_j)‖ (sums norm.<key>)
+    )
+    wants_residuals: bool = (
+        False  # reads the residual stream of the same forward pass (reduce_residuals)
+    )
+    first_pass = (
+        None  # a FirstPass (pipeline/metrics/_first_pass.py) run before the main pass, or None
+    )
 
     def disabled_reason(self, attend_cfg) -> str | None:
         """Why this metric cannot be computed under the run's attend config (variability with N = 0), or None: its
@@ -60,5 +66,3 @@ class DevicePart:
         [N, D] in the order of rows.nonzero() → a Sums of this batch (additive sums over the batch, and ranked
         candidates; neither gets bootstrap replicates)."""
         raise NotImplementedError
-
-

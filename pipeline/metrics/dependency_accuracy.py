@@ -40,27 +40,41 @@ OFFSETS = tuple(range(-3, 3))  # Clark et al.'s baseline offsets o: the head of 
 class Words:
     """One batch's words: the piece → word map of non-null pieces and each word's gold head, label and case."""
 
-
     def __init__(self, ctx):
         word, B = ctx.batch.word, ctx.B
         W = max(int(word.max()) + 1, 1) if word.numel() else 1
         index = torch.arange(W, device=ctx.device)
-        self.map = ((word[..., None] == index) & ctx.receivable[..., None]).to(torch.float32)  # [B, T, W]
-        pieces = self.map.sum(1)                                                               # [B, W]
-        self.mean_rows = self.map / pieces.clamp_min(1.0)[:, None, :]                          # [B, T, W]
+        self.map = ((word[..., None] == index) & ctx.receivable[..., None]).to(
+            torch.float32
+        )  # [B, T, W]
+        pieces = self.map.sum(1)  # [B, W]
+        self.mean_rows = self.map / pieces.clamp_min(1.0)[:, None, :]  # [B, T, W]
         self.present = pieces > 0
-        slot = torch.where(word >= 0, word, W)  # every piece of a word carries its head and label; others: column W
-        head = torch.full((B, W + 1), -1, dtype=torch.long, device=ctx.device).scatter_(1, slot, ctx.batch.head)[:, :W]
-        label = torch.zeros((B, W + 1), dtype=torch.long, device=ctx.device).scatter_(1, slot, ctx.batch.dep)[:, :W]
+        slot = torch.where(
+            word >= 0, word, W
+        )  # every piece of a word carries its head and label; others: column W
+        head = torch.full((B, W + 1), -1, dtype=torch.long, device=ctx.device).scatter_(
+            1, slot, ctx.batch.head
+        )[:, :W]
+        label = torch.zeros((B, W + 1), dtype=torch.long, device=ctx.device).scatter_(
+            1, slot, ctx.batch.dep
+        )[:, :W]
         self.root = self.present & (head == index)
         inside = (head >= 0) & (head < W)
         head_present = inside & self.present.gather(1, head.clamp(0, W - 1))
-        self.case = self.present & (self.root | ((head != index) & head_present))               # [B, W]
+        self.case = self.present & (self.root | ((head != index) & head_present))  # [B, W]
         self.gold = torch.where(self.root, -1, head)  # -1: ROOT
-        self.onehot = torch.nn.functional.one_hot(label, ctx.n_dep).to(torch.float32) * self.case[..., None]  # [B, W, R]
-        self.candidates = (self.present[:, :, None] & self.present[:, None, :]
-                           & ~torch.eye(W, dtype=torch.bool, device=ctx.device))               # [B, W, W]
-        self.hidden = ~self.candidates[:, None]  # [B, 1, W, W]: self, and words without a non-null piece
+        self.onehot = (
+            torch.nn.functional.one_hot(label, ctx.n_dep).to(torch.float32) * self.case[..., None]
+        )  # [B, W, R]
+        self.candidates = (
+            self.present[:, :, None]
+            & self.present[:, None, :]
+            & ~torch.eye(W, dtype=torch.bool, device=ctx.device)
+        )  # [B, W, W]
+        self.hidden = ~self.candidates[
+            :, None
+        ]  # [B, 1, W, W]: self, and words without a non-null piece
         self.n_words = word.max(1).values + 1  # [B]: words of the sentence (padding's word is −1)
         self.index = index
 
@@ -87,7 +101,7 @@ def word_attention(att: torch.Tensor, words: Words) -> torch.Tensor:
 
 class DependencyAccuracy(DevicePart):
     name = "dependency_accuracy"
-    provides = ('depacc_correct', 'depacc_cases', 'depacc_root_cases', 'depacc_offset_correct')
+    provides = ("depacc_correct", "depacc_cases", "depacc_root_cases", "depacc_offset_correct")
 
     def disabled_reason(self, attend_cfg) -> str | None:
         return None if attend_cfg.dependency_accuracy else "attend.dependency_accuracy is false"
@@ -97,8 +111,10 @@ class DependencyAccuracy(DevicePart):
         words = words_of(ctx)
         scores = word_attention(layer.att, words)  # [B, H, W, W]
         hidden = words.hidden
-        to_head = most_attended(scores, hidden)                      # [B, H, W]: d's most-attended-to other word
-        from_head = most_attended(scores.transpose(-1, -2), hidden)  # the other word that attends to d most
+        to_head = most_attended(scores, hidden)  # [B, H, W]: d's most-attended-to other word
+        from_head = most_attended(
+            scores.transpose(-1, -2), hidden
+        )  # the other word that attends to d most
         correct = torch.stack([to_head, from_head], 2) == words.gold[:, None, None]  # [B, H, 2, W]
         by_relation = torch.einsum("bhdw,bwr->bhdr", correct.to(torch.float32), words.onehot)
         return {"depacc_correct": by_relation.to(ctx.sum_dtype)}  # [B, H, 2, R]
@@ -109,11 +125,16 @@ class DependencyAccuracy(DevicePart):
         roots = (words.onehot * words.root[..., None]).sum(1)
         offsets = torch.tensor(OFFSETS, device=ctx.device)
         last = (words.n_words - 1)[:, None, None]
-        guess = torch.minimum((words.index[None, :, None] + offsets).clamp_min(-1), last)  # [B, W, K]: −1 ROOT
+        guess = torch.minimum(
+            (words.index[None, :, None] + offsets).clamp_min(-1), last
+        )  # [B, W, K]: −1 ROOT
         hits = (guess == words.gold[..., None]).to(torch.float32)
         baseline = torch.einsum("bwk,bwr->brk", hits, words.onehot)  # [B, R, K]
-        return {"depacc_cases": cases.to(ctx.sum_dtype), "depacc_root_cases": roots.to(ctx.sum_dtype),
-                "depacc_offset_correct": baseline.to(ctx.sum_dtype)}
+        return {
+            "depacc_cases": cases.to(ctx.sum_dtype),
+            "depacc_root_cases": roots.to(ctx.sum_dtype),
+            "depacc_offset_correct": baseline.to(ctx.sum_dtype),
+        }
 
 
 METRIC = DependencyAccuracy()

@@ -12,17 +12,34 @@ from pipeline.metrics.base import DevicePart
 
 class DependencyAlignment(DevicePart):
     name = "dependency_alignment"
-    provides = ('dep_attending_parent', 'dep_receiving_parent', 'pairs', 'pairs_attending_parent', 'pairs_receiving_parent')
-    requires = ('attention_mass.mass',)
+    provides = (
+        "dep_attending_parent",
+        "dep_receiving_parent",
+        "pairs",
+        "pairs_attending_parent",
+        "pairs_receiving_parent",
+    )
+    requires = ("attention_mass.mass",)
 
     def pair_features(self, batch) -> dict:
-        return {"dep_attending_parent": batch.attending_parent, "dep_receiving_parent": batch.receiving_parent}
+        return {
+            "dep_attending_parent": batch.attending_parent,
+            "dep_receiving_parent": batch.receiving_parent,
+        }
 
     def batch_sums(self, batch) -> dict:
-        off_diagonal = batch.nonnull.sum((1, 2)) - batch.attending.sum(1)  # nonnull holds (i, i) once per attending row
-        return {"pairs": off_diagonal.to(batch.sum_dtype)[:, None],
-                "pairs_attending_parent": batch.attending_parent.sum((1, 2)).to(batch.sum_dtype)[:, None],
-                "pairs_receiving_parent": batch.receiving_parent.sum((1, 2)).to(batch.sum_dtype)[:, None]}
+        off_diagonal = batch.nonnull.sum((1, 2)) - batch.attending.sum(
+            1
+        )  # nonnull holds (i, i) once per attending row
+        return {
+            "pairs": off_diagonal.to(batch.sum_dtype)[:, None],
+            "pairs_attending_parent": batch.attending_parent.sum((1, 2)).to(batch.sum_dtype)[
+                :, None
+            ],
+            "pairs_receiving_parent": batch.receiving_parent.sum((1, 2)).to(batch.sum_dtype)[
+                :, None
+            ],
+        }
 
 
 METRIC = DependencyAlignment()

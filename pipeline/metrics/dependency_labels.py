@@ -10,12 +10,14 @@ from pipeline.metrics.base import DevicePart
 
 class DependencyLabels(DevicePart):
     name = "dependency_labels"
-    provides = ('dep_to',)
-    requires = ('attention_mass.mass',)
+    provides = ("dep_to",)
+    requires = ("attention_mass.mass",)
 
     def reduce_layer(self, layer) -> dict:
         ctx = layer.batch
-        return {"dep_to": torch.einsum("bhj,bjd->bhd", layer.received, ctx.dep_onehot).to(ctx.sum_dtype)}
+        return {
+            "dep_to": torch.einsum("bhj,bjd->bhd", layer.received, ctx.dep_onehot).to(ctx.sum_dtype)
+        }
 
 
 METRIC = DependencyLabels()

@@ -11,8 +11,8 @@ from pipeline.metrics.base import DevicePart
 
 class Distance(DevicePart):
     name = "distance"
-    provides = ('distance',)
-    requires = ('attention_mass.mass',)
+    provides = ("distance",)
+    requires = ("attention_mass.mass",)
 
     def pair_features(self, batch) -> dict:
         i, j = batch.idx[:, None], batch.idx[None, :]

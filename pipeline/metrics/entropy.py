@@ -13,7 +13,7 @@ from pipeline.metrics.base import DevicePart
 
 class Entropy(DevicePart):
     name = "entropy"
-    provides = ('entropy_sum', 'entropy_rows', 'entropy_skipped')
+    provides = ("entropy_sum", "entropy_rows", "entropy_skipped")
 
     def reduce_layer(self, layer) -> dict:
         ctx = layer.batch
@@ -24,9 +24,11 @@ class Entropy(DevicePart):
         rows = ctx.attending[:, None, :]
         skipped = rows & (null > ctx.cfg.entropy_null_threshold)
         counted = rows & ~skipped & (row_mass > 0)
-        return {"entropy_sum": torch.where(counted, entropy, 0.0).to(ctx.sum_dtype).sum(2),
-                "entropy_rows": counted.to(ctx.sum_dtype).sum(2),
-                "entropy_skipped": skipped.to(ctx.sum_dtype).sum(2)}
+        return {
+            "entropy_sum": torch.where(counted, entropy, 0.0).to(ctx.sum_dtype).sum(2),
+            "entropy_rows": counted.to(ctx.sum_dtype).sum(2),
+            "entropy_skipped": skipped.to(ctx.sum_dtype).sum(2),
+        }
 
 
 METRIC = Entropy()

@@ -53,41 +53,57 @@ from pipeline.sums import Sums
 EXACT_RANKS = 16  # ranks 0..15 get a bin each; then log-spaced bins, each 2^(1/4) × the last
 
 
-RANK_EDGES = np.array(list(range(EXACT_RANKS + 1))
-                      + [int(EXACT_RANKS * 2 ** (k / 4)) for k in range(1, 81)], dtype=np.int64)  # bin b: [e_b, e_b+1)
+RANK_EDGES = np.array(
+    list(range(EXACT_RANKS + 1)) + [int(EXACT_RANKS * 2 ** (k / 4)) for k in range(1, 81)],
+    dtype=np.int64,
+)  # bin b: [e_b, e_b+1)
 
 
 BINS = len(RANK_EDGES) - 1
 
 
-STATS = ("n", "top1", "top10", "prob", "log_prob", "kl", "final_top1", "final_top10")  # lens_stats, in this order
+STATS = (
+    "n",
+    "top1",
+    "top10",
+    "prob",
+    "log_prob",
+    "kl",
+    "final_top1",
+    "final_top10",
+)  # lens_stats, in this order
 
 
-MIN_SETTLED = 3        # a sentence's mean settle depth needs at least this many correctly predicted pieces
+MIN_SETTLED = (
+    3  # a sentence's mean settle depth needs at least this many correctly predicted pieces
+)
 
 
 CHUNK_BYTES = 256 * 2**20  # bound on the [pieces, vocabulary] arrays of one decoding step
 
 
-BYTES_PER_LOGIT = 16   # what one (piece, vocabulary entry) takes in decode's buffers (four float32)
+BYTES_PER_LOGIT = 16  # what one (piece, vocabulary entry) takes in decode's buffers (four float32)
 
 
 SET = "logit_lens_settle"  # its ranked candidates in Sums
 
 
-CITATION = "nostalgebraist (2020), \"interpreting GPT: the logit lens\" (LessWrong)"
+CITATION = 'nostalgebraist (2020), "interpreting GPT: the logit lens" (LessWrong)'
 
 
 def sampled(sentence_ids, share: float, seed: int) -> np.ndarray:
     """bool per sentence: whether the lens decodes it. u = splitmix64(splitmix64(seed) ^ id) / 2^64 is uniform in
     [0, 1) and a function of (seed, sentence id) alone; a sentence is in the sample when u < share."""
-    if isinstance(share, str):  # "auto" is resolved from the model's dimensions by the attend stage (models/memory.py)
-        raise PipelineError(f"attend.logit_lens_sample is {share!r} here: it must be resolved to a share before the "
-                            "forward passes (stages/attend.py resolves it from the model's dimensions)")
+    if isinstance(
+        share, str
+    ):  # "auto" is resolved from the model's dimensions by the attend stage (models/memory.py)
+        raise PipelineError(
+            f"attend.logit_lens_sample is {share!r} here: it must be resolved to a share before the "
+            "forward passes (stages/attend.py resolves it from the model's dimensions)"
+        )
     ids = np.asarray(sentence_ids).astype(np.uint64)
     if share >= 1.0:
         return np.ones(ids.shape, dtype=bool)
-
 
     def mix(z):
         z = z + np.uint64(0x9E3779B97F4A7C15)
@@ -114,7 +130,9 @@ def decode(adapter, residuals: list[torch.Tensor], targets: torch.Tensor, dtype=
     V = adapter.unembedding.shape[0]
     chunk = min(N, max(1, CHUNK_BYTES // (BYTES_PER_LOGIT * V)))
     if V >= 2**24:
-        raise ValueError(f"a vocabulary of {V} entries: ranks are counted in float32, exact below 2^24")
+        raise ValueError(
+            f"a vocabulary of {V} entries: ranks are counted in float32, exact below 2^24"
+        )
     device = targets.device
     rank = torch.zeros(depths, N, dtype=torch.int64, device=device)
     log_prob = torch.zeros(depths, N, dtype=dtype, device=device)
@@ -140,12 +158,16 @@ def decode(adapter, residuals: list[torch.Tensor], targets: torch.Tensor, dtype=
                 last = d == depths - 1
                 x = final if last else adapter.unembed(residuals[d][at], out=z)
                 target = x.gather(1, t)
-                rank[d, at] = torch.gt(x, target, out=scratch).sum(-1).long()  # 0/1 floats: exact below 2^24
+                rank[d, at] = (
+                    torch.gt(x, target, out=scratch).sum(-1).long()
+                )  # 0/1 floats: exact below 2^24
                 final_rank[d, at] = torch.gt(x, x.gather(1, final_top), out=scratch).sum(-1).long()
                 lse = final_lse if last else logsumexp(x)
                 log_prob[d, at] = (target[:, 0] - lse).to(dtype)
                 if not last:  # KL(P_L ‖ P_L) = 0: left at zero
-                    gap = torch.bmm(p_final[:, None, :], torch.sub(final, x, out=scratch)[:, :, None])[:, 0, 0]
+                    gap = torch.bmm(
+                        p_final[:, None, :], torch.sub(final, x, out=scratch)[:, :, None]
+                    )[:, 0, 0]
                     kl[d, at] = (gap - final_lse + lse).to(dtype)
     return rank, log_prob, kl, final_rank
 
@@ -161,7 +183,7 @@ def settle_depths(rank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class LogitLens(DevicePart):
     name = "logit_lens"
-    provides = ('lens_stats', 'lens_rank_hist', 'lens_final_rank_hist')
+    provides = ("lens_stats", "lens_rank_hist", "lens_final_rank_hist")
     norm_weighting = False  # not a statistic of attention: computed once, no weighting column
     wants_residuals = True
 
@@ -172,15 +194,20 @@ class LogitLens(DevicePart):
 
     def model_reason(self, adapter) -> str | None:
         if not getattr(adapter, "causal", True):
-            return ("the model's attention is not causal (bidirectional): every piece sees the next one, so decoding "
-                    "the next piece from the residual stream is meaningless")
+            return (
+                "the model's attention is not causal (bidirectional): every piece sees the next one, so decoding "
+                "the next piece from the residual stream is meaningless"
+            )
         reason = adapter.unembed_reason
         return None if reason is None else f"the residual stream cannot be unembedded: {reason}"
+
     # ---- on the device ----
 
     def residual_rows(self, ctx) -> torch.Tensor:
         """[B, T]: pieces i of the sampled sentences whose next piece i + 1 is in the sentence."""
-        chosen = sampled(ctx.batch.sentence_ids.cpu().numpy(), ctx.cfg.logit_lens_sample, ctx.cfg.bootstrap_seed)
+        chosen = sampled(
+            ctx.batch.sentence_ids.cpu().numpy(), ctx.cfg.logit_lens_sample, ctx.cfg.bootstrap_seed
+        )
         chosen = torch.from_numpy(chosen).to(ctx.device)
         return chosen[:, None] & (ctx.idx[None, :] + 1 < ctx.batch.lengths[:, None])
 
@@ -207,9 +234,19 @@ class LogitLens(DevicePart):
         rank, log_prob, kl, final_rank = decode(adapter, residuals, targets, dtype)
         depths, N = rank.shape
         G = 1 + ctx.n_pos + 2 + 2 * ctx.n_dep
-        stats = torch.stack([torch.ones_like(log_prob), (rank == 0).to(dtype), (rank < 10).to(dtype),
-                             log_prob.exp(), log_prob, kl, (final_rank == 0).to(dtype),
-                             (final_rank < 10).to(dtype)], -1)  # [L+1, N, len(STATS)]
+        stats = torch.stack(
+            [
+                torch.ones_like(log_prob),
+                (rank == 0).to(dtype),
+                (rank < 10).to(dtype),
+                log_prob.exp(),
+                log_prob,
+                kl,
+                (final_rank == 0).to(dtype),
+                (final_rank < 10).to(dtype),
+            ],
+            -1,
+        )  # [L+1, N, len(STATS)]
         edges = torch.as_tensor(RANK_EDGES, device=rank.device)
         bins = torch.searchsorted(edges, rank, right=True) - 1  # [L+1, N]
         final_bins = torch.searchsorted(edges, final_rank, right=True) - 1
@@ -225,13 +262,22 @@ class LogitLens(DevicePart):
         per_sentence = torch.zeros(2, ctx.B, dtype=dtype, device=rank.device)
         per_sentence[0].index_add_(0, b, (settle * correct).to(dtype))
         per_sentence[1].index_add_(0, b, correct.to(dtype))
-        decoded = torch.zeros(ctx.B, dtype=dtype, device=rank.device).index_add_(0, b, torch.ones(N, dtype=dtype,
-                                                                                                device=rank.device))
-        additive = {"lens_stats": totals, "lens_rank_hist": hist.reshape(depths, G, BINS),
-                    "lens_final_rank_hist": final_hist.reshape(depths, G, BINS)}
-        return Sums(additive, None, ctx.cfg.exemplars_per_head, {SET: self.candidates(ctx, per_sentence, decoded)})
-    @staticmethod
+        decoded = torch.zeros(ctx.B, dtype=dtype, device=rank.device).index_add_(
+            0, b, torch.ones(N, dtype=dtype, device=rank.device)
+        )
+        additive = {
+            "lens_stats": totals,
+            "lens_rank_hist": hist.reshape(depths, G, BINS),
+            "lens_final_rank_hist": final_hist.reshape(depths, G, BINS),
+        }
+        return Sums(
+            additive,
+            None,
+            ctx.cfg.exemplars_per_head,
+            {SET: self.candidates(ctx, per_sentence, decoded)},
+        )
 
+    @staticmethod
     def candidates(ctx, per_sentence: torch.Tensor, decoded: torch.Tensor) -> dict:
         """The batch's sentences as ranked candidates [2, B] (earliest: −mean settle depth, latest: +mean); a sentence
         with fewer than MIN_SETTLED correctly predicted pieces gets −inf (never kept over a real one)."""
@@ -240,8 +286,13 @@ class LogitLens(DevicePart):
         mean = np.where(enough, settle_sum / np.maximum(count, 1), np.nan)
         value = np.stack([np.where(enough, -mean, -np.inf), np.where(enough, mean, -np.inf)])
         ids = ctx.batch.sentence_ids.cpu().numpy().astype(np.int64)
-        return {"value": value, "sentence_id": np.stack([ids, ids]), "mean_settle_depth": np.stack([mean, mean]),
-                "n_settled": np.stack([count, count]), "n_decoded": np.stack([decoded.cpu().double().numpy()] * 2)}
+        return {
+            "value": value,
+            "sentence_id": np.stack([ids, ids]),
+            "mean_settle_depth": np.stack([mean, mean]),
+            "n_settled": np.stack([count, count]),
+            "n_decoded": np.stack([decoded.cpu().double().numpy()] * 2),
+        }
 
 
 METRIC = LogitLens()

@@ -9,8 +9,8 @@ from pipeline.metrics.base import DevicePart
 
 class NullAttention(DevicePart):
     name = "null_attention"
-    provides = ('mass_null',)
-    requires = ('attention_mass.mass_all',)
+    provides = ("mass_null",)
+    requires = ("attention_mass.mass_all",)
 
     def pair_features(self, batch) -> dict:
         return {"mass_null": batch.causal_rows & batch.null[:, None, :]}

@@ -11,14 +11,16 @@ from pipeline.metrics.base import DevicePart
 
 class PosShare(DevicePart):
     name = "pos_share"
-    provides = ('pos_to', 'pos_from')
-    requires = ('attention_mass.mass',)
+    provides = ("pos_to", "pos_from")
+    requires = ("attention_mass.mass",)
 
     def reduce_layer(self, layer) -> dict:
         ctx, sum_dtype = layer.batch, layer.batch.sum_dtype
         sent = layer.row_mass * ctx.attending_f[:, None, :]
-        return {"pos_to": torch.einsum("bhj,bjp->bhp", layer.received, ctx.pos_onehot).to(sum_dtype),
-                "pos_from": torch.einsum("bhi,bip->bhp", sent, ctx.pos_onehot).to(sum_dtype)}
+        return {
+            "pos_to": torch.einsum("bhj,bjp->bhp", layer.received, ctx.pos_onehot).to(sum_dtype),
+            "pos_from": torch.einsum("bhi,bip->bhp", sent, ctx.pos_onehot).to(sum_dtype),
+        }
 
 
 METRIC = PosShare()

@@ -20,8 +20,8 @@ from pipeline.metrics.base import DevicePart
 
 class Positional(DevicePart):
     name = "positional"
-    provides = ('positional_offset', 'positional_offset_right')
-    requires = ('attention_mass.mass',)
+    provides = ("positional_offset", "positional_offset_right")
+    requires = ("attention_mass.mass",)
 
     def disabled_reason(self, attend_cfg) -> str | None:
         return None if attend_cfg.positional_offsets else "attend.positional_offsets is 0"
@@ -32,11 +32,19 @@ class Positional(DevicePart):
         D = ctx.cfg.positional_offsets
         K = min(D, T - 1)  # offsets a batch of T pieces can have (each direction); the rest are 0
         j, valid = ctx.at_offsets(K)  # [B, T, K or 2K]
-        at_offset = layer.att.gather(-1, j[:, None].expand(B, H, T, -1)) * valid[:, None]  # α_i,i−d at non-null j
+        at_offset = (
+            layer.att.gather(-1, j[:, None].expand(B, H, T, -1)) * valid[:, None]
+        )  # α_i,i−d at non-null j
         sums = at_offset.sum(2)  # [B, H, K or 2K]
-        out = {"positional_offset": torch.nn.functional.pad(sums[..., :K], (0, D - K)).to(ctx.sum_dtype)}
+        out = {
+            "positional_offset": torch.nn.functional.pad(sums[..., :K], (0, D - K)).to(
+                ctx.sum_dtype
+            )
+        }
         if not ctx.causal:
-            out["positional_offset_right"] = torch.nn.functional.pad(sums[..., K:], (0, D - K)).to(ctx.sum_dtype)
+            out["positional_offset_right"] = torch.nn.functional.pad(sums[..., K:], (0, D - K)).to(
+                ctx.sum_dtype
+            )
         return out  # per sentence: the engine adds over B
 
 

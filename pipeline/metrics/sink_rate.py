@@ -25,7 +25,7 @@ from pipeline.metrics.base import DevicePart
 
 class SinkRate(DevicePart):
     name = "sink_rate"
-    provides = ('sink_sequences', 'sink_sequence_count')
+    provides = ("sink_sequences", "sink_sequence_count")
 
     def reduce_layer(self, layer) -> dict:
         ctx = layer.batch
@@ -33,9 +33,14 @@ class SinkRate(DevicePart):
         if layer.prefix:  # norm weighting: the first token's share of each row
             total = layer.att.sum(-1)
             first = torch.where(total > 0, first / total.clamp_min(1e-30), 0.0)
-        score = first.sum(-1) / ctx.batch.lengths[:, None]  # [B, H]: the mean over the sentence's query rows
+        score = (
+            first.sum(-1) / ctx.batch.lengths[:, None]
+        )  # [B, H]: the mean over the sentence's query rows
         sink = score > ctx.cfg.sink_epsilon
-        return {"sink_sequences": sink.to(ctx.sum_dtype), "sink_sequence_count": torch.ones_like(sink, dtype=ctx.sum_dtype)}
+        return {
+            "sink_sequences": sink.to(ctx.sum_dtype),
+            "sink_sequence_count": torch.ones_like(sink, dtype=ctx.sum_dtype),
+        }
 
 
 METRIC = SinkRate()

@@ -27,10 +27,10 @@ from pipeline.metrics.base import DevicePart
 COMMA_OR_PERIOD, OTHER, ALL = ". or ,", "other", "all"
 
 
-CLARK = "Clark et al. (2019), \"What Does BERT Look At?\", Fig. 2"
+CLARK = 'Clark et al. (2019), "What Does BERT Look At?", Fig. 2'
 
 
-KOBAYASHI = "Kobayashi et al. (2020), \"Attention is Not Only a Weight\""
+KOBAYASHI = 'Kobayashi et al. (2020), "Attention is Not Only a Weight"'
 
 
 def categories(ctx) -> torch.Tensor:
@@ -39,8 +39,13 @@ def categories(ctx) -> torch.Tensor:
     batch, inside = ctx.batch, ctx.in_sentence
     special = batch.special if batch.special is not None else torch.zeros_like(inside)
     punct = batch.comma_or_period if batch.comma_or_period is not None else torch.zeros_like(inside)
-    tags = torch.nn.functional.one_hot(batch.pos, ctx.n_pos).to(torch.float32) * (special & inside)[..., None]
-    rest = torch.stack([~special & punct & inside, ~special & ~punct & inside, inside], -1).to(torch.float32)
+    tags = (
+        torch.nn.functional.one_hot(batch.pos, ctx.n_pos).to(torch.float32)
+        * (special & inside)[..., None]
+    )
+    rest = torch.stack([~special & punct & inside, ~special & ~punct & inside, inside], -1).to(
+        torch.float32
+    )
     return torch.cat([tags, rest], -1)
 
 
@@ -50,31 +55,51 @@ def batch_terms(ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
     def make():
         cats = categories(ctx)
-        rows = ctx.in_sentence.to(torch.float32) / ctx.batch.lengths[:, None].clamp_min(1).to(torch.float32)
+        rows = ctx.in_sentence.to(torch.float32) / ctx.batch.lengths[:, None].clamp_min(1).to(
+            torch.float32
+        )
         count = cats.sum(1)
         return cats, rows, torch.where(count > 0, 1.0 / count.clamp_min(1.0), 0.0)
+
     return ctx.memo("token_share", make)
 
 
 class TokenShare(DevicePart):
     name = "token_share"
-    provides = ('ts_attention', 'ts_weighted_norm', 'ts_value_norm', 'ts_sentences', 'ts_sentences_with')
-    norm_weighting = False  # both weightings are its columns: computed once, from α and the value norms together
+    provides = (
+        "ts_attention",
+        "ts_weighted_norm",
+        "ts_value_norm",
+        "ts_sentences",
+        "ts_sentences_with",
+    )
+    norm_weighting = (
+        False  # both weightings are its columns: computed once, from α and the value norms together
+    )
 
     def reduce_layer(self, layer) -> dict:
         ctx = layer.batch
         cats, rows, per_piece = batch_terms(ctx)
-        received = torch.einsum("bhij,bi->bhj", layer.att, rows)  # [B, H, T]: (1/n_s) Σ_i α_ij over all rows
+        received = torch.einsum(
+            "bhij,bi->bhj", layer.att, rows
+        )  # [B, H, T]: (1/n_s) Σ_i α_ij over all rows
         out = {"ts_attention": torch.einsum("bhj,bjc->bhc", received, cats).to(ctx.sum_dtype)}
         if layer.norms is not None:
-            out["ts_weighted_norm"] = torch.einsum("bhj,bjc->bhc", received * layer.norms, cats).to(ctx.sum_dtype)
-            out["ts_value_norm"] = (torch.einsum("bhj,bjc->bhc", layer.norms, cats) * per_piece[:, None, :]).to(ctx.sum_dtype)
+            out["ts_weighted_norm"] = torch.einsum("bhj,bjc->bhc", received * layer.norms, cats).to(
+                ctx.sum_dtype
+            )
+            out["ts_value_norm"] = (
+                torch.einsum("bhj,bjc->bhc", layer.norms, cats) * per_piece[:, None, :]
+            ).to(ctx.sum_dtype)
         return out
 
     def batch_sums(self, ctx) -> dict:
         """Sentences, and sentences that contain each token: the denominators of the means over sentences."""
         present = (batch_terms(ctx)[0].sum(1) > 0).to(ctx.sum_dtype)  # [B, C]
-        return {"ts_sentences": torch.ones(ctx.B, 1, dtype=ctx.sum_dtype, device=ctx.device), "ts_sentences_with": present}
+        return {
+            "ts_sentences": torch.ones(ctx.B, 1, dtype=ctx.sum_dtype, device=ctx.device),
+            "ts_sentences_with": present,
+        }
 
 
 METRIC = TokenShare()

@@ -36,14 +36,18 @@ class WindowMean(FirstPass):
         ctx, window = layer.batch, layer.batch.cfg.variability_positions
         N = min(window, ctx.T)
         out = torch.zeros(ctx.B, layer.H, window, window, dtype=ctx.sum_dtype, device=ctx.device)
-        out[:, :, :N, :N] = (layer.att[:, :, :N, :N].float() * window_mask(ctx, N)[:, None]).to(ctx.sum_dtype)
+        out[:, :, :N, :N] = (layer.att[:, :, :N, :N].float() * window_mask(ctx, N)[:, None]).to(
+            ctx.sum_dtype
+        )
         return {"window_sum": out}
 
     def batch_sums(self, batch) -> dict:
         window = batch.cfg.variability_positions
         N = min(window, batch.T)
         pairs = torch.zeros(batch.B, window, window, dtype=batch.sum_dtype, device=batch.device)
-        pairs[:, :N, :N] = window_mask(batch, N).to(batch.sum_dtype)  # 1 where (i, j) is a non-null pair
+        pairs[:, :N, :N] = window_mask(batch, N).to(
+            batch.sum_dtype
+        )  # 1 where (i, j) is a non-null pair
         return {"window_pairs": pairs}
 
     def result(self, sums) -> dict:
@@ -53,7 +57,7 @@ class WindowMean(FirstPass):
 
 class Variability(DevicePart):
     name = "variability"
-    provides = ('var_abs_dev', 'var_mass')
+    provides = ("var_abs_dev", "var_mass")
     first_pass = WindowMean()  # ᾱ, before the main pass
 
     def disabled_reason(self, attend_cfg) -> str | None:
@@ -67,8 +71,10 @@ class Variability(DevicePart):
         mask = window_mask(ctx, N)[:, None]
         win = layer.att[:, :, :N, :N] * mask
         mean = layer.first_pass["window_mean"][layer.index, :, :N, :N].float()
-        return {"var_abs_dev": ((win - mean[None]).abs() * mask).to(ctx.sum_dtype).sum((2, 3)),
-                "var_mass": win.to(ctx.sum_dtype).sum((2, 3))}
+        return {
+            "var_abs_dev": ((win - mean[None]).abs() * mask).to(ctx.sum_dtype).sum((2, 3)),
+            "var_mass": win.to(ctx.sum_dtype).sum((2, 3)),
+        }
 
 
 METRIC = Variability()

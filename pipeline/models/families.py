@@ -24,16 +24,34 @@ import torch
 from pipeline.errors import PipelineError
 
 # Model types whose self-attention is bidirectional (the adapter's probe checks it: check_causal).
-BIDIRECTIONAL_TYPES = {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2",
-                       "xlm-roberta", "camembert", "mpnet", "ernie", "modernbert"}
+BIDIRECTIONAL_TYPES = {
+    "bert",
+    "roberta",
+    "distilbert",
+    "albert",
+    "electra",
+    "deberta",
+    "deberta-v2",
+    "xlm-roberta",
+    "camembert",
+    "mpnet",
+    "ernie",
+    "modernbert",
+}
 
 # Config attributes that transform the output logits after the LM head: (attribute, how). Granite divides by
 # logits_scaling, Cohere multiplies by logit_scale, Gemma-2/3 soft-cap with final_logit_softcapping (c·tanh(z/c)).
-LOGIT_TRANSFORMS = (("logits_scaling", "divide"), ("logit_scale", "multiply"), ("final_logit_softcapping", "softcap"))
+LOGIT_TRANSFORMS = (
+    ("logits_scaling", "divide"),
+    ("logit_scale", "multiply"),
+    ("final_logit_softcapping", "softcap"),
+)
 
 # Config attributes under which the value vectors the adapter reads are not those the attention mixes, although a
 # short probe may not show it (OLMo's clip_qkv clamps them only where they are large).
-VALUE_EXCEPTIONS = {"clip_qkv": "the model clips its value vectors (clip_qkv), which the value norms would leave out"}
+VALUE_EXCEPTIONS = {
+    "clip_qkv": "the model clips its value vectors (clip_qkv), which the value norms would leave out"
+}
 
 
 @dataclass(frozen=True)
@@ -55,11 +73,15 @@ def is_bidirectional(config) -> bool:
 
 def refuse_unsupported(config, name: str) -> None:
     if getattr(config, "is_encoder_decoder", False):
-        raise PipelineError(f"{name!r} is an encoder-decoder model; only decoder-only and encoder-only models are "
-                            "supported")
+        raise PipelineError(
+            f"{name!r} is an encoder-decoder model; only decoder-only and encoder-only models are "
+            "supported"
+        )
     if getattr(config, "is_decoder", False) and config.model_type in BIDIRECTIONAL_TYPES:
-        raise PipelineError(f"{name!r} is a {config.model_type} model configured as a decoder (is_decoder); "
-                            "load it as an encoder")
+        raise PipelineError(
+            f"{name!r} is a {config.model_type} model configured as a decoder (is_decoder); "
+            "load it as an encoder"
+        )
 
 
 def model_label(model) -> str:
@@ -80,19 +102,33 @@ def find_blocks(model) -> str:
     a list of norms sits deeper, inside the blocks). Two such lists at one depth: the one whose modules hold what the
     model records as attention; still ambiguous, refused rather than guessed."""
     n = int(model.config.num_hidden_layers)
-    found = [name for name, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n and name]
+    found = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.ModuleList) and len(m) == n and name
+    ]
     if not found:
-        raise PipelineError(f"found no list of {n} layers in the {model_label(model)} model "
-                            "(pipeline/models/families.py: find_blocks)")
+        raise PipelineError(
+            f"found no list of {n} layers in the {model_label(model)} model "
+            "(pipeline/models/families.py: find_blocks)"
+        )
     shallowest = [name for name in found if name.count(".") == min(x.count(".") for x in found)]
     recorded = _recorded_attention(model) or []
     if len(shallowest) > 1 and recorded:
-        shallowest = [name for name in shallowest if any(_records(spec, sub, m) for spec in recorded
-                                                         for sub, m in module_at(model, name)[0].named_modules())
-                      ] or shallowest
+        shallowest = [
+            name
+            for name in shallowest
+            if any(
+                _records(spec, sub, m)
+                for spec in recorded
+                for sub, m in module_at(model, name)[0].named_modules()
+            )
+        ] or shallowest
     if len(shallowest) != 1:
-        raise PipelineError(f"the {model_label(model)} model has {len(shallowest)} lists of {n} modules at one depth "
-                            f"({', '.join(shallowest)}): which holds the layers is ambiguous (pipeline/models/families.py)")
+        raise PipelineError(
+            f"the {model_label(model)} model has {len(shallowest)} lists of {n} modules at one depth "
+            f"({', '.join(shallowest)}): which holds the layers is ambiguous (pipeline/models/families.py)"
+        )
     return shallowest[0]
 
 
@@ -111,7 +147,9 @@ def _recorded_attention(model) -> list[tuple] | None:
         elif isinstance(spec, str):
             found.append((None, spec, 1, None))
         else:
-            found.append((spec.target_class, getattr(spec, "class_name", None), spec.index, spec.layer_name))
+            found.append(
+                (spec.target_class, getattr(spec, "class_name", None), spec.index, spec.layer_name)
+            )
     return found
 
 
@@ -119,7 +157,9 @@ def _records(spec: tuple, name: str, module) -> bool:
     """Whether a recorder spec (_recorded_attention) matches a block's submodule, as transformers' own hooks match it:
     by class (or class-name suffix of the module's path), then by layer name anywhere in the path."""
     cls, class_name, _, layer_name = spec
-    if not ((cls is not None and isinstance(module, cls)) or (class_name and name.endswith(class_name))):
+    if not (
+        (cls is not None and isinstance(module, cls)) or (class_name and name.endswith(class_name))
+    ):
         return False
     return not layer_name or f".{layer_name.strip('.')}." in f".{name}."
 
@@ -136,24 +176,46 @@ def find_family(model) -> Family:
     blocks = module_at(model, blocks_path)
     recorded = _recorded_attention(model)
     if recorded is not None:
-        matches = [(name, spec[2]) for name, m in blocks[0].named_modules() for spec in recorded if _records(spec, name, m)]
+        matches = [
+            (name, spec[2])
+            for name, m in blocks[0].named_modules()
+            for spec in recorded
+            if _records(spec, name, m)
+        ]
         names = list(dict.fromkeys(name for name, _ in matches))
         index = matches[0][1] if matches else 1
     else:
         index = 1
-        names = [name for name, m in blocks[0].named_modules() if name and "norm" not in type(m).__name__.lower()
-                 and any(w in name.rsplit(".", 1)[-1].lower() for w in ("attn", "attention"))]
-        names = [n for n in names if n.count(".") == min(x.count(".") for x in names)] if names else []
+        names = [
+            name
+            for name, m in blocks[0].named_modules()
+            if name
+            and "norm" not in type(m).__name__.lower()
+            and any(w in name.rsplit(".", 1)[-1].lower() for w in ("attn", "attention"))
+        ]
+        names = (
+            [n for n in names if n.count(".") == min(x.count(".") for x in names)] if names else []
+        )
     if len(names) != 1:
-        raise PipelineError(f"do not know where the {model_label(model)} model keeps its attention: candidates "
-                            f"{names or 'none'} in {type(blocks[0]).__name__} (pipeline/models/families.py: find_family)")
+        raise PipelineError(
+            f"do not know where the {model_label(model)} model keeps its attention: candidates "
+            f"{names or 'none'} in {type(blocks[0]).__name__} (pipeline/models/families.py: find_family)"
+        )
     missing = [k for k, block in enumerate(blocks) if not _has_path(block, names[0])]
     if missing:
-        raise PipelineError(f"the {model_label(model)} model has no attention module {names[0]!r} in layers {missing} "
-                            "(a hybrid of attention and other layers?): not supported")
+        raise PipelineError(
+            f"the {model_label(model)} model has no attention module {names[0]!r} in layers {missing} "
+            "(a hybrid of attention and other layers?): not supported"
+        )
     attention = module_at(blocks[0], names[0])
-    return Family(config.model_type, blocks_path, names[0], index, _asks_for_weights(attention),
-                  causal=not is_bidirectional(config))
+    return Family(
+        config.model_type,
+        blocks_path,
+        names[0],
+        index,
+        _asks_for_weights(attention),
+        causal=not is_bidirectional(config),
+    )
 
 
 def _has_path(root, path: str) -> bool:

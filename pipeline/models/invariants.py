@@ -58,17 +58,23 @@ def attention_problem(hooked: list, own, mask: torch.Tensor, causal: bool) -> st
             return f"layer {layer}: the hooked rows differ from output_attentions by {(a - b)[rows].abs().max().item():.2e}"
         inside = (a * may[:, None]).sum(-1)[valid[:, None, :].expand(-1, a.shape[1], -1)]
         outside = (a * ~may[:, None]).abs().sum(-1)[valid[:, None, :].expand(-1, a.shape[1], -1)]
-        if not torch.allclose(inside, torch.ones_like(inside), atol=tol, rtol=0) or outside.max().item() > tol:
-            return (f"layer {layer}: rows sum to {inside.min().item():.4f}..{inside.max().item():.4f} over what each "
-                    f"piece may attend to ({'j ≤ i' if causal else 'the sentence'}), {outside.max().item():.2e} elsewhere")
+        if (
+            not torch.allclose(inside, torch.ones_like(inside), atol=tol, rtol=0)
+            or outside.max().item() > tol
+        ):
+            return (
+                f"layer {layer}: rows sum to {inside.min().item():.4f}..{inside.max().item():.4f} over what each "
+                f"piece may attend to ({'j ≤ i' if causal else 'the sentence'}), {outside.max().item():.2e} elsewhere"
+            )
     return None
 
 
-def reconstruction_problem(path, weights: torch.Tensor, projected: torch.Tensor, output: torch.Tensor,
-                           mask: torch.Tensor) -> str | None:
+def reconstruction_problem(
+    path, weights: torch.Tensor, projected: torch.Tensor, output: torch.Tensor, mask: torch.Tensor
+) -> str | None:
     """Why Σ_h Σ_j α^h_ij f_h(x_j) + b_O does not give the output projection's output on the valid pieces, or why the
     norms the engine reduces (ValuePath.norms: the key/value columns through R_hᵀ) are not ‖f_h(x_j)‖ of these f_h."""
-    f = path.contributions(projected)                                                # [B, H, T, D]
+    f = path.contributions(projected)  # [B, H, T, D]
     valid = mask.bool()
     rebuilt = torch.einsum("bhij,bhjD->biD", weights.double(), f)
     bias = getattr(path.output, "bias", None)
@@ -77,8 +83,10 @@ def reconstruction_problem(path, weights: torch.Tensor, projected: torch.Tensor,
     got, want = rebuilt[valid], output.double()[valid]
     gap, scale = (got - want).abs().max().item(), want.abs().max().item()
     if gap > tolerance(output.dtype) * max(scale, 1e-6):
-        return (f"Σ_h Σ_j α f_h(x_j) + b_O does not reconstruct the attention output: off by {gap:.2e} "
-                f"(outputs up to {scale:.2e})")
+        return (
+            f"Σ_h Σ_j α f_h(x_j) + b_O does not reconstruct the attention output: off by {gap:.2e} "
+            f"(outputs up to {scale:.2e})"
+        )
     want_norms = torch.linalg.vector_norm(f, dim=-1)[valid[:, None, :].expand(-1, f.shape[1], -1)]
     got_norms = path.norms(projected).double()[valid[:, None, :].expand(-1, f.shape[1], -1)]
     gap, scale = (got_norms - want_norms).abs().max().item(), want_norms.max().item()
@@ -99,11 +107,19 @@ def probe_forward(adapter, input_ids: torch.Tensor, attention_mask: torch.Tensor
         for module in block.modules():
             inside.add(id(module))
             if is_linear(module):
-                hooks.append((module, lambda m, args, out, index=index: calls[index].append(
-                    (m, args[0] if args else None, out))))  # the tensors themselves: identity tells shared inputs
+                hooks.append(
+                    (
+                        module,
+                        lambda m, args, out, index=index: calls[index].append(
+                            (m, args[0] if args else None, out)
+                        ),
+                    )
+                )  # the tensors themselves: identity tells shared inputs
 
     def keep(depth, hidden):
-        residual[depth] = hidden  # the tensor itself: the final norm is the module that receives this very object
+        residual[depth] = (
+            hidden  # the tensor itself: the final norm is the module that receives this very object
+        )
 
     final = []
 
@@ -115,24 +131,42 @@ def probe_forward(adapter, input_ids: torch.Tensor, attention_mask: torch.Tensor
     for name, module in adapter.model.named_modules():
         if id(module) not in inside and name and not list(module.children()):
             pre_hooks.append((module, on_leaf))
-    adapter.map_attention(input_ids, attention_mask, lambda index, att: weights.__setitem__(index, att.detach()),
-                          residuals=keep, extra=(hooks, pre_hooks))
+    adapter.map_attention(
+        input_ids,
+        attention_mask,
+        lambda index, att: weights.__setitem__(index, att.detach()),
+        residuals=keep,
+        extra=(hooks, pre_hooks),
+    )
     calls = [[c for c in layer if c[1] is not None] for layer in calls]
-    return {"weights": weights, "calls": calls, "residual": residual, "final_norm": final[0] if final else None}
+    return {
+        "weights": weights,
+        "calls": calls,
+        "residual": residual,
+        "final_norm": final[0] if final else None,
+    }
 
 
-def certify(adapter, input_ids: torch.Tensor, attention_mask: torch.Tensor, discover: bool = True) -> dict[str, str]:
+def certify(
+    adapter, input_ids: torch.Tensor, attention_mask: torch.Tensor, discover: bool = True
+) -> dict[str, str]:
     """The three invariants on one batch → {"attention" | "norm_weighting" | "logit_lens": "passed" or "failed: ..."
     or "not applicable: ..."}. With discover (at load), the value paths and the final norm are found here and set on
     the adapter; later calls check what was found. Raises PipelineError when the attention invariant fails."""
     seen = probe_forward(adapter, input_ids, attention_mask)
     with torch.inference_mode():
-        own = adapter.model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True,
-                            use_cache=False).attentions
+        own = adapter.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_attentions=True,
+            use_cache=False,
+        ).attentions
     problem = attention_problem(seen["weights"], own, attention_mask, adapter.causal)
     if problem is not None:
-        raise PipelineError(f"{model_label(adapter.model)} fails the attention invariant (the hooked rows must be the "
-                            f"model's own output_attentions, summing to 1): {problem}")
+        raise PipelineError(
+            f"{model_label(adapter.model)} fails the attention invariant (the hooked rows must be the "
+            f"model's own output_attentions, summing to 1): {problem}"
+        )
     results = {"attention": PASSED}
     results["norm_weighting"] = _certify_values(adapter, seen, attention_mask, discover)
     results["logit_lens"] = _certify_lens(adapter, seen, input_ids, attention_mask, discover)
@@ -150,8 +184,10 @@ def _certify_values(adapter, seen: dict, mask: torch.Tensor, discover: bool) -> 
         for layer in range(adapter.num_layers):
             path = find_value_path(seen["calls"][layer], seen["weights"][layer], mask.bool())
             if path is None:
-                reason = (f"the norm weighting invariant fails for {model_label(adapter.model)}: no linear module of "
-                          f"layer {layer} takes attention-weighted values of an earlier one as input (value path not found)")
+                reason = (
+                    f"the norm weighting invariant fails for {model_label(adapter.model)}: no linear module of "
+                    f"layer {layer} takes attention-weighted values of an earlier one as input (value path not found)"
+                )
                 adapter.set_value_paths(None, reason)
                 return f"failed: {reason}"
             paths.append(path)
@@ -163,8 +199,13 @@ def _certify_values(adapter, seen: dict, mask: torch.Tensor, discover: bool) -> 
         if id(path.projection) not in by_module or id(path.output) not in by_module:
             problem = "the value or output projection did not run"
         else:
-            problem = reconstruction_problem(path, seen["weights"][layer], by_module[id(path.projection)][1],
-                                             by_module[id(path.output)][1], mask)
+            problem = reconstruction_problem(
+                path,
+                seen["weights"][layer],
+                by_module[id(path.projection)][1],
+                by_module[id(path.output)][1],
+                mask,
+            )
         if problem is not None:
             reason = f"the norm weighting invariant fails for {model_label(adapter.model)}: layer {layer}: {problem}"
             adapter.set_value_paths(None, reason)
@@ -172,12 +213,16 @@ def _certify_values(adapter, seen: dict, mask: torch.Tensor, discover: bool) -> 
     return PASSED
 
 
-def _certify_lens(adapter, seen: dict, input_ids: torch.Tensor, mask: torch.Tensor, discover: bool) -> str:
+def _certify_lens(
+    adapter, seen: dict, input_ids: torch.Tensor, mask: torch.Tensor, discover: bool
+) -> str:
     if not adapter.causal:
         return "not applicable: the model's attention is not causal"
     if discover:
         adapter.final_norm, adapter.lens_reason = seen["final_norm"], adapter.lm_reason
-    if adapter.lens_reason is not None:  # no LM head, or failed before: stays off (every process must agree)
+    if (
+        adapter.lens_reason is not None
+    ):  # no LM head, or failed before: stays off (every process must agree)
         return f"not applicable: {adapter.lens_reason}"
     with torch.inference_mode():
         own = adapter.lm(input_ids=input_ids, attention_mask=mask, use_cache=False).logits.float()
@@ -186,7 +231,9 @@ def _certify_lens(adapter, seen: dict, input_ids: torch.Tensor, mask: torch.Tens
     gap = (lens[valid] - own[valid]).abs().max().item()
     scale = own[valid].abs().max().item()
     if gap > tolerance(adapter.lm.dtype) * max(1.0, scale):
-        adapter.lens_reason = (f"the logit lens invariant fails for {model_label(adapter.model)}: the lens at the last "
-                               f"depth differs from the model's own logits by {gap:.2e} (logits up to {scale:.2e})")
+        adapter.lens_reason = (
+            f"the logit lens invariant fails for {model_label(adapter.model)}: the lens at the last "
+            f"depth differs from the model's own logits by {gap:.2e} (logits up to {scale:.2e})"
+        )
         return f"failed: {adapter.lens_reason}"
     return PASSED

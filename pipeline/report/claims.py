@@ -27,9 +27,21 @@ from pipeline.analysis.base import ClaimContext
 # number (attend.bootstrap_replicates), only where a percentile interval is valid; paper_in_ci: whether the paper's
 # number lies in it (null where the claim has no single number, or no interval); interval_note: what the interval is
 # of, or why there is none (an extreme, argmax or rank over heads or layers; tables that are not bootstrapped).
-SCHEMA = {"claim": pl.String, "source": pl.String, "statement": pl.String, "criterion": pl.String, "tolerance": pl.String,
-          "paper_value": pl.String, "run_value": pl.String, "applicable": pl.Boolean, "holds": pl.Boolean,
-          "direction_holds": pl.Boolean, "ci_95": pl.String, "paper_in_ci": pl.Boolean, "interval_note": pl.String}
+SCHEMA = {
+    "claim": pl.String,
+    "source": pl.String,
+    "statement": pl.String,
+    "criterion": pl.String,
+    "tolerance": pl.String,
+    "paper_value": pl.String,
+    "run_value": pl.String,
+    "applicable": pl.Boolean,
+    "holds": pl.Boolean,
+    "direction_holds": pl.Boolean,
+    "ci_95": pl.String,
+    "paper_in_ci": pl.Boolean,
+    "interval_note": pl.String,
+}
 
 
 def _fmt(x) -> str:
@@ -47,17 +59,33 @@ def _paper_in_interval(c, applicable: bool) -> tuple[str | None, bool | None]:
     return f"[{low:.3g}, {high:.3g}]", inside
 
 
-def evaluate(tables: dict[str, pl.DataFrame], model: dict, metric_status: dict | None = None) -> pl.DataFrame:
+def evaluate(
+    tables: dict[str, pl.DataFrame], model: dict, metric_status: dict | None = None
+) -> pl.DataFrame:
     context = ClaimContext(tables, model)
     rows = []
     for metric in analyses():
         computed = metric_status is None or metric_status.get(metric.name, "enabled") == "enabled"
         for c in metric.claims(context):
             applicable = bool(c.applicable) and computed
-            rows.append((c.claim, c.source, c.statement, c.criterion, c.tolerance, _fmt(c.paper_value), _fmt(c.run_value),
-                         applicable, bool(c.holds) if applicable and c.holds is not None else None,
-                         bool(c.direction_holds) if applicable and c.direction_holds is not None else None,
-                         *_paper_in_interval(c, applicable), c.interval_note if applicable else None))
+            rows.append(
+                (
+                    c.claim,
+                    c.source,
+                    c.statement,
+                    c.criterion,
+                    c.tolerance,
+                    _fmt(c.paper_value),
+                    _fmt(c.run_value),
+                    applicable,
+                    bool(c.holds) if applicable and c.holds is not None else None,
+                    bool(c.direction_holds)
+                    if applicable and c.direction_holds is not None
+                    else None,
+                    *_paper_in_interval(c, applicable),
+                    c.interval_note if applicable else None,
+                )
+            )
     return pl.DataFrame(rows, schema=SCHEMA, orient="row")
 
 
@@ -68,12 +96,19 @@ DOCS_END = "<!-- end of the generated claims table -->"
 def docs_table(table: pl.DataFrame) -> str:
     """The claims of `table` (evaluate's output for GPT-2 small, 12 × 12) as the Markdown table of docs/claims.md:
     id → where, the paper's sentence, the paper's value, the criterion and its tolerance."""
+
     def cell(text) -> str:
         return "—" if text is None else str(text).replace("|", "\\|").replace("\n", " ")
 
-    lines = [DOCS_BEGIN, "", "| claim | where | the paper's sentence | paper | holds when | tolerance |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        DOCS_BEGIN,
+        "",
+        "| claim | where | the paper's sentence | paper | holds when | tolerance |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in table.iter_rows(named=True):
-        lines.append(f"| `{r['claim']}` | {cell(r['source'])} | “{cell(r['statement'])}” | {cell(r['paper_value'])} | "
-                     f"{cell(r['criterion'])} | {cell(r['tolerance'])} |")
+        lines.append(
+            f"| `{r['claim']}` | {cell(r['source'])} | “{cell(r['statement'])}” | {cell(r['paper_value'])} | "
+            f"{cell(r['criterion'])} | {cell(r['tolerance'])} |"
+        )
     return "\n".join([*lines, "", DOCS_END])

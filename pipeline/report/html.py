@@ -43,7 +43,9 @@ def table(df: pl.DataFrame, floats: int = 3) -> str:
     head = "".join(f"<th>{escape(c)}</th>" for c in df.columns)
     body = []
     for row in df.iter_rows():
-        cells = "".join(f"<td>{escape(cell(column, v, floats))}</td>" for column, v in zip(df.columns, row))
+        cells = "".join(
+            f"<td>{escape(cell(column, v, floats))}</td>" for column, v in zip(df.columns, row)
+        )
         body.append(f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -53,15 +55,21 @@ def embedded_png(path: str | Path) -> str:
 
 
 def page(title: str, body: str) -> str:
-    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
-            f"<style>{CSS}</style></head><body>{body}</body></html>")
+    return (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
+        f"<style>{CSS}</style></head><body>{body}</body></html>"
+    )
 
 
 def render_exemplar(row: dict) -> str:
     """The sentence with the attending piece bold and the receiving piece italic and underlined."""
     text = row["text"]
-    spans = sorted({(row["attending_char_start"], row["attending_char_end"], "a"),
-                    (row["receiving_char_start"], row["receiving_char_end"], "r")})
+    spans = sorted(
+        {
+            (row["attending_char_start"], row["attending_char_end"], "a"),
+            (row["receiving_char_start"], row["receiving_char_end"], "r"),
+        }
+    )
     if spans[0][:2] == spans[-1][:2] and len(spans) == 2:  # attends to itself
         spans = [(spans[0][0], spans[0][1], "ar")]
     out, cursor = [], 0
@@ -83,7 +91,11 @@ def _claim_run_cell(r: dict) -> str:
     """This run's value, with the bootstrap interval and whether the paper's number lies in it, or why there is none."""
     out = escape(r["run_value"])
     if r["ci_95"] is not None:
-        inside = {True: "the paper's number lies inside", False: "the paper's number lies outside", None: ""}[r["paper_in_ci"]]
+        inside = {
+            True: "the paper's number lies inside",
+            False: "the paper's number lies outside",
+            None: "",
+        }[r["paper_in_ci"]]
         note = f" ({escape(r['interval_note'])})" if r.get("interval_note") else ""
         out += f"<br><small>95% interval {escape(r['ci_95'])}{note}{'; ' + inside if inside else ''}</small>"
     elif r.get("interval_note"):
@@ -100,13 +112,19 @@ def claims_table(claims: pl.DataFrame) -> str:
         verdict = VERDICT[r["holds"] if r["applicable"] else None]
         if r["applicable"] and r["direction_holds"] is not None:
             verdict += f"<br><small>direction {'✔ holds' if r['direction_holds'] else '✘ does not hold'}</small>"
-        details = (f"<details><summary>criterion</summary><div>{escape(r['criterion'])}"
-                   + (f"<br>tolerance: {escape(r['tolerance'])}" if r["tolerance"] else "")
-                   + f"<br>claim: <code>{escape(r['claim'])}</code></div></details>")
+        details = (
+            f"<details><summary>criterion</summary><div>{escape(r['criterion'])}"
+            + (f"<br>tolerance: {escape(r['tolerance'])}" if r["tolerance"] else "")
+            + f"<br>claim: <code>{escape(r['claim'])}</code></div></details>"
+        )
         source = f" <span class='source'>({escape(r['source'])})</span>" if r.get("source") else ""
-        rows.append(f"<tr class='{kind}' id='claim-{escape(r['claim'])}'><td class='verdict'>{verdict}</td>"
-                    f"<td><q>{escape(r['statement'])}</q>{source}{details}</td><td>{escape(r['paper_value'])}</td>"
-                    f"<td>{_claim_run_cell(r)}</td></tr>")
-    return ("<table class='claims'><colgroup><col class='verdict'><col><col class='paper'><col class='run'></colgroup>"
-            "<thead><tr><th>verdict</th><th>the paper says</th><th>paper</th><th>this run</th></tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>")
+        rows.append(
+            f"<tr class='{kind}' id='claim-{escape(r['claim'])}'><td class='verdict'>{verdict}</td>"
+            f"<td><q>{escape(r['statement'])}</q>{source}{details}</td><td>{escape(r['paper_value'])}</td>"
+            f"<td>{_claim_run_cell(r)}</td></tr>"
+        )
+    return (
+        "<table class='claims'><colgroup><col class='verdict'><col><col class='paper'><col class='run'></colgroup>"
+        "<thead><tr><th>verdict</th><th>the paper says</th><th>paper</th><th>this run</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )

@@ -26,7 +26,6 @@ from pipeline.report.views_static import CSS, JS
 from pipeline.results import weighting_rows
 
 
-
 def attention_rows(df: pl.DataFrame | None) -> pl.DataFrame | None:
     """The rows weighted by attention, without the `weighting` column, where a table has one (norm weighting adds
     a copy of a table's rows weighted by ‖α·f(x)‖): the views and the comparison show attention weights."""
@@ -60,12 +59,23 @@ def _per_head(df: pl.DataFrame, H: int, n_heads: int, value) -> list:
 def _metrics(heads: pl.DataFrame, H: int, n_heads: int) -> dict:
     """Each head's metric values and, where the table has them, their bootstrap 95% intervals."""
     columns = metric_columns(heads)
-    with_ci = [c for c in columns if f"{c}_ci_low" in heads.columns and f"{c}_ci_high" in heads.columns]
+    with_ci = [
+        c for c in columns if f"{c}_ci_low" in heads.columns and f"{c}_ci_high" in heads.columns
+    ]
     return {
         "columns": columns,
         "values": _per_head(heads, H, n_heads, lambda r: [_number(r[c]) for c in columns]),
-        "ci": _per_head(heads, H, n_heads, lambda r: [[_number(r[f"{c}_ci_low"]), _number(r[f"{c}_ci_high"])]
-                                                      if c in with_ci else None for c in columns]) if with_ci else None,
+        "ci": _per_head(
+            heads,
+            H,
+            n_heads,
+            lambda r: [
+                [_number(r[f"{c}_ci_low"]), _number(r[f"{c}_ci_high"])] if c in with_ci else None
+                for c in columns
+            ],
+        )
+        if with_ci
+        else None,
     }
 
 
@@ -74,9 +84,12 @@ def _roles(roles: pl.DataFrame | None, H: int, n_heads: int) -> dict | None:
     if roles is None or roles.is_empty() or "role" not in roles.columns:
         return None
     met = [c for c in CRITERIA if f"is_{c}" in roles.columns]
-    return {"names": list(ROLES), "colours": [to_hex(ROLE_COLOURS[n]) for n in ROLES],
-            "role": _per_head(roles, H, n_heads, lambda r: r["role"]),
-            "criteria": _per_head(roles, H, n_heads, lambda r: [c for c in met if r[f"is_{c}"]])}
+    return {
+        "names": list(ROLES),
+        "colours": [to_hex(ROLE_COLOURS[n]) for n in ROLES],
+        "role": _per_head(roles, H, n_heads, lambda r: r["role"]),
+        "criteria": _per_head(roles, H, n_heads, lambda r: [c for c in met if r[f"is_{c}"]]),
+    }
 
 
 def _exemplars(exemplars: pl.DataFrame, H: int, n_heads: int) -> tuple[list, dict]:
@@ -84,8 +97,14 @@ def _exemplars(exemplars: pl.DataFrame, H: int, n_heads: int) -> tuple[list, dic
     and {sentence id: text} for every sentence they name."""
     per_head: list = [[] for _ in range(n_heads)]
     texts = {}
-    columns = ("sentence_id", "weight", "attending_char_start", "attending_char_end", "receiving_char_start",
-               "receiving_char_end")
+    columns = (
+        "sentence_id",
+        "weight",
+        "attending_char_start",
+        "attending_char_end",
+        "receiving_char_start",
+        "receiving_char_end",
+    )
     for row in exemplars.sort("layer", "head", "rank").iter_rows(named=True):
         index = int(row["layer"]) * H + int(row["head"])
         if 0 <= index < n_heads:
@@ -103,8 +122,12 @@ def _pattern(rows: pl.DataFrame) -> dict:
     matrix[i, j] = rows["weight"].to_numpy()
     full = bool((j > i).any())
     i, j = np.indices((n, n)).reshape(2, -1) if full else np.tril_indices(n)
-    return {"sentence": int(rows["sentence_id"][0]), "n": n, "full": full,
-            "w": np.rint(matrix[i, j] * 1000).astype(int).tolist()}
+    return {
+        "sentence": int(rows["sentence_id"][0]),
+        "n": n,
+        "full": full,
+        "w": np.rint(matrix[i, j] * 1000).astype(int).tolist(),
+    }
 
 
 def _patterns(patterns: pl.DataFrame | None, H: int, n_heads: int) -> list:
@@ -148,16 +171,28 @@ def views_data(tables: dict[str, pl.DataFrame]) -> dict:
             entry = sentences.setdefault(str(p["sentence"]), {"text": texts.get(p["sentence"])})
             if "pieces" not in entry or len(entry["pieces"]) < p["n"]:
                 entry["pieces"] = _pieces(tokens.get(p["sentence"]), entry["text"], p["n"])
-    null_share = (_per_head(heads, H, n_heads, lambda r: _number(r["null_share"], 3))
-                  if "null_share" in heads.columns else [None] * n_heads)
-    return {"layers": L, "heads": H, "metrics": _metrics(heads, H, n_heads),
-            "roles": _roles(attention_rows(tables.get("head_roles")), H, n_heads), "null_share": null_share,
-            "exemplars": exemplars, "patterns": patterns, "sentences": sentences}
+    null_share = (
+        _per_head(heads, H, n_heads, lambda r: _number(r["null_share"], 3))
+        if "null_share" in heads.columns
+        else [None] * n_heads
+    )
+    return {
+        "layers": L,
+        "heads": H,
+        "metrics": _metrics(heads, H, n_heads),
+        "roles": _roles(attention_rows(tables.get("head_roles")), H, n_heads),
+        "null_share": null_share,
+        "exemplars": exemplars,
+        "patterns": patterns,
+        "sentences": sentences,
+    }
 
 
 def embedded_json(data: dict) -> str:
     """Compact JSON that is safe inside a <script> element: '<' is escaped, so no '</script>' can end it early."""
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).replace("<", "\\u003c")
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).replace(
+        "<", "\\u003c"
+    )
 
 
 def views_section(tables: dict[str, pl.DataFrame]) -> str:

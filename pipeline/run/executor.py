@@ -28,9 +28,9 @@ from pipeline.run import io
 @dataclass(frozen=True)
 class WorkUnit:
     index: int
-    inputs: tuple[Path, ...]    # the files it reads (a part of the previous stage)
-    outputs: tuple[Path, ...]   # the files it writes
-    size: int = 0               # sentences it covers (progress)
+    inputs: tuple[Path, ...]  # the files it reads (a part of the previous stage)
+    outputs: tuple[Path, ...]  # the files it writes
+    size: int = 0  # sentences it covers (progress)
 
     @property
     def stamp_path(self) -> Path:
@@ -45,8 +45,12 @@ class WorkUnit:
         from pipeline.run.parts import read_plan
 
         plan = read_plan(self.outputs[0].parent)
-        return {"plan": plan.get("plan"), "fingerprint": plan.get("fingerprint"), "part": self.outputs[0].name,
-                "inputs": self.input_checksums()}
+        return {
+            "plan": plan.get("plan"),
+            "fingerprint": plan.get("fingerprint"),
+            "part": self.outputs[0].name,
+            "inputs": self.input_checksums(),
+        }
 
     def record(self) -> dict:
         return {**self.identity(), "outputs": {p.name: io.recorded_digest(p) for p in self.outputs}}
@@ -61,8 +65,12 @@ class WorkUnit:
     @functools.cached_property
     def done(self) -> bool:  # checked once: hashing a large result twice is waste
         stamp = self._stamped()
-        return (stamp is not None and stamp.get("plan") is not None and stamp == self.record()
-                and all(io.verify(p) for p in self.outputs))
+        return (
+            stamp is not None
+            and stamp.get("plan") is not None
+            and stamp == self.record()
+            and all(io.verify(p) for p in self.outputs)
+        )
 
     def stamp(self) -> None:
         """Called once the unit's outputs are written: they are this part, made from these inputs, in this plan."""
@@ -78,8 +86,11 @@ class WorkUnit:
         if stamp is None or not all(p.exists() for p in self.outputs):
             return False
         mine = self.record()
-        return stamp.get("part") != mine["part"] or stamp.get("plan") != mine["plan"] or (
-            stamp.get("inputs") == mine["inputs"] and stamp.get("outputs") != mine["outputs"])
+        return (
+            stamp.get("part") != mine["part"]
+            or stamp.get("plan") != mine["plan"]
+            or (stamp.get("inputs") == mine["inputs"] and stamp.get("outputs") != mine["outputs"])
+        )
 
 
 class Worker(Protocol):
@@ -90,6 +101,7 @@ class Worker(Protocol):
 class Resources:
     """What one worker needs: the Ray executor sizes its actor pool by it; the local one ignores it.
     A model worker holds a copy of the model (one per GPU); the others are CPU workers (one per CPU)."""
+
     model: bool = False
     gpus: float = 0.0
 
@@ -99,13 +111,20 @@ class ExecutionReport:
     units: int
     resumed: int
     computed: int
-    counts: dict          # {unit index: the counts its worker returned}, this run's units only
-    damaged: int = 0      # units whose files were there but failed their checksum: recomputed, never read
+    counts: dict  # {unit index: the counts its worker returned}, this run's units only
+    damaged: int = (
+        0  # units whose files were there but failed their checksum: recomputed, never read
+    )
 
 
 class Executor(Protocol):
-    def run(self, units: list[WorkUnit], make_worker: Callable[[], Worker], resources: Resources,
-            desc: str = "") -> ExecutionReport: ...
+    def run(
+        self,
+        units: list[WorkUnit],
+        make_worker: Callable[[], Worker],
+        resources: Resources,
+        desc: str = "",
+    ) -> ExecutionReport: ...
 
 
 def pending(units: list[WorkUnit]) -> list[WorkUnit]:
@@ -120,9 +139,16 @@ def open_bar(progress_bar: Callable | None, units: list[WorkUnit], todo: list[Wo
     return progress_bar(total, total - sum(u.size for u in todo), desc)
 
 
-def execution_report(units: list[WorkUnit], todo: list[WorkUnit], counts: dict, damaged: int) -> ExecutionReport:
-    return ExecutionReport(units=len(units), resumed=len(units) - len(todo), computed=len(todo), counts=counts,
-                           damaged=damaged)
+def execution_report(
+    units: list[WorkUnit], todo: list[WorkUnit], counts: dict, damaged: int
+) -> ExecutionReport:
+    return ExecutionReport(
+        units=len(units),
+        resumed=len(units) - len(todo),
+        computed=len(todo),
+        counts=counts,
+        damaged=damaged,
+    )
 
 
 class LocalExecutor:
@@ -147,7 +173,9 @@ class LocalExecutor:
         return execution_report(units, todo, counts, damaged)
 
 
-EXECUTORS: dict[str, Callable[..., Executor]] = {"local": lambda cfg, progress_bar: LocalExecutor(progress_bar)}
+EXECUTORS: dict[str, Callable[..., Executor]] = {
+    "local": lambda cfg, progress_bar: LocalExecutor(progress_bar)
+}
 
 
 def register_executor(kind: str, factory: Callable[..., Executor]) -> None:
@@ -160,8 +188,10 @@ def register_executor(kind: str, factory: Callable[..., Executor]) -> None:
 def make_executor(cfg, progress_bar: Callable | None = None) -> Executor:
     """The executor the config names (`executor.kind`): local (the default) or a registered one (ray)."""
     if cfg.kind not in EXECUTORS:
-        raise PipelineError(f"executor.kind {cfg.kind!r} has no executor registered (known: {', '.join(EXECUTORS)}): "
-                            f"import its module first (pipeline.run.ray_executor for 'ray'; the runner does)")
+        raise PipelineError(
+            f"executor.kind {cfg.kind!r} has no executor registered (known: {', '.join(EXECUTORS)}): "
+            f"import its module first (pipeline.run.ray_executor for 'ray'; the runner does)"
+        )
     return EXECUTORS[cfg.kind](cfg, progress_bar)
 
 

@@ -130,7 +130,9 @@ def write_parquet(df: pl.DataFrame, path: Path) -> Path:
     def write(tmp):
         try:
             df.write_parquet(tmp, compression="zstd", statistics=True)
-        except pl.exceptions.PolarsError as e:  # polars reports I/O failures (disk full, ...) as its own errors
+        except (
+            pl.exceptions.PolarsError
+        ) as e:  # polars reports I/O failures (disk full, ...) as its own errors
             code = re.search(r"os error (\d+)", str(e))
             if code is None:
                 raise
@@ -178,7 +180,9 @@ def read_json(path: Path) -> Any:
         return json.load(f)
 
 
-_DIGESTS: dict[tuple, str] = {}  # (device, inode, size, mtime, ctime) → SHA-256: each file hashed once per process
+_DIGESTS: dict[
+    tuple, str
+] = {}  # (device, inode, size, mtime, ctime) → SHA-256: each file hashed once per process
 
 
 def file_identity(path: Path) -> list | None:

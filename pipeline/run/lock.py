@@ -16,8 +16,9 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError
 
-
-_HELD: dict[str, dict] = {}  # lock files this process holds: taking one again (the CLI, then the runner) is a no-op
+_HELD: dict[
+    str, dict
+] = {}  # lock files this process holds: taking one again (the CLI, then the runner) is a no-op
 
 
 @contextlib.contextmanager
@@ -42,11 +43,16 @@ def run_lock(run_dir: Path):
         except OSError as e:
             if e.errno not in (errno.EACCES, errno.EAGAIN):
                 raise PipelineError(f"cannot lock {path}: {e.strerror or e}") from None
-            raise PipelineError(f"run directory {run_dir} is in use by {_holder(fd)}; wait for that run to end, "
-                                "or give this one another run_name") from None
-        holder = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                  "command": " ".join(sys.argv)}
+            raise PipelineError(
+                f"run directory {run_dir} is in use by {_holder(fd)}; wait for that run to end, "
+                "or give this one another run_name"
+            ) from None
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
         _HELD[key] = holder

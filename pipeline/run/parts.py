@@ -19,9 +19,8 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.run import io
 from pipeline.errors import PipelineError
-
+from pipeline.run import io
 
 POOL = "pool"  # prefix of the exemplar pool's parts: sentences searched for exemplars only (corpus.exemplar_sentences)
 
@@ -71,8 +70,12 @@ class PartedOutput:
             shutil.rmtree(self.directory, ignore_errors=True)
             previous = {}
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.plan = previous.get("plan") or uuid.uuid4().hex  # drawn once per planned directory: this run's output
-        self.finished = self._finished_meta()  # all of it was written before, for this plan, and is intact
+        self.plan = (
+            previous.get("plan") or uuid.uuid4().hex
+        )  # drawn once per planned directory: this run's output
+        self.finished = (
+            self._finished_meta()
+        )  # all of it was written before, for this plan, and is intact
         if self.finished is None:
             (self.directory / "meta.json").unlink(missing_ok=True)
         io.write_json({"fingerprint": fingerprint, "plan": self.plan}, self.directory / "plan.json")
@@ -91,20 +94,33 @@ class PartedOutput:
 
     def finish(self, meta: dict) -> None:
         """meta.json, written last: the parts it lists (meta["parts"]), each bound to its checksum and sentence ids."""
-        identity = {name: {"sha256": io.recorded_digest(self.directory / name),
-                           "sentences": sentence_range(self.directory / name)} for name in meta.get("parts", ())}
+        identity = {
+            name: {
+                "sha256": io.recorded_digest(self.directory / name),
+                "sentences": sentence_range(self.directory / name),
+            }
+            for name in meta.get("parts", ())
+        }
         check_ranges(self.directory, meta.get("parts", ()), identity)
-        io.write_json({"fingerprint": self.fingerprint, "plan": self.plan, **meta, "identity": identity},
-                      self.directory / "meta.json")
+        io.write_json(
+            {"fingerprint": self.fingerprint, "plan": self.plan, **meta, "identity": identity},
+            self.directory / "meta.json",
+        )
 
 
 def check_ranges(directory: Path, names, identity: dict) -> None:
     """The sentence ids of the parts of one kind (analysis parts, exemplar pool parts) ascend without overlap."""
     for pool in (False, True):
-        ranges = [identity[n]["sentences"] for n in names if is_pool(Path(n)) == pool and identity[n]["sentences"]]
+        ranges = [
+            identity[n]["sentences"]
+            for n in names
+            if is_pool(Path(n)) == pool and identity[n]["sentences"]
+        ]
         if any(a[1] >= b[0] for a, b in zip(ranges, ranges[1:])):
-            raise PipelineError(f"{directory}: the parts' sentence ids overlap or are out of order ({ranges[:4]}...): "
-                                "run the stage that writes them again")
+            raise PipelineError(
+                f"{directory}: the parts' sentence ids overlap or are out of order ({ranges[:4]}...): "
+                "run the stage that writes them again"
+            )
 
 
 def misplaced_parts(directory: Path, meta: dict) -> list[str]:
@@ -123,8 +139,10 @@ def misplaced_parts(directory: Path, meta: dict) -> list[str]:
 def read_meta(directory: Path) -> dict:
     path = Path(directory) / "meta.json"
     if not io.verify(path):
-        raise PipelineError(f"{path} is missing or damaged: the stage that writes {Path(directory).name}/ has not "
-                            "finished; run it again")
+        raise PipelineError(
+            f"{path} is missing or damaged: the stage that writes {Path(directory).name}/ has not "
+            "finished; run it again"
+        )
     return io.read_json(path)
 
 
@@ -134,12 +152,16 @@ def part_paths(directory: Path) -> list[Path]:
     directory = Path(directory)
     meta = read_meta(directory)
     if meta.get("plan") is None or meta.get("plan") != read_plan(directory).get("plan"):
-        raise PipelineError(f"{directory}/meta.json does not belong to this output's plan (copied from another run "
-                            "or written by an older version): run the stage that writes it again")
+        raise PipelineError(
+            f"{directory}/meta.json does not belong to this output's plan (copied from another run "
+            "or written by an older version): run the stage that writes it again"
+        )
     bad = misplaced_parts(directory, meta)
     if bad:
-        raise PipelineError(f"{directory}: part(s) {', '.join(bad[:3])} missing, damaged or not the part written there "
-                            "(checksum or identity differs); run the stage that writes them again")
+        raise PipelineError(
+            f"{directory}: part(s) {', '.join(bad[:3])} missing, damaged or not the part written there "
+            "(checksum or identity differs); run the stage that writes them again"
+        )
     return [directory / name for name in meta["parts"]]
 
 
@@ -147,8 +169,10 @@ def read_part(path: Path) -> pl.DataFrame:
     try:
         return pl.read_parquet(path)
     except (OSError, pl.exceptions.PolarsError) as e:
-        raise PipelineError(f"{path} is unreadable ({str(e).splitlines()[0][:120]}): "
-                            "run the stage that writes it again") from None
+        raise PipelineError(
+            f"{path} is unreadable ({str(e).splitlines()[0][:120]}): "
+            "run the stage that writes it again"
+        ) from None
 
 
 def scan(directory: Path, pool: bool = False) -> pl.LazyFrame:

@@ -32,18 +32,26 @@ from pipeline.run.executor import (
     register_executor,
 )
 
-QUIET = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_LOG_LEVEL": "WARNING", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+QUIET = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DATA_LOG_LEVEL": "WARNING",
+    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+}
 
 
 def _check_reachable(address: str, timeout_s: float) -> None:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise PipelineError(f"executor.address {address!r}: expected host:port (or 'auto', or null for a local Ray)")
+        raise PipelineError(
+            f"executor.address {address!r}: expected host:port (or 'auto', or null for a local Ray)"
+        )
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as e:
-        raise PipelineError(f"the Ray cluster at {address} does not answer ({e.strerror or e}): start it with "
-                            f"`ray start --head --port {port}` there, or set executor.address") from None
+        raise PipelineError(
+            f"the Ray cluster at {address} does not answer ({e.strerror or e}): start it with "
+            f"`ray start --head --port {port}` there, or set executor.address"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -72,13 +80,19 @@ def connect(cfg):
         _check_reachable(cfg.address, cfg.connect_timeout_s)  # before anything else: never a hang
         # bound Ray's own retries: a port that answers but is not Ray fails in about connect_timeout_s
         os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "1")
-        os.environ.setdefault("RAY_py_gcs_connect_timeout_s", str(max(1, int(cfg.connect_timeout_s))))
-        os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", str(max(1, int(cfg.connect_timeout_s) // 3)))
+        os.environ.setdefault(
+            "RAY_py_gcs_connect_timeout_s", str(max(1, int(cfg.connect_timeout_s)))
+        )
+        os.environ.setdefault(
+            "RAY_gcs_rpc_server_connect_timeout_s", str(max(1, int(cfg.connect_timeout_s) // 3))
+        )
     try:
         import ray
         import ray.data
     except ImportError:
-        raise PipelineError("executor.kind is 'ray' but Ray is not installed: pip install -e '.[ray]'") from None
+        raise PipelineError(
+            "executor.kind is 'ray' but Ray is not installed: pip install -e '.[ray]'"
+        ) from None
     if not ray.is_initialized():
         kwargs = {"log_to_driver": False, "logging_level": "WARNING"}
         try:
@@ -88,8 +102,10 @@ def connect(cfg):
                 with _quiet_native_stderr():
                     ray.init(address=cfg.address, **kwargs)
         except (ConnectionError, ValueError, RuntimeError) as e:
-            raise PipelineError(f"cannot join the Ray cluster at {cfg.address} within executor.connect_timeout_s "
-                                f"({cfg.connect_timeout_s:g}s): {str(e).splitlines()[0]}") from None
+            raise PipelineError(
+                f"cannot join the Ray cluster at {cfg.address} within executor.connect_timeout_s "
+                f"({cfg.connect_timeout_s:g}s): {str(e).splitlines()[0]}"
+            ) from None
         atexit.register(ray.shutdown)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -120,7 +136,11 @@ class UnitActor:
             except PipelineError as e:
                 counts.append("{}")
                 errors.append(str(e))
-        return {"index": batch["index"], "counts": np.array(counts, dtype=object), "error": np.array(errors, dtype=object)}
+        return {
+            "index": batch["index"],
+            "counts": np.array(counts, dtype=object),
+            "error": np.array(errors, dtype=object),
+        }
 
 
 class RayExecutor:
@@ -139,14 +159,20 @@ class RayExecutor:
         per_worker = resources.gpus if gpus else 0.0
         auto = int(gpus // per_worker) if per_worker else 1
         size = max(1, auto if self.cfg.model_workers == "auto" else self.cfg.model_workers)
-        return self.feasible(size, 1 if per_worker else max(1, cpus // size), per_worker, cpus, gpus)
+        return self.feasible(
+            size, 1 if per_worker else max(1, cpus // size), per_worker, cpus, gpus
+        )
 
     @staticmethod
-    def feasible(size: int, cpus_each: int, gpus_each: float, cpus: int, gpus: float) -> tuple[int, dict]:
+    def feasible(
+        size: int, cpus_each: int, gpus_each: float, cpus: int, gpus: float
+    ) -> tuple[int, dict]:
         """A pool the cluster can never place would wait forever: one line instead."""
         if gpus_each > gpus or cpus_each > cpus:
-            raise PipelineError(f"a Ray actor needs {cpus_each} CPU(s) and {gpus_each:g} GPU(s), but the cluster has "
-                                f"{cpus} CPU(s) and {gpus:g} GPU(s): lower executor.gpus_per_worker or the worker counts")
+            raise PipelineError(
+                f"a Ray actor needs {cpus_each} CPU(s) and {gpus_each:g} GPU(s), but the cluster has "
+                f"{cpus} CPU(s) and {gpus:g} GPU(s): lower executor.gpus_per_worker or the worker counts"
+            )
         return size, {"num_cpus": cpus_each, **({"num_gpus": gpus_each} if gpus_each else {})}
 
     def run(self, units, make_worker, resources=Resources(), desc="") -> ExecutionReport:
@@ -159,10 +185,18 @@ class RayExecutor:
 
         size, actor_resources = self.pool(ray, resources)
         by_index = {u.index: u for u in todo}
-        ds = ray.data.from_items([{"index": u.index} for u in todo], override_num_blocks=len(todo)).map_batches(
-            UnitActor, batch_size=1, batch_format="numpy", fn_constructor_args=(make_worker, by_index),
+        ds = ray.data.from_items(
+            [{"index": u.index} for u in todo], override_num_blocks=len(todo)
+        ).map_batches(
+            UnitActor,
+            batch_size=1,
+            batch_format="numpy",
+            fn_constructor_args=(make_worker, by_index),
             compute=ray.data.ActorPoolStrategy(size=min(size, len(todo))),
-            max_restarts=3, max_task_retries=3, **actor_resources)  # a unit that kills every actor it meets fails
+            max_restarts=3,
+            max_task_retries=3,
+            **actor_resources,
+        )  # a unit that kills every actor it meets fails
         bar = open_bar(self.progress_bar, units, todo, f"{desc} (ray, {size} actors)")
         started = time.perf_counter()
         try:
@@ -170,7 +204,9 @@ class RayExecutor:
                 if row["error"]:
                     raise PipelineError(row["error"])
                 unit = by_index[int(row["index"])]
-                if unit.index in counts:  # a retried unit reported twice: its files were rewritten, counted once
+                if (
+                    unit.index in counts
+                ):  # a retried unit reported twice: its files were rewritten, counted once
                     continue
                 counts[unit.index] = json.loads(row["counts"])
                 unit.stamp()
@@ -180,16 +216,26 @@ class RayExecutor:
             raise
         except Exception as e:  # Ray wraps other errors in its own types: one line, the worker's own if it is there
             text = str(e)
-            lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "ray.data" not in ln and "DataContext" not in ln]
-            raise PipelineError(f"{desc}: a Ray worker failed: {(lines[-1] if lines else type(e).__name__)[:300]}") from None
+            lines = [
+                ln.strip()
+                for ln in text.splitlines()
+                if ln.strip() and "ray.data" not in ln and "DataContext" not in ln
+            ]
+            raise PipelineError(
+                f"{desc}: a Ray worker failed: {(lines[-1] if lines else type(e).__name__)[:300]}"
+            ) from None
         finally:
             if bar:
                 bar.close()
         missing = sorted(set(by_index) - set(counts))
         if missing:
-            raise PipelineError(f"{desc}: Ray returned no result for unit(s) {missing[:5]} after "
-                                f"{time.perf_counter() - started:.0f}s; rerun to resume")
+            raise PipelineError(
+                f"{desc}: Ray returned no result for unit(s) {missing[:5]} after "
+                f"{time.perf_counter() - started:.0f}s; rerun to resume"
+            )
         return execution_report(units, todo, counts, n_damaged)
 
 
-register_executor("ray", RayExecutor)  # `executor.kind: ray` (pipeline/run/executor.py imports no executor)
+register_executor(
+    "ray", RayExecutor
+)  # `executor.kind: ray` (pipeline/run/executor.py imports no executor)

@@ -34,20 +34,26 @@ from typing import Callable, Literal
 
 import polars as pl
 
-from pipeline.run import io
 from pipeline.config import fingerprint as content_hash
 from pipeline.errors import PipelineError
+from pipeline.run import io
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_PACKAGES = ("pipeline", "stages")
-NOT_CODE = ("pipeline.run", "pipeline.config", "pipeline.errors")  # never part of a stage's code (module docstring)
+NOT_CODE = (
+    "pipeline.run",
+    "pipeline.config",
+    "pipeline.errors",
+)  # never part of a stage's code (module docstring)
 ALWAYS_READABLE = ("run_name", "data_dir", "reports_dir")
 
 
 @dataclass(frozen=True)
 class Output:
-    name: str                                  # path relative to the run (or report) directory
-    schema: dict | Callable | None = None      # polars schema (or a function returning one), checked on write
+    name: str  # path relative to the run (or report) directory
+    schema: dict | Callable | None = (
+        None  # polars schema (or a function returning one), checked on write
+    )
     root: Literal["run", "report"] = "run"
 
     def resolved_schema(self) -> dict | None:
@@ -57,12 +63,18 @@ class Output:
 def check_schema(df: pl.DataFrame, schema: dict, name: str) -> None:
     got = dict(df.schema)
     if list(got) != list(schema) or any(got[c] != t for c, t in schema.items()):
-        diff = [f"{c}: {got.get(c)} (expected {schema.get(c)})" for c in dict.fromkeys([*schema, *got])
-                if got.get(c) != schema.get(c)]
-        raise PipelineError(f"{name} does not match its declared schema: {'; '.join(diff) or 'column order differs'}")
+        diff = [
+            f"{c}: {got.get(c)} (expected {schema.get(c)})"
+            for c in dict.fromkeys([*schema, *got])
+            if got.get(c) != schema.get(c)
+        ]
+        raise PipelineError(
+            f"{name} does not match its declared schema: {'; '.join(diff) or 'column order differs'}"
+        )
 
 
 # ---- code fingerprints ----
+
 
 def _module_file(name: str) -> Path | None:
     try:
@@ -81,7 +93,8 @@ def _tree(path: Path) -> ast.Module:
 def _all_imports(path: Path) -> set[str]:
     tree = _tree(path)
     return {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names} | {
-        n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+    }
 
 
 def _imported_modules(path: Path, package: str) -> set[str]:
@@ -97,7 +110,9 @@ def _imported_modules(path: Path, package: str) -> set[str]:
                 base = ".".join(parts + ([base] if base else []))
             if base.split(".")[0] not in PROJECT_PACKAGES:
                 continue
-            for alias in node.names:  # `from pkg import module` names the module; `from module import name`, the module
+            for alias in (
+                node.names
+            ):  # `from pkg import module` names the module; `from module import name`, the module
                 sub = f"{base}.{alias.name}"
                 names.add(sub if _module_file(sub) else base)
     return {n for n in names if n.split(".")[0] in PROJECT_PACKAGES}
@@ -126,17 +141,25 @@ def code_files(module: str) -> tuple[Path, ...]:
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         imported = _imported_modules(path, package)
         todo.extend(imported)
-        if path.name == "__init__.py" and "pkgutil" in _all_imports(path):  # it discovers its modules
-            todo.extend(f"{name}.{p.stem}" for p in path.parent.glob("*.py") if p.stem != "__init__")
+        if path.name == "__init__.py" and "pkgutil" in _all_imports(
+            path
+        ):  # it discovers its modules
+            todo.extend(
+                f"{name}.{p.stem}" for p in path.parent.glob("*.py") if p.stem != "__init__"
+            )
     return tuple(sorted(set(seen.values())))
 
 
 def code_digests(module: str) -> dict[str, str]:
     """{file relative to the project: SHA-256 of its source} for every file of `module`'s code."""
-    return {str(path.relative_to(ROOT)): hashlib.sha256(path.read_bytes()).hexdigest()[:16] for path in code_files(module)}
+    return {
+        str(path.relative_to(ROOT)): hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        for path in code_files(module)
+    }
 
 
 # ---- config seen by a stage ----
+
 
 def config_value(cfg, path: str):
     value = cfg
@@ -153,7 +176,9 @@ class ConfigView:
         self._cfg, self._allowed, self._stage, self._prefix = cfg, allowed, stage, prefix
 
     def __getattr__(self, name: str):
-        if name.startswith("_"):  # private and dunder lookups (pickle's __setstate__) are not config
+        if name.startswith(
+            "_"
+        ):  # private and dunder lookups (pickle's __setstate__) are not config
             raise AttributeError(name)
         path = f"{self._prefix}{name}"
         value = getattr(self._cfg, name)
@@ -161,7 +186,9 @@ class ConfigView:
             return value
         if any(a.startswith(path + ".") for a in self._allowed):
             return ConfigView(value, self._allowed, self._stage, path + ".")
-        raise PipelineError(f"stage {self._stage!r} reads config {path!r} without declaring it in its CONFIG")
+        raise PipelineError(
+            f"stage {self._stage!r} reads config {path!r} without declaring it in its CONFIG"
+        )
 
 
 def stage_config(stage, cfg) -> dict:
@@ -173,7 +200,7 @@ def stage_config(stage, cfg) -> dict:
         for t in tuning:
             if t.startswith(path + ".") and isinstance(value, dict):
                 node = value
-                parts = t[len(path) + 1:].split(".")
+                parts = t[len(path) + 1 :].split(".")
                 for part in parts[:-1]:
                     node = node.get(part, {})
                 node.pop(parts[-1], None)
@@ -187,17 +214,18 @@ def _jsonable(value):
 
 # ---- what a stage sees while it runs ----
 
+
 @dataclass
 class StageContext:
     stage: object
     cfg: ConfigView
     run_dir: Path
     report_dir: Path
-    cache_dir: Path          # shared across runs (the spaCy parse cache)
-    fingerprint: str         # this stage's fingerprint for this config and code
+    cache_dir: Path  # shared across runs (the spaCy parse cache)
+    fingerprint: str  # this stage's fingerprint for this config and code
     force: bool = False
     record: Callable = lambda key, value: None  # provenance into run.json
-    state: dict = field(default_factory=dict)   # run.json as it stands (read-only use)
+    state: dict = field(default_factory=dict)  # run.json as it stands (read-only use)
 
     def output_path(self, name: str) -> Path:
         output = self._output(name)
@@ -207,11 +235,15 @@ class StageContext:
         for o in self.stage.OUTPUTS:
             if o.name == name or name.startswith(o.name.rstrip("/") + "/"):
                 return o
-        raise PipelineError(f"stage {self.stage.NAME!r} writes {name!r} without declaring it in its OUTPUTS")
+        raise PipelineError(
+            f"stage {self.stage.NAME!r} writes {name!r} without declaring it in its OUTPUTS"
+        )
 
     def input_path(self, name: str) -> Path:
         if not any(i == name or name.startswith(i.rstrip("/") + "/") for i in self.stage.INPUTS):
-            raise PipelineError(f"stage {self.stage.NAME!r} reads {name!r} without declaring it in its INPUTS")
+            raise PipelineError(
+                f"stage {self.stage.NAME!r} reads {name!r} without declaring it in its INPUTS"
+            )
         return self.run_dir / name
 
     def read_parquet(self, name: str) -> pl.DataFrame:
@@ -236,8 +268,13 @@ def fingerprint_parts(stage, cfg) -> dict:
     """What a stage's fingerprint hashes, by name: the runner keeps it in run.json, and `pipeline status` compares
     it with the current one to say why a stage is stale (which config key, input file or module changed)."""
     external = getattr(stage, "external_inputs", None)
-    return {"stage": stage.NAME, "version": stage.VERSION, "code": code_digests(stage.__name__),
-            "config": stage_config(stage, cfg), "inputs": external(cfg) if external else {}}
+    return {
+        "stage": stage.NAME,
+        "version": stage.VERSION,
+        "code": code_digests(stage.__name__),
+        "config": stage_config(stage, cfg),
+        "inputs": external(cfg) if external else {},
+    }
 
 
 def stage_fingerprint(stage, cfg) -> str:

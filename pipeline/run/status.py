@@ -181,7 +181,9 @@ def stage_statuses(cfg: Config) -> list[StageStatus] | None:
         else:
             why = run.check(stage, fingerprints[name], graph[name])[0]
             reasons = [why] if why else []
-            if not why and stale_upstream:  # current, made from files a stale stage is about to write again
+            if (
+                not why and stale_upstream
+            ):  # current, made from files a stale stage is about to write again
                 reasons = [
                     f"after {_listed(stale_upstream)} (stale): reruns if "
                     f"{'it writes' if len(stale_upstream) == 1 else 'they write'} other contents"
