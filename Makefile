@@ -43,7 +43,7 @@ lint: setup   # ruff's rules and formatting, configured in pyproject.toml; CI ru
 format: setup
 	$(PY) -m ruff check --fix . && $(PY) -m ruff format .
 
-status: setup   # each stage of CONFIG's run: done, stale or missing
+status: setup   # each stage of CONFIG's run: up to date, or stale and why (python -m pipeline status)
 	$(PY) -m pipeline status --config $(CONFIG)
 
 bench: setup   # the cost of each measurement beyond the paper, then the attend stage against its floors

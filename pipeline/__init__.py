@@ -1,3 +1,4 @@
-"""The machinery of the pipeline: config and stage contracts (config, stage, runner), the attention
-engine (engine, sums, executor), the metric registry (metrics/), models (models/), presentation
-(report/), and the corpus side (sources, nlp, alignment, syntax_stats); `results` for notebooks."""
+"""The machinery of the pipeline: how stages run (run/: runner, stage contracts and fingerprints, parts,
+executors, status), the text side (data/), models (models/), the forward pass and its reduction (engine/, sums),
+the metrics' device parts (metrics/) and analysis parts (analysis/), presentation (report/), the config (config)
+and `results` for notebooks."""

@@ -94,7 +94,7 @@ class Sums:
         return key in self.additive
 
     def of_weighting(self, weighting: str) -> "Sums":
-        """The sums of one weighting ("attention" or "norm") under the plain key names (mass, boot.mass, ...), so
+        """The sums of one weighting ("attention" or "norm") under the keys without the weighting's prefix (attention_mass.mass, boot.attention_mass.mass, ...), so
         that every metric reads either weighting with the same code; the exemplars (raw attention only) go along.
         A view: no array is copied."""
         prefix, additive = WEIGHTINGS[weighting], {}

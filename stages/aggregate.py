@@ -7,7 +7,7 @@ A metric the attend stage did not compute (disabled) has NaN columns and empty t
 
 Weightings: every table is made once per weighting the sums hold — "attention" (the paper's α_ij) and,
 when attend computed it, "norm" (α_ij ‖f_h(x_j)‖, Kobayashi et al. 2020) — by the same code on a view
-of the sums under plain key names (Sums.of_weighting), and gets a first column `weighting`; the
+of the sums under their keys without the weighting's prefix (Sums.of_weighting), and gets a first column `weighting`; the
 exemplars, of attention only, have none.
 
 Outputs:
@@ -253,7 +253,7 @@ def findings_table(findings: list[Finding], replicates: dict[str, list[float]]) 
 def weighting_tables(
     sums: Sums, weighting: str, active: list, inputs: dict
 ) -> dict[str, pl.DataFrame]:
-    """Every table of one weighting from its sums (plain key names), each made as the paper's are, with the
+    """Every table of one weighting from its sums (keys without the weighting's prefix), each made as the paper's are, with the
     `weighting` column added first; a metric without the weighting (exemplars under "norm") has no table here."""
     roles_cfg = inputs["roles"]
     boot = bootstrap.replicate_sums(sums.additive)

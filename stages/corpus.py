@@ -27,8 +27,9 @@ from pipeline.errors import PipelineError
 from pipeline.models.loading import load_tokenizer, local_identity, tokenizer_source
 from pipeline.run import io
 from pipeline.run.executor import Resources, WorkUnit, make_executor, tqdm_bar
+from pipeline.run.io import file_identity
 from pipeline.run.parts import POOL, PartedOutput, read_part
-from pipeline.run.stage import Output, check_schema, file_identity
+from pipeline.run.stage import Output, check_schema
 
 NAME = "corpus"
 VERSION = 2

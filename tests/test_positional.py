@@ -333,10 +333,8 @@ def test_sink_epsilons_come_from_the_config(tiny_gpt2, config_factory):
     )
     lines = []
     run_pipeline(changed, ANALYSIS, echo=lines.append)
-    assert [line.split("]")[0][1:] for line in lines if "] running" in line] == [
-        "aggregate",
-        "patterns",
-    ]
+    # the roles' thresholds are aggregate's; the exemplars it writes are the same, so patterns is not rerun
+    assert [line.split("]")[0][1:] for line in lines if "] running" in line] == ["aggregate"]
     findings = dict(
         zip(table(changed, "findings")["statistic"], table(changed, "findings")["value"])
     )

@@ -7,7 +7,7 @@ and refuses a key the part does not declare), so no two metrics can write the sa
 metrics its analysis part reads (e.g. "attention_mass.mass", the denominator of most shares). The registry
 (pipeline/metrics/__init__.py) refuses two providers of a key and a required key that nobody provides.
 
-Hooks (each optional; docs/metrics.md "Add a metric" shows a whole metric in 30 lines):
+Hooks (each optional; docs/design.md "Adding a metric" shows a whole metric in 30 lines):
   pair_features(batch)  {key: [B, T, T] weight w_ij}: the engine adds Σ α_ij w_ij per head for all metrics in one matmul
   reduce_layer(layer)   {key: [B, H, ...] per sentence} from one layer's attention (pipeline/engine LayerView)
   batch_sums(batch)     {key: [B, ...] per sentence} that do not depend on attention (pair counts)

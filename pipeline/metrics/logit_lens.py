@@ -88,9 +88,6 @@ BYTES_PER_LOGIT = 16  # what one (piece, vocabulary entry) takes in decode's buf
 SET = "logit_lens_settle"  # its ranked candidates in Sums
 
 
-CITATION = 'nostalgebraist (2020), "interpreting GPT: the logit lens" (LessWrong)'
-
-
 def sampled(sentence_ids, share: float, seed: int) -> np.ndarray:
     """bool per sentence: whether the lens decodes it. u = splitmix64(splitmix64(seed) ^ id) / 2^64 is uniform in
     [0, 1) and a function of (seed, sentence id) alone; a sentence is in the sample when u < share."""

@@ -27,12 +27,6 @@ from pipeline.metrics.base import DevicePart
 COMMA_OR_PERIOD, OTHER, ALL = ". or ,", "other", "all"
 
 
-CLARK = 'Clark et al. (2019), "What Does BERT Look At?", Fig. 2'
-
-
-KOBAYASHI = 'Kobayashi et al. (2020), "Attention is Not Only a Weight"'
-
-
 def categories(ctx) -> torch.Tensor:
     """[B, T, n_pos + 3] float: each piece of the sentence in its token category (a special piece under its tag's
     index, else ". or ," or "other") and in "all"; padding in none."""

@@ -7,9 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pipeline.metrics.logit_lens import CITATION
-from pipeline.metrics.token_share import CLARK, KOBAYASHI
 from pipeline.report.sections import logit_lens_section
+
+# The sources the captions cite.
+CITATION = 'nostalgebraist (2020), "interpreting GPT: the logit lens" (LessWrong)'
+CLARK = 'Clark et al. (2019), "What Does BERT Look At?", Fig. 2'
+KOBAYASHI = 'Kobayashi et al. (2020), "Attention is Not Only a Weight"'
 
 
 @dataclass(frozen=True)

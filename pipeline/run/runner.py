@@ -371,7 +371,10 @@ def _run_locked(
         settle()
         run.record("stages", state["stages"])
         started = time.perf_counter()
-        counts = stage.run(run.context(stage, fingerprint, force))
+        # Its parts are bound to this fingerprint and to these input files: parts made from other inputs are never
+        # resumed (a stage's parts may depend on values over all its inputs: attend's row width, lens sample, vocab).
+        made_for = content_hash([fingerprint, run.inputs_digest(stage, graph[stage.NAME])])
+        counts = stage.run(run.context(stage, made_for, force))
         seconds = time.perf_counter() - started
         state["stages"][stage.NAME].update(
             {

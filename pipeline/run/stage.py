@@ -15,9 +15,11 @@ CONFIG, the identity of its external inputs and its code. The runner redoes a st
 changed or when the files it reads (INPUTS) differ from those it last ran on, by the checksums their stage
 recorded: so a change redoes the stage it concerns, and a stage after it only if that stage's outputs change
 (an edit to a claim reruns aggregate, whose tables come out the same, and not patterns). Its code is
-the source of every project module it imports, transitively (imports inside functions count), except
-the modules in NOT_CODE: how stages are run (pipeline/run/), the config's schema (its values are hashed
-instead) and the error type, which decide where, when and whether outputs are written, never what they hold.
+every project module it imports, transitively (imports inside functions count), with the packages around
+them, except the modules in NOT_CODE: how stages are run (pipeline/run/: runner, executors, lock, I/O), the
+config's schema (its values are hashed instead) and the error type, which decide where, when and whether
+outputs are written, never what they hold. A module counts by its syntax tree without docstrings: editing a
+comment, a docstring or the layout (`make format`) redoes nothing.
 So the forward pass (stages/attend.py) hashes the device parts of the metrics (pipeline/metrics/), the
 aggregate stage the analysis (pipeline/analysis/), and only the report stage the figures and claims.
 `fingerprint_parts` gives the pieces, per file, so that `python -m pipeline status` can say which changed."""
@@ -40,11 +42,19 @@ from pipeline.run import io
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_PACKAGES = ("pipeline", "stages")
+# Never part of a stage's code (module docstring). pipeline/run/parts.py is not among them: which parts hold the
+# exemplar pool decides which sentences a stage reads.
 NOT_CODE = (
-    "pipeline.run",
+    "pipeline.run.runner",
+    "pipeline.run.status",
+    "pipeline.run.stage",
+    "pipeline.run.executor",
+    "pipeline.run.ray_executor",
+    "pipeline.run.lock",
+    "pipeline.run.io",
     "pipeline.config",
     "pipeline.errors",
-)  # never part of a stage's code (module docstring)
+)
 ALWAYS_READABLE = ("run_name", "data_dir", "reports_dir")
 
 
@@ -129,6 +139,7 @@ def code_files(module: str) -> tuple[Path, ...]:
     count). Importing a package counts as importing what its __init__ imports, and all of its modules when
     the __init__ discovers them with pkgutil (as the metric registry does)."""
     seen: dict[str, Path] = {}
+    around: set[Path] = set()
     todo = [module]
     while todo:
         name = todo.pop()
@@ -141,21 +152,41 @@ def code_files(module: str) -> tuple[Path, ...]:
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         imported = _imported_modules(path, package)
         todo.extend(imported)
+        parts = name.split(
+            "."
+        )  # the packages around it: Python runs their __init__ first (its own code; what
+        for k in range(1, len(parts)):  # it imports for others to import is theirs)
+            ancestor = ".".join(parts[:k])
+            if (init := _module_file(ancestor)) is not None and not is_machinery(ancestor):
+                around.add(init)
         if path.name == "__init__.py" and "pkgutil" in _all_imports(
             path
         ):  # it discovers its modules
             todo.extend(
                 f"{name}.{p.stem}" for p in path.parent.glob("*.py") if p.stem != "__init__"
             )
-    return tuple(sorted(set(seen.values())))
+    return tuple(sorted(set(seen.values()) | around))
+
+
+def code_digest(path: Path) -> str:
+    """SHA-256 of a module's syntax tree without its docstrings: what it does, not how it reads."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:16]
 
 
 def code_digests(module: str) -> dict[str, str]:
-    """{file relative to the project: SHA-256 of its source} for every file of `module`'s code."""
-    return {
-        str(path.relative_to(ROOT)): hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        for path in code_files(module)
-    }
+    """{file relative to the project: digest of its code (code_digest)} for every file of `module`'s code."""
+    return {str(path.relative_to(ROOT)): code_digest(path) for path in code_files(module)}
 
 
 # ---- config seen by a stage ----
@@ -222,7 +253,7 @@ class StageContext:
     run_dir: Path
     report_dir: Path
     cache_dir: Path  # shared across runs (the spaCy parse cache)
-    fingerprint: str  # this stage's fingerprint for this config and code
+    fingerprint: str  # what its parts are made for: its fingerprint and the files it reads (runner)
     force: bool = False
     record: Callable = lambda key, value: None  # provenance into run.json
     state: dict = field(default_factory=dict)  # run.json as it stands (read-only use)
@@ -259,9 +290,6 @@ class StageContext:
         if schema is not None:
             check_schema(df, schema, name)
         return io.write_parquet(df, self.output_path(name))
-
-
-from pipeline.run.io import file_identity  # noqa: E402,F401  (moved to io; stages/corpus.py imports it from here)
 
 
 def fingerprint_parts(stage, cfg) -> dict:

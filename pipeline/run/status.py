@@ -28,7 +28,7 @@ FLOCK = "hhqqi4x"  # struct flock on 64-bit Linux: type, whence, start, len, pid
 class StageStatus:
     name: str
     up_to_date: bool
-    reasons: tuple[str, ...] = ()  # why it is stale (or, when up to date, a caveat)
+    reasons: tuple[str, ...] = ()  # why it is stale
 
     def line(self, width: int = 10) -> str:
         verdict = "up to date" if self.up_to_date else "stale"
