@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from pipeline.analysis.dependency_accuracy import SCHEMA as DEP_ACCURACY_SCHEMA
 from pipeline.analysis.roles import head_roles
 from pipeline.config import RolesConfig
 from pipeline.run import io
@@ -370,15 +371,6 @@ def dep_accuracy(L: int, H: int) -> pl.DataFrame:
                 )
     return pl.DataFrame(
         rows,
-        schema={
-            "layer": pl.Int32,
-            "head": pl.Int32,
-            "relation": pl.String,
-            "direction": pl.String,
-            "accuracy": pl.Float64,
-            "n": pl.Int64,
-            "baseline_offset": pl.Int32,
-            "baseline_accuracy": pl.Float64,
-        },
+        schema=DEP_ACCURACY_SCHEMA,
         orient="row",
     )

@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 from pipeline.analysis import bootstrap
+from pipeline.sums import poisson_weights
 
 from conftest import write_corpus
 from helpers import run, table
@@ -24,7 +25,7 @@ def test_the_interval_covers_a_known_ratio_about_95_percent_of_the_time():
     for trial in range(400):
         y = rng.gamma(4.0, 5.0, S)  # per-sentence mass
         x = rng.beta(3.0, 7.0, S) * y  # per-sentence attention on related pairs: E[x]/E[y] = 0.3
-        w = bootstrap.poisson_weights(np.arange(S) + trial * S, 200, seed=0)
+        w = poisson_weights(np.arange(S) + trial * S, 200, seed=0)
         low, high = bootstrap.interval((w @ x) / (w @ y))
         covered += bool(low <= truth <= high)
     assert 0.90 <= covered / 400 <= 0.985, covered
@@ -32,12 +33,12 @@ def test_the_interval_covers_a_known_ratio_about_95_percent_of_the_time():
 
 def test_weights_depend_on_the_sentence_and_seed_only():
     ids = np.array([5, 9, 12])
-    w = bootstrap.poisson_weights(ids, 50, seed=3)
+    w = poisson_weights(ids, 50, seed=3)
     assert w.shape == (50, 3) and np.array_equal(
-        w[:, 1], bootstrap.poisson_weights(np.array([9]), 50, seed=3)[:, 0]
+        w[:, 1], poisson_weights(np.array([9]), 50, seed=3)[:, 0]
     )
-    assert not np.array_equal(w, bootstrap.poisson_weights(ids, 50, seed=4))
-    assert abs(bootstrap.poisson_weights(np.arange(2000), 100, 0).mean() - 1.0) < 0.02  # Poisson(1)
+    assert not np.array_equal(w, poisson_weights(ids, 50, seed=4))
+    assert abs(poisson_weights(np.arange(2000), 100, 0).mean() - 1.0) < 0.02  # Poisson(1)
 
 
 @pytest.mark.slow
@@ -105,7 +106,7 @@ def test_replicates_are_weighted_per_sentence_sums(boot_run, tiny_gpt2):
         ]
     )  # [S, L, H]
     y = np.stack([p["attention_mass.mass"] for p in per_sentence])
-    w = bootstrap.poisson_weights(arrays.sentence_ids, 40, seed=0)  # [R, S]
+    w = poisson_weights(arrays.sentence_ids, 40, seed=0)  # [R, S]
     low, high = bootstrap.interval(np.einsum("rs,slh->rlh", w, x) / np.einsum("rs,slh->rlh", w, y))
     heads = table(boot_run, "head_metrics").sort("layer", "head")
     assert np.allclose(heads["dep_align_either_ci_low"], low.ravel(), rtol=1e-6)

@@ -16,7 +16,6 @@ import warnings
 import numpy as np
 
 from pipeline.sums import BOOT_PREFIX as PREFIX
-from pipeline.sums import poisson_weights  # noqa: F401 (drawn in the batch: pipeline/sums.py)
 
 LEVEL = 0.95
 

@@ -20,7 +20,7 @@ from pipeline.config import fingerprint as content_hash
 from pipeline.errors import PipelineError
 from pipeline.run import io
 from pipeline.run.lock import run_lock
-from pipeline.run.stage import ConfigView, StageContext, fingerprint_parts, stage_config
+from pipeline.run.stage import ConfigView, StageContext, fingerprint_parts, stage_config, within
 from stages import STAGE_NAMES, load_stages
 
 PACKAGES = (
@@ -69,13 +69,8 @@ def git_commit() -> dict:
         return {"commit": None, "dirty": None}
 
 
-def _within(name: str, declared: str) -> bool:
-    """A file or folder name is the declared one or lies under it (a parted output's files)."""
-    return name == declared or name.startswith(declared.rstrip("/") + "/")
-
-
 def _produces(stage, name: str) -> bool:
-    return any(_within(name, o.name) for o in stage.OUTPUTS)
+    return any(within(name, o.name) for o in stage.OUTPUTS)
 
 
 def dependency_graph(stages=None) -> dict[str, list[str]]:
@@ -144,7 +139,7 @@ class Run:
                 u: {
                     name: digest
                     for name, digest in (stages.get(u, {}).get("files") or {}).items()
-                    if any(_within(name, i) for i in stage.INPUTS)
+                    if any(within(name, i) for i in stage.INPUTS)
                 }
                 for u in upstream
             }

@@ -70,6 +70,11 @@ class Output:
         return self.schema() if callable(self.schema) else self.schema
 
 
+def within(name: str, declared: str) -> bool:
+    """A file at or under a declared input or output (a directory's declared name covers its parts)."""
+    return name == declared or name.startswith(declared.rstrip("/") + "/")
+
+
 def check_schema(df: pl.DataFrame, schema: dict, name: str) -> None:
     got = dict(df.schema)
     if list(got) != list(schema) or any(got[c] != t for c, t in schema.items()):
@@ -264,14 +269,14 @@ class StageContext:
 
     def _output(self, name: str) -> Output:
         for o in self.stage.OUTPUTS:
-            if o.name == name or name.startswith(o.name.rstrip("/") + "/"):
+            if within(name, o.name):
                 return o
         raise PipelineError(
             f"stage {self.stage.NAME!r} writes {name!r} without declaring it in its OUTPUTS"
         )
 
     def input_path(self, name: str) -> Path:
-        if not any(i == name or name.startswith(i.rstrip("/") + "/") for i in self.stage.INPUTS):
+        if not any(within(name, i) for i in self.stage.INPUTS):
             raise PipelineError(
                 f"stage {self.stage.NAME!r} reads {name!r} without declaring it in its INPUTS"
             )

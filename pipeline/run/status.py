@@ -6,22 +6,17 @@ runner does (Run.check). It only reads: it takes no lock and writes nothing, so 
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import struct
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.config import fingerprint as content_hash
 from pipeline.run import io
+from pipeline.run.lock import holder as lock_holder
 from pipeline.run.runner import Run, dependency_graph, stage_fingerprint_parts, stage_fingerprints
 from stages import STAGE_NAMES, load_stages
 
 OLDER = "made by an older version of the pipeline: fingerprint differs"
-FLOCK = "hhqqi4x"  # struct flock on 64-bit Linux: type, whence, start, len, pid (and padding)
 
 
 @dataclass(frozen=True)
@@ -35,31 +30,6 @@ class StageStatus:
         return (
             f"{self.name:<{width}} {verdict}{': ' if self.reasons else ''}{'; '.join(self.reasons)}"
         )
-
-
-def lock_holder(run_dir: Path) -> str | None:
-    """Who holds the run lock (pipeline/run/lock.py) now, asked with F_GETLK, which takes nothing; None when
-    nobody does or the system cannot say (struct flock is laid out as FLOCK on Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fd = os.open(Path(run_dir) / ".lock", os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        query = struct.pack(FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
-        kind, _, _, _, pid = struct.unpack(FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, query))
-        if kind == fcntl.F_UNLCK:
-            return None
-        try:
-            holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-            return f"PID {pid} on {holder['host']} since {holder['started']}"
-        except (ValueError, KeyError, TypeError):
-            return f"PID {pid}"
-    except (OSError, struct.error):
-        return None
-    finally:
-        os.close(fd)
 
 
 def short(value, width: int = 40) -> str:
